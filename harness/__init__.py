@@ -1,0 +1,19 @@
+"""odyssey: a harness that redoes Greff et al., "LSTM: A Search Space Odyssey" (2017).
+
+The path of the data is the path of the code:
+
+    harness.datasets  (readers)  ->  harness.networks (cells.py inside)  ->  harness.train
+    ->  harness.sweep (one Optuna trial per configuration)  ->  harness.analysis  ->  figures
+
+See shared/SPEC.md for the science and README.md for the commands.
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def project_root() -> Path:
+    """The directory holding conf/ and datasets/: relative data paths in configs start here."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "conf").is_dir() else Path.cwd()

@@ -1,0 +1,120 @@
+"""Data sets: every reader turns files on disk into one `DataSplits`.
+
+A data set is chosen by a config in conf/dataset/ (or a user's `--config-dir`) with the
+keys of shared/SPEC.md section 3:
+
+    name: nottingham
+    format: pianoroll      # pianoroll | npz | timit | iam_ondb
+    path: /data/Nottingham.pickle
+    task: next_step        # next_step | framewise | regression | ctc
+    bidirectional: false
+
+`load_dataset(cfg)` dispatches on `format` to the reader module of that name; each reader
+has one entry point `read(cfg, path) -> DataSplits`. Built-in stand-ins also carry a
+`generate` block (a Hydra `_target_`) that `odyssey data NAME` calls to make the files.
+
+Targets by task (x is always float32 of shape (T, D)):
+
+| task       | y                                   | network output            |
+|------------|-------------------------------------|---------------------------|
+| next_step  | float32 (T, K) in {0, 1}: frame t+1 | K sigmoid units           |
+| framewise  | int64 (T,) class of each frame      | softmax over n_outputs    |
+| regression | float32 (T, K)                      | K linear units            |
+| ctc        | int64 (L,) labels, 1..C (0 = blank) | softmax over C + 1        |
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness import project_root
+from harness.errors import UserError
+
+FORMATS = ("pianoroll", "npz", "timit", "iam_ondb")
+TASKS = ("next_step", "framewise", "regression", "ctc")
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Sequence:
+    """One sequence: inputs x, float32 (T, D), and its targets y (see the module table)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = ""
+
+
+@dataclass
+class DataSplits:
+    """The three splits of a data set and what a network needs to know about them."""
+
+    name: str
+    task: str
+    train: list[Sequence]
+    valid: list[Sequence]
+    test: list[Sequence]
+    input_dim: int
+    n_outputs: int
+    bidirectional: bool = False
+    classes: list[str] | None = None  # class names (framewise) or characters (ctc, blank first)
+    info: dict = field(default_factory=dict)  # reader-specific facts for the data block
+
+    def split(self, name: str) -> list[Sequence]:
+        return getattr(self, name)
+
+    def summary(self) -> dict:
+        """The `data` block of metrics.json: what was read, split by split."""
+        block = {
+            "name": self.name,
+            "task": self.task,
+            "input_dim": self.input_dim,
+            "n_outputs": self.n_outputs,
+            "bidirectional": self.bidirectional,
+        }
+        for split in SPLITS:
+            sequences = self.split(split)
+            block[split] = {
+                "sequences": len(sequences),
+                "frames": int(sum(len(s.x) for s in sequences)),
+            }
+        block.update(self.info)
+        return block
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path: absolute as given, relative from the project root."""
+    path = Path(str(path)).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def _get(cfg, key: str, default=None):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def load_dataset(cfg) -> DataSplits:
+    """Read the data set a dataset config names (see the module docstring for the keys)."""
+    name = _get(cfg, "name", "<unnamed>")
+    for key in ("format", "path", "task"):
+        if _get(cfg, key) is None:
+            raise UserError(f"dataset config '{name}' has no key '{key}'; add it (see README, 'Your own data set').")
+    fmt, task = cfg["format"], cfg["task"]
+    if fmt not in FORMATS:
+        raise UserError(f"dataset '{name}': format '{fmt}' is unknown; use one of {', '.join(FORMATS)}.")
+    if task not in TASKS:
+        raise UserError(f"dataset '{name}': task '{task}' is unknown; use one of {', '.join(TASKS)}.")
+    path = resolve_path(cfg["path"])
+    if not path.exists():
+        hint = (f"run `odyssey data {name}` to make it" if _get(cfg, "generate") is not None
+                else "set dataset.path=... to where the data is")
+        raise UserError(f"dataset '{name}': {path} does not exist; {hint}.")
+    reader = importlib.import_module(f"harness.datasets.{fmt}")
+    splits = reader.read(cfg, path)
+    for split in SPLITS:
+        if not splits.split(split):
+            raise UserError(f"dataset '{name}': the {split} split of {path} is empty; every split needs sequences.")
+    return splits
