@@ -18,7 +18,7 @@ import soundfile
 from omegaconf import OmegaConf
 
 from harness.datasets import load_dataset
-from harness.datasets import speech_features as sf_
+from harness.datasets import speech_features
 from harness.datasets import timit, timit_like
 from harness.errors import UserError
 
@@ -84,7 +84,7 @@ def test_reader_halberstadt_split(tmp_path):
     assert data.classes == timit.TIMIT_PHONES and data.n_outputs == 61 and data.input_dim == 39
     assert data.bidirectional and data.task == "framewise"
     for s in data.train + data.valid + data.test:
-        assert s.x.dtype == np.float32 and s.x.shape == (sf_.n_frames(sum(n for _, n in SAY), sf_.FeatureSettings()), 39)
+        assert s.x.dtype == np.float32 and s.x.shape == (speech_features.n_frames(sum(n for _, n in SAY), speech_features.FeatureSettings()), 39)
         assert s.y.dtype == np.int64 and s.y.shape == (len(s.x),)
     assert data.classes[data.test[0].y[0]] == "h#" and data.classes[data.train[0].y[0]] == "iy"  # si1 starts at SAY[2]
     assert data.info["utterances"] == {"train": 4, "valid": 1, "test": 1}
@@ -133,37 +133,37 @@ def test_config_files_compose_and_load(tmp_path):
     like = OmegaConf.load(CONF / "timit_like.yaml")
     assert like.generate._target_ == "harness.datasets.timit_like.generate"
     assert like.generate.out == like.path and (like.split, like.phones) == ("test_halves", "from_data")
-    assert sf_.FeatureSettings.from_config(like.features) == sf_.FeatureSettings()
+    assert speech_features.FeatureSettings.from_config(like.features) == speech_features.FeatureSettings()
 
 
 # ---------------------------------------------------------------- labels, normalisation
 
 def test_majority_labels_hand_worked():
-    settings = sf_.FeatureSettings()  # window 400 samples, step 160
+    settings = speech_features.FeatureSettings()  # window 400 samples, step 160
     segments = [(0, 300, 0), (300, 500, 1), (500, 1000, 2)]
     # frame 0 [0,400): 300 of phone 0, 100 of 1       -> 0
     # frame 1 [160,560): 140 of 0, 200 of 1, 60 of 2  -> 1
     # frame 2 [320,720): 180 of 1, 220 of 2           -> 2
     # frame 3 [480,880): 20 of 1, 380 of 2            -> 2
     # frame 4 [640,1040), audio ends at 1000: 360 of 2 -> 2
-    assert sf_.majority_labels(segments, 1000, settings).tolist() == [0, 1, 2, 2, 2]
-    assert sf_.majority_labels([(0, 200, 5), (200, 400, 7)], 400, settings).tolist() == [5]  # tie: earlier
+    assert speech_features.majority_labels(segments, 1000, settings).tolist() == [0, 1, 2, 2, 2]
+    assert speech_features.majority_labels([(0, 200, 5), (200, 400, 7)], 400, settings).tolist() == [5]  # tie: earlier
     # a gap in the transcription (400..1200), 8 frames: frames 3 [480,880), 4 [640,1040) and 5 [800,1200)
     # touch no segment; their middles 680, 840, 1000 are nearest to segment middles 200, 1300, 1300
     gap = [(0, 400, 1), (1200, 1400, 2)]
-    assert sf_.majority_labels(gap, 1400, settings).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert speech_features.majority_labels(gap, 1400, settings).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
 
 
 def test_normalisation_uses_training_statistics(tmp_path):
     root = small_tree(tmp_path / "TIMIT")
-    settings = sf_.FeatureSettings()
+    settings = speech_features.FeatureSettings()
     data = timit.read(config(root, tmp_path), root)
     train = np.concatenate([s.x for s in data.train]).astype(np.float64)
     np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(train.std(axis=0), 1, atol=1e-4)
-    raw_train = np.concatenate([sf_.features(timit.read_audio(u.wav, RATE), settings)
+    raw_train = np.concatenate([speech_features.features(timit.read_audio(u.wav, RATE), settings)
                                 for u in timit.find_utterances(root) if u.part == "train" and u.name != "sa1"])
-    raw_valid = sf_.features(timit.read_audio(next(root.glob("TEST/DR1/FAKS0/SX2.WAV")), RATE), settings)
+    raw_valid = speech_features.features(timit.read_audio(next(root.glob("TEST/DR1/FAKS0/SX2.WAV")), RATE), settings)
     expected = (raw_valid - raw_train.mean(axis=0)) / raw_train.std(axis=0)
     np.testing.assert_allclose(data.valid[0].x, expected, rtol=1e-3, atol=1e-3)
     plain = timit.read(config(root, tmp_path, normalise=False), root)
@@ -214,24 +214,24 @@ def reference_static(signal: np.ndarray, rate=16000, window=400, step=160, n_fft
 def test_mfcc_matches_definition_on_a_tone():
     t = np.arange(int(0.12 * RATE)) / RATE
     tone = 0.5 * np.sin(2 * np.pi * 1000 * t) + 0.2 * np.sin(2 * np.pi * 2500 * t + 0.3)
-    ours = sf_.static_features(tone, sf_.FeatureSettings())
+    ours = speech_features.static_features(tone, speech_features.FeatureSettings())
     reference = reference_static(tone)
-    assert ours.shape == reference.shape == (sf_.n_frames(len(tone), sf_.FeatureSettings()), 13)
+    assert ours.shape == reference.shape == (speech_features.n_frames(len(tone), speech_features.FeatureSettings()), 13)
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
 
 
 def test_derivatives_match_regression_formula():
     rng = np.random.default_rng(1)
     static = rng.standard_normal((9, 13))
-    full = sf_.derivatives(static, 2)
+    full = speech_features.derivatives(static, 2)
     for t in range(9):
         expected = sum(n * (static[min(t + n, 8)] - static[max(t - n, 0)]) for n in (1, 2)) / 10
         np.testing.assert_allclose(full[t], expected, atol=1e-12)
-    settings = sf_.FeatureSettings()
+    settings = speech_features.FeatureSettings()
     tone = np.sin(2 * np.pi * 440 * np.arange(4000) / RATE)
-    x = sf_.features(tone, settings)
-    assert x.shape == (sf_.n_frames(4000, settings), 39) and x.dtype == np.float32
-    np.testing.assert_allclose(x[:, 13:26], sf_.derivatives(x[:, :13].astype(np.float64), 2), atol=1e-4)
+    x = speech_features.features(tone, settings)
+    assert x.shape == (speech_features.n_frames(4000, settings), 39) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 13:26], speech_features.derivatives(x[:, :13].astype(np.float64), 2), atol=1e-4)
 
 
 # ---------------------------------------------------------------- cache
