@@ -1,0 +1,171 @@
+"""Training one configuration: the recipe of Greff et al. (2017), shared/SPEC.md section 4.
+
+- SGD with Nesterov momentum; the step is learning_rate * (1 - momentum), so that the
+  learning rate is the size of a step whatever the momentum;
+- one update after each sequence (train.batch_size = 1; larger batches are an option);
+- Gaussian noise of deviation input_noise_std added to the inputs while training only;
+- the loss is the sum over a sequence's frames (harness.tasks);
+- after every epoch the validation metric; the test metric is computed whenever the
+  validation metric improves, so the reported test figure is the one at the best
+  validation epoch; early stopping after `patience` (15) epochs without improvement,
+  at most `max_epochs` (150).
+
+A loss that becomes NaN or infinite stops the run; the result then carries `failure`
+(the reason) and the best figures reached before it (harness.sweep records such a trial
+as failed).
+
+Entry point: `train(cfg, data=None, out_dir=None) -> dict` (the metrics of metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from harness import tasks
+from harness.datasets import DataSplits, Sequence, load_dataset
+from harness.errors import UserError
+from harness.networks import SequenceNetwork, count_parameters
+
+
+def check_hyperparameters(cfg) -> None:
+    """One clear message for a value outside its range, naming the key."""
+    checks = [
+        ("hidden_size", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+        ("learning_rate", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number"),
+        ("momentum", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
+        ("input_noise_std", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0"),
+        ("max_epochs", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+        ("patience", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+        ("seed", lambda v: isinstance(v, int), "an integer"),
+    ]
+    for key, ok, wanted in checks:
+        value = cfg.get(key)
+        if isinstance(value, bool) or not ok(value):
+            raise UserError(f"{key}={value} is not allowed: it must be {wanted} (e.g. `odyssey train {key}=...`).")
+
+
+def batches(sequences: list[Sequence], size: int, order: np.ndarray) -> list[list[Sequence]]:
+    return [[sequences[k] for k in order[start : start + size]] for start in range(0, len(order), size)]
+
+
+def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int) -> float:
+    """The task's metric over a split, without noise; batches of similar lengths for speed."""
+    order = np.argsort([len(s.x) for s in sequences], kind="stable")
+    total, count = 0.0, 0.0
+    network.eval()
+    with torch.no_grad():
+        for group in batches(sequences, batch_size, order):
+            batch = tasks.make_batch(group, task)
+            scores = network(batch.x, batch.lengths)
+            errors, n = tasks.errors(task, scores, batch)
+            total, count = total + errors, count + n
+    return total / count
+
+
+def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train the configuration `cfg` (the root config) and return its metrics.
+
+    `data` may be passed in to avoid reading the data set again (a sweep reads it once);
+    with `out_dir`, metrics.json is written there.
+    """
+    check_hyperparameters(cfg)
+    variant = cfg.variant.name
+    if variant == "all":
+        raise UserError("variant=all is for `odyssey sweep`; `odyssey train` trains one variant, e.g. variant=vanilla.")
+    options = dict(cfg.train)
+    torch.set_num_threads(int(options.get("threads", 1)))
+    data = data if data is not None else load_dataset(cfg.dataset)
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    layer_options = {k: v for k, v in dict(cfg.variant).items() if k != "name"}
+    if variant not in ("gru",) and "forget_bias" in options and "forget_bias" not in layer_options:
+        layer_options["forget_bias"] = options["forget_bias"]
+    network = SequenceNetwork(variant, data.input_dim, int(cfg.hidden_size), data.n_outputs,
+                              bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
+                              **layer_options)
+    momentum = float(cfg.momentum)
+    optimizer = torch.optim.SGD(network.parameters(), lr=float(cfg.learning_rate) * (1.0 - momentum),
+                                momentum=momentum, nesterov=momentum > 0)
+    noise_std = float(cfg.input_noise_std)
+    batch_size = int(options.get("batch_size", 1))
+    eval_batch_size = int(options.get("eval_batch_size", 32))
+    max_epochs, patience = int(cfg.max_epochs), int(cfg.patience)
+    metric = tasks.METRICS[data.task]
+
+    log(f"{data.name} / {variant}: N={cfg.hidden_size}, lr={cfg.learning_rate}, momentum={momentum}, "
+        f"noise={noise_std}, {count_parameters(network)} parameters, "
+        f"{len(data.train)} training sequences, up to {max_epochs} epochs")
+    start = time.perf_counter()
+    curve: list[dict] = []
+    best = {"val_metric": math.inf, "test_metric": math.nan, "best_epoch": 0}
+    failure = None
+    for epoch in range(1, max_epochs + 1):
+        network.train()
+        total_loss, frames = 0.0, 0
+        for group in batches(data.train, batch_size, rng.permutation(len(data.train))):
+            batch = tasks.make_batch(group, data.task)
+            x = batch.x + noise_std * torch.randn_like(batch.x) if noise_std > 0 else batch.x
+            loss = tasks.loss(data.task, network(x, batch.lengths), batch)
+            if not torch.isfinite(loss):
+                failure = f"training loss became {loss.item()} in epoch {epoch}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss, frames = total_loss + loss.item(), frames + batch.frames
+        if failure:
+            log(f"  stopped: {failure}")
+            break
+        val_metric = evaluate(network, data.task, data.valid, eval_batch_size)
+        if not math.isfinite(val_metric):
+            failure = f"validation {metric} became {val_metric} in epoch {epoch}"
+            log(f"  stopped: {failure}")
+            break
+        if val_metric < best["val_metric"]:
+            test_metric = evaluate(network, data.task, data.test, eval_batch_size)
+            best = {"val_metric": val_metric, "test_metric": test_metric, "best_epoch": epoch}
+        seconds = time.perf_counter() - start
+        curve.append({"epoch": epoch, "train_loss_per_frame": total_loss / max(frames, 1),
+                      "val_metric": val_metric, "seconds": seconds})
+        log(f"  epoch {epoch:3d}/{max_epochs}  train loss {total_loss / max(frames, 1):8.4f}/frame  "
+            f"val {metric} {val_metric:.4f}  best {best['val_metric']:.4f} (epoch {best['best_epoch']}, "
+            f"test {best['test_metric']:.4f})  {seconds:6.1f} s")
+        if epoch - best["best_epoch"] >= patience:
+            log(f"  early stop: no improvement for {patience} epochs")
+            break
+
+    result = {
+        "dataset": data.name,
+        "variant": variant,
+        "metric": metric,
+        "val_metric": best["val_metric"] if math.isfinite(best["val_metric"]) else None,
+        "test_metric": best["test_metric"] if math.isfinite(best["test_metric"]) else None,
+        "best_epoch": best["best_epoch"],
+        "epochs": len(curve),
+        "n_params": count_parameters(network),
+        "seconds": time.perf_counter() - start,
+        "failure": failure,
+        "hyperparameters": {key: cfg[key] for key in
+                            ("hidden_size", "learning_rate", "momentum", "input_noise_std",
+                             "max_epochs", "patience", "seed")},
+        "learning_curve": curve,
+        "data": data.summary(),
+    }
+    log(f"  {variant}: best validation {metric} {result['val_metric']} at epoch {result['best_epoch']}, "
+        f"test {metric} {result['test_metric']}, {result['seconds']:.1f} s")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "metrics.json", "w") as handle:
+            json.dump(result, handle, indent=2)
+    return result

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real configs, composed as the command line composes them."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness import project_root
+
+CONF = str(project_root() / "conf")
+
+
+@pytest.fixture
+def compose_config():
+    """compose_config(["variant=cifg", ...]) -> the root config as `odyssey` builds it."""
+
+    def _compose(overrides=(), command="train"):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(config_name="config", overrides=[*overrides, f"command={command}"])
+
+    return _compose
+
+
+@pytest.fixture
+def odyssey_env(tmp_path):
+    """Environment for running the `odyssey` console script in a subprocess."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+SHIPPED_PICKLE = Path(__file__).parent / "data" / "jsb-chorales-quarter.pkl"
