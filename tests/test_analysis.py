@@ -1,0 +1,168 @@
+"""The analysis stage on studies built by hand, checked against independent numbers:
+variance fractions computed from formulas, and scipy's Welch test."""
+
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from scipy import stats
+
+from harness import analysis
+from harness.errors import UserError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+D = optuna.distributions
+FAST = {"n_trees": 16, "grid_points": 6, "min_trials_for_fanova": 10, "seed": 0}
+
+
+def _storage(tmp_path):
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def _study(url, dataset, variant, rows, distributions):
+    """rows: (params, validation, test, state, user_attrs extra)."""
+    study = optuna.create_study(study_name=f"{dataset}.{variant}", storage=url)
+    study.set_user_attr("dataset", dataset)
+    study.set_user_attr("variant", variant)
+    for params, validation, test, state, extra in rows:
+        attrs = {"test_metric": test, "n_params": 1000, "seconds": 1.0, "epochs": 3, **extra}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, user_attrs=attrs, state=state,
+            value=validation if state == optuna.trial.TrialState.COMPLETE else None))
+    return study
+
+
+def _complete(params, test, validation=None):
+    return (params, test if validation is None else validation, test,
+            optuna.trial.TrialState.COMPLETE, {})
+
+
+def _run(url, out, dataset, **options):
+    return analysis.run({"dataset": dataset, "storage": url, "out": str(out), **FAST, **options})
+
+
+def test_fractions_match_a_known_variance_decomposition(tmp_path):
+    # f = 3 x1 + 2 x2 + x3 + 4 (x1 - 1/2)(x2 - 1/2), x_i ~ U(0, 1) independent.
+    # Var(a U) = a^2 / 12; the product term has mean zero given x1 or x2 alone, so it is
+    # pure interaction with variance 16 (1/12)^2.
+    main = {"x1": 9 / 12, "x2": 4 / 12, "x3": 1 / 12}
+    pair = 16 / 144
+    total = sum(main.values()) + pair
+    rng = np.random.default_rng(1)
+    distributions = {name: D.FloatDistribution(0, 1) for name in main}
+    rows = []
+    for x1, x2, x3 in rng.uniform(size=(300, 3)):
+        f = 3 * x1 + 2 * x2 + x3 + 4 * (x1 - 0.5) * (x2 - 0.5)
+        rows.append(_complete({"x1": x1, "x2": x2, "x3": x3}, f))
+    url = _storage(tmp_path)
+    _study(url, "synthetic", "vanilla", rows, distributions)
+    report = _run(url, tmp_path / "out", "synthetic")
+
+    importance = pd.read_csv(tmp_path / "out" / "importance.csv")
+    pooled = importance[importance.variant == "all"].set_index("term")
+    for name, variance in main.items():
+        assert pooled.loc[name, "fraction"] == pytest.approx(variance / total, abs=0.08), name
+    assert pooled.loc["x1:x2", "fraction"] == pytest.approx(pair / total, abs=0.08)
+    assert pooled.loc["higher_order", "fraction"] == pytest.approx(pair / total, abs=0.08)
+    assert pooled.loc["x1:x3", "fraction"] < 0.03
+    assert (pooled["std"] >= 0).all()
+    # Optuna's evaluator (if scikit-learn is there) agrees on the main effects
+    if pooled["optuna_fraction"].notna().any():
+        for name, variance in main.items():
+            assert pooled.loc[name, "optuna_fraction"] == pytest.approx(variance / total, abs=0.1)
+    assert (tmp_path / "out" / "fanova_pie.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "fanova_pie.pdf").exists()
+    assert report.name == "report.md" and "x1" in report.read_text()
+
+
+def test_log_sampled_parameter_is_analysed_in_log10(tmp_path):
+    # metric = log10(lr) + u, lr log-uniform on [1e-4, 1e-1], u ~ U(0, 3): in log10 units
+    # both terms are uniform over a width of 3, so each explains half of the variance.
+    # Analysed on a linear lr axis the forest would give lr about 0.2 instead.
+    rng = np.random.default_rng(2)
+    distributions = {"learning_rate": D.FloatDistribution(1e-4, 1e-1, log=True),
+                     "u": D.FloatDistribution(0, 3)}
+    rows = []
+    for _ in range(250):
+        lr, u = 10 ** rng.uniform(-4, -1), rng.uniform(0, 3)
+        rows.append(_complete({"learning_rate": lr, "u": u}, math.log10(lr) + u))
+    url = _storage(tmp_path)
+    _study(url, "logtest", "vanilla", rows, distributions)
+    _run(url, tmp_path / "out", "logtest")
+    pooled = pd.read_csv(tmp_path / "out" / "importance.csv").query("variant == 'all'")
+    fraction = pooled.set_index("term")["fraction"]
+    assert fraction["learning_rate"] == pytest.approx(0.5, abs=0.08)
+    assert fraction["u"] == pytest.approx(0.5, abs=0.08)
+
+
+def test_welch_column_matches_scipy_and_failed_trials_are_counted(tmp_path):
+    rng = np.random.default_rng(3)
+    distributions = {"hidden_size": D.IntDistribution(20, 200, log=True)}
+    url = _storage(tmp_path)
+    samples = {"vanilla": rng.normal(5.0, 0.3, 20), "cifg": rng.normal(5.1, 0.6, 20),
+               "noaf": rng.normal(7.0, 0.5, 20)}
+    for variant, tests in samples.items():
+        rows = [_complete({"hidden_size": int(h)}, t, validation=t)
+                for h, t in zip(rng.integers(20, 200, len(tests)), tests)]
+        if variant == "noaf":  # two diverged trials, recorded in two ways
+            rows.append(({"hidden_size": 50}, None, float("nan"), optuna.trial.TrialState.FAIL,
+                         {"failure": "loss became nan"}))
+            rows.append(({"hidden_size": 60}, 9.0, 9.0, optuna.trial.TrialState.COMPLETE,
+                         {"failure": "loss became inf"}))
+        _study(url, "welch", variant, rows, distributions)
+    report = _run(url, tmp_path / "out", "welch", min_trials_for_fanova=1000)
+
+    variants = pd.read_csv(tmp_path / "out" / "variants.csv").set_index("variant")
+    for variant in ("cifg", "noaf"):
+        expected = stats.ttest_ind(samples[variant], samples["vanilla"], equal_var=False).pvalue
+        assert variants.loc[variant, "welch_p_all"] == pytest.approx(expected, rel=1e-9)
+        assert bool(variants.loc[variant, "differs_all"]) == (expected < 0.05)
+        # best 10 % by validation (= test here): the 2 smallest of 20
+        top = np.sort(samples[variant])[:2]
+        top_reference = np.sort(samples["vanilla"])[:2]
+        expected_top = stats.ttest_ind(top, top_reference, equal_var=False).pvalue
+        assert variants.loc[variant, "welch_p_top"] == pytest.approx(expected_top, rel=1e-9)
+        assert variants.loc[variant, "mean_top"] == pytest.approx(top.mean())
+    assert variants.loc["noaf", "differs_all"]
+    assert math.isnan(variants.loc["vanilla", "welch_p_all"])
+    assert variants.loc["noaf", "n_failed"] == 2 and variants.loc["noaf", "n_usable"] == 20
+    assert variants.loc["noaf", "mean_all"] == pytest.approx(samples["noaf"].mean())
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 62 and (trials.excluded == "failed").sum() == 2
+    text = report.read_text()
+    assert "2 failed" in text and "fANOVA skipped" in text
+    assert (tmp_path / "out" / "boxplots.png").exists()
+
+
+def test_foreign_study_without_vanilla_and_only_failed_trials(tmp_path):
+    # a study not made by this tool: its own parameter names, a categorical one, no
+    # vanilla, and one variant whose every trial failed
+    url = _storage(tmp_path)
+    distributions = {"depth": D.IntDistribution(1, 8), "optimizer": D.CategoricalDistribution(["sgd", "adam"])}
+    rng = np.random.default_rng(4)
+    rows = [_complete({"depth": int(d), "optimizer": o}, float(d) + (o == "adam"))
+            for d, o in zip(rng.integers(1, 9, 30), rng.choice(["sgd", "adam"], 30))]
+    _study(url, "foreign", "mine", rows, distributions)
+    failed = [({"depth": 2, "optimizer": "sgd"}, None, None, optuna.trial.TrialState.FAIL, {})] * 3
+    _study(url, "foreign", "broken", failed, distributions)
+    report = _run(url, tmp_path / "out", "foreign")
+    text = report.read_text()
+    assert "no usable `vanilla`" in text
+    assert "Variant `broken` has no usable trial" in text
+    importance = pd.read_csv(tmp_path / "out" / "importance.csv")
+    assert set(importance[importance.variant == "all"].term) >= {"depth", "optimizer", "depth:optimizer"}
+
+
+def test_user_errors(tmp_path):
+    url = _storage(tmp_path)
+    _study(url, "jsb_chorales", "vanilla", [], {})
+    with pytest.raises(UserError, match="jsb_chorales"):
+        _run(url, tmp_path / "out", "timit")
+    with pytest.raises(UserError, match="no Optuna database"):
+        _run(f"sqlite:///{tmp_path / 'missing.db'}", tmp_path / "out", "timit")
+    with pytest.raises(UserError, match="analysis.storage"):
+        _run("notadatabase://nowhere", tmp_path / "out", "timit")
+    with pytest.raises(UserError, match="analysis.dataset"):
+        analysis.run({"dataset": None, "storage": url, "out": None})
