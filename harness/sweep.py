@@ -1,0 +1,360 @@
+"""Random search: one Optuna study per (data set, variant), SPEC section 5.
+
+    odyssey sweep dataset=jsb_chorales variant=cifg search.n_trials=200 \
+        search.storage=sqlite:///results/odyssey.db search.workers=2
+
+- Optuna's RandomSampler over `search.space` (conf/search/greff.yaml: Greff et al.'s
+  ranges); the study is named `<dataset>.<variant>` and carries the user attributes
+  `dataset` and `variant`. A trial's value is the validation metric (minimised); its
+  user attributes hold `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`,
+  `momentum` and the path of its metrics.json (under results/sweeps/<study>/).
+- `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
+  tops a study up and never repeats work. A trial counts when it is COMPLETE, or FAIL
+  with a `failure` reason (its loss became NaN or infinite: the configuration was tried
+  and diverged; the analysis leaves such trials out of fANOVA and box plots and reports
+  them). A trial whose worker died or was stopped (user attribute `lost`) or that was
+  started past the target by a racing worker (`surplus`) is FAIL and does not count.
+- Liveness: while a trial runs, a heartbeat thread stamps it every
+  `search.heartbeat_seconds`. Before asking for a trial, a worker fails every RUNNING
+  trial whose stamp is older than twice that, or whose worker process (same host) is
+  gone, so a sweep killed with SIGKILL and started again resumes at once.
+- `search.workers=N` starts N processes here, each with one torch thread and its own
+  sampler seed (from `seed`, the host, the worker index and the study's size when the
+  worker starts: a fresh study is reproducible, a resumed one never redraws old points).
+  Workers on other machines started against the same PostgreSQL URL or journal file
+  cooperate on the same studies.
+- `variant=all` sweeps every variant in turn, `variant=lstm` Greff's nine LSTM variants;
+  a Hydra multirun (`-m variant=vanilla,cifg`) works too.
+
+Storage URLs: `sqlite:///results/odyssey.db` (relative paths from the project root),
+`journal:///abs/path.log` or `journal:results/x.log` (Optuna's JournalStorage on a file;
+fine on a shared file system), `postgresql://user:pass@host/db` (many machines).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from harness import project_root
+from harness.cells import LSTM_VARIANTS, VARIANTS
+from harness.datasets import load_dataset
+from harness.errors import UserError
+from harness.train import train
+
+# The searched parameters and the top-level config key each one sets.
+PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
+HEARTBEAT_ATTR, WORKER_ATTR = "odyssey_heartbeat", "odyssey_worker"
+
+
+# -- configuration checks ---------------------------------------------------------------
+
+def search_space(space_cfg) -> dict:
+    """Optuna distributions from `search.space`, with one clear message per mistake."""
+    space = {}
+    for name, spec in dict(space_cfg).items():
+        key = f"search.space.{name}"
+        if name not in PARAMETERS:
+            raise UserError(f"{key}: unknown parameter '{name}'; the searchable ones are {', '.join(PARAMETERS)}.")
+        kind, low, high, log = spec.get("type", "float"), spec.get("low"), spec.get("high"), bool(spec.get("log", False))
+        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
+            raise UserError(f"{key}: set numeric low and high (got low={low}, high={high}).")
+        if low > high:
+            raise UserError(f"{key}: low={low} is above high={high}; swap them.")
+        if log and low <= 0:
+            raise UserError(f"{key}: a log-uniform range needs low > 0 (got {low}); raise low or set log: false.")
+        if kind == "int":
+            if name != "hidden_size" or int(low) != low or int(high) != high:
+                raise UserError(f"{key}: type int needs integer bounds (and only hidden_size is an integer).")
+            space[name] = IntDistribution(int(low), int(high), log=log)
+        elif kind == "float":
+            if name == "hidden_size":
+                raise UserError(f"{key}: hidden_size is a number of blocks; use type: int.")
+            space[name] = FloatDistribution(float(low), float(high), log=log)
+        else:
+            raise UserError(f"{key}: type '{kind}' is unknown; use int or float.")
+    if name_ranges := [n for n in ("one_minus_momentum",) if n in space and (space[n].low <= 0 or space[n].high > 1)]:
+        raise UserError(f"search.space.{name_ranges[0]} must lie in (0, 1]: momentum = 1 - value.")
+    return space
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL (see the module docstring); one clear message if it fails."""
+    if not isinstance(url, str) or not url:
+        raise UserError("search.storage is empty; use e.g. sqlite:///results/odyssey.db.")
+    try:
+        if url.startswith("journal:"):
+            path = Path(url[len("journal:"):].removeprefix("//"))
+            path = path if path.is_absolute() else project_root() / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            if not path.is_absolute():
+                path = project_root() / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
+            # Several processes write one file: wait for the lock rather than fail.
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        if "://" not in url:
+            raise UserError(f"search.storage '{url}' is not a storage URL; use sqlite:///FILE, "
+                            "journal:///FILE or postgresql://USER@HOST/DB.")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except UserError:
+        raise
+    except Exception as error:  # sqlalchemy and driver errors: unreachable host, bad URL, no driver
+        reason = str(error).strip().splitlines()[0][:200]
+        raise UserError(f"cannot open storage '{url}': {reason}; check the URL and that the database "
+                        "server is running and reachable.") from None
+
+
+# -- counting and liveness --------------------------------------------------------------
+
+def counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts toward n_trials (see the module docstring)."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get("failure") is not None)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study, heartbeat_seconds: float) -> int:
+    """Mark FAIL (user attribute `lost`) every RUNNING trial whose worker is gone."""
+    now, host, failed = time.time(), socket.gethostname(), 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get(WORKER_ATTR) or {}
+        stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
+        if stamp is None and trial.datetime_start is not None:
+            stamp = trial.datetime_start.timestamp()
+        silent = stamp is not None and now - stamp > 2 * heartbeat_seconds
+        gone = worker.get("host") == host and not _process_alive(int(worker.get("pid", -1)))
+        if silent or gone:
+            reason = "its worker process ended" if gone else f"no heartbeat for {now - stamp:.0f} s"
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, "lost", reason)
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                failed += 1
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                pass  # another worker got there first
+    return failed
+
+
+class Heartbeat:
+    """Stamps a running trial every `seconds` from a background thread."""
+
+    def __init__(self, storage, trial_id: int, seconds: float):
+        self.storage, self.trial_id, self.seconds = storage, trial_id, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        while not self._stop.wait(self.seconds):
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            except Exception:  # a finished trial or a passing storage hiccup: try again later
+                pass
+
+    def __enter__(self):
+        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR,
+                                           {"host": socket.gethostname(), "pid": os.getpid()})
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# -- one study --------------------------------------------------------------------------
+
+def study_name(dataset: str, variant: str) -> str:
+    return f"{dataset}.{variant}"
+
+
+def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
+    study = optuna.create_study(study_name=study_name(dataset, variant), storage=storage,
+                                direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    if study.user_attrs.get("dataset") != dataset:
+        study.set_user_attr("dataset", dataset)
+    if study.user_attrs.get("variant") != variant:
+        study.set_user_attr("variant", variant)
+    return study
+
+
+def worker_seed(base_seed: int, worker: int, trials_at_start: int) -> int:
+    host = sum(socket.gethostname().encode())
+    return int(np.random.SeedSequence([base_seed, host, worker, trials_at_start]).generate_state(1)[0])
+
+
+def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
+    """The root config of one trial: the sampled values set as the top-level keys."""
+    trial_cfg = cfg.copy()
+    with open_dict(trial_cfg):
+        for name, value in params.items():
+            if name == "one_minus_momentum":
+                trial_cfg.momentum = 1.0 - value
+            else:
+                trial_cfg[name] = value
+    return trial_cfg
+
+
+def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> None:
+    """Ask, train and tell until the study has search.n_trials counted trials."""
+    search = cfg.search
+    dataset = cfg.dataset.name
+    if cfg.variant.name != variant:  # variant=all: this variant's own config
+        with open_dict(cfg):
+            cfg.variant = OmegaConf.load(project_root() / "conf" / "variant" / f"{variant}.yaml")
+    space = search_space(search.space)
+    storage = open_storage(search.storage)
+    target, beat = int(search.n_trials), float(search.heartbeat_seconds)
+    probe = open_study(storage, dataset, variant, seed=0)
+    study = open_study(storage, dataset, variant, worker_seed(int(cfg.seed), worker, len(probe.trials)))
+    data = data if data is not None else load_dataset(cfg.dataset)
+    out_root = project_root() / "results" / "sweeps" / study.study_name
+    tag = f"[{study.study_name} w{worker}]"
+    started, done_here = time.time(), 0
+    quiet = lambda message: None  # noqa: E731  (per-epoch lines would drown the sweep's)
+    while True:
+        fail_dead_trials(study, beat)
+        trials = study.get_trials(deepcopy=False)
+        counted = sum(counts(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if counted >= target:
+            break
+        if counted + running >= target:  # the last trials are running elsewhere
+            time.sleep(min(beat, 5.0))
+            continue
+        trial = study.ask(space)
+        ahead = sum(1 for t in study.get_trials(deepcopy=False)
+                    if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
+        if ahead >= target:  # another worker took the last place first
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        params = dict(trial.params)
+        trial_cfg = trial_config(cfg, params)
+        out_dir = out_root / f"trial_{trial.number:04d}"
+        try:
+            with Heartbeat(study._storage, trial._trial_id, beat):
+                result = train(trial_cfg, data=data, out_dir=out_dir, log=quiet)
+        except BaseException as error:
+            trial.set_user_attr("lost", f"stopped: {type(error).__name__}")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure"):
+            trial.set_user_attr(key, result[key])
+        trial.set_user_attr("momentum", float(trial_cfg.momentum))
+        trial.set_user_attr("metrics", str(out_dir / "metrics.json"))
+        if result["failure"] or result["val_metric"] is None:
+            trial.set_user_attr("failure", result["failure"] or "no finite validation metric")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, result["val_metric"])
+        done_here += 1
+        counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = min(complete, key=lambda t: t.value) if complete else None
+        rate = done_here / max(time.time() - started, 1e-9) * 3600
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
+        outcome = f"FAILED ({result['failure']})" if result["failure"] else \
+            f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}"
+        print(f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
+              f"{result['seconds']:.0f} s | {counted}/{target} done, "
+              f"best val {best.value:.4f} (trial {best.number}) | {rate:.1f} trials/hour" if best else
+              f"{tag} trial {trial.number}: {shown} -> {outcome} | {counted}/{target} done", flush=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _worker_process(cfg_container: dict, variant: str, worker: int) -> None:
+    """Entry point of a worker process: one torch thread; SIGTERM stops it like Ctrl-C."""
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_worker(OmegaConf.create(cfg_container), variant, worker)
+    except KeyboardInterrupt:
+        pass
+    except UserError as error:
+        print(f"[worker {worker}] error: {error}", flush=True)
+        raise SystemExit(2)
+
+
+def sweep(cfg: DictConfig) -> list[str]:
+    """Run the sweep the config asks for; returns the names of the studies."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    variant = cfg.variant.name
+    groups = {"all": list(VARIANTS), "lstm": list(LSTM_VARIANTS)}
+    variants = groups.get(variant, [variant])
+    if variant not in groups and variant not in VARIANTS:
+        raise UserError(f"variant '{variant}' is unknown; choose one of {', '.join(VARIANTS)}, "
+                        "lstm (Greff's nine) or all.")
+    search = cfg.search
+    search_space(search.space)  # fail on a bad space before any work
+    workers = int(search.workers)
+    if workers < 1 or int(search.n_trials) < 1:
+        raise UserError("search.workers and search.n_trials must be positive integers.")
+    storage = open_storage(search.storage)
+    data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
+    print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
+          f"{workers} worker(s), storage {search.storage}", flush=True)
+    names = []
+    for name in variants:
+        study = open_study(storage, cfg.dataset.name, name, seed=0)
+        counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
+        print(f"{study.study_name}: {counted}/{search.n_trials} trials already done", flush=True)
+        if workers == 1:
+            run_worker(cfg.copy(), name, 0, data=data)
+        else:
+            context = multiprocessing.get_context("spawn")
+            container = OmegaConf.to_container(cfg, resolve=True)
+            processes = [context.Process(target=_worker_process, args=(container, name, k)) for k in range(workers)]
+            for process in processes:
+                process.start()
+            try:
+                for process in processes:
+                    process.join()
+            except KeyboardInterrupt:
+                for process in processes:
+                    process.terminate()
+                for process in processes:
+                    process.join()
+                raise
+        study = open_study(storage, cfg.dataset.name, name, seed=0)
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: t.value) if complete else None
+        print(f"{study.study_name}: {sum(counts(t) for t in trials)} trials counted "
+              f"({len(complete)} complete, {sum(counts(t) for t in trials) - len(complete)} diverged)"
+              + (f", best val {best.value:.4f} / test {best.user_attrs.get('test_metric'):.4f}" if best else ""),
+              flush=True)
+        names.append(study.study_name)
+    return names
