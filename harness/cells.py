@@ -343,6 +343,78 @@ def _import_into(views: dict[str, torch.Tensor], weights: dict[str, torch.Tensor
             view.copy_(value)
 
 
+class GRURecurrence(torch.autograd.Function):
+    """The GRU of Cho et al. (2014) over a whole sequence (equations in `GRULayer`).
+
+    Inputs: x (T, B, M); W (3N, M), R (3N, N) and b (3N), rows z, r, h. Returns h (T, B, N).
+    Like `LSTMRecurrence`: the input projection of all frames is one product, each step
+    works on views made once before the loop (`unbind`) and writes in place (`out=`),
+    and the weight gradients are one product each after the backward loop.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, R, b):
+        T, B, M = x.shape
+        N = W.shape[0] // 3
+        R_zr_t, R_h_t = R[: 2 * N].t(), R[2 * N :].t()
+        # a[t] = pre-activations (z, r, h) of step t, starting from the input projection.
+        a = torch.addmm(b, x.reshape(T * B, M), W.t()).view(T, B, 3 * N)  # (T, B, 3N)
+        states = x.new_zeros(T + 1, B, N)  # h^t, states[0] = 0
+        gates = x.new_empty(T, B, 2 * N)  # z^t, r^t
+        candidate = x.new_empty(T, B, N)  # h~^t
+        reset_state = x.new_empty(T, B, N)  # r^t * h^{t-1}, what R_h multiplies
+        step = x.new_empty(T, B, N)  # h~^t - h^{t-1}
+
+        a_zr, a_h = a[..., : 2 * N].unbind(0), a[..., 2 * N :].unbind(0)
+        h_t, zr_t = states.unbind(0), gates.unbind(0)
+        z_t, r_t = gates[..., :N].unbind(0), gates[..., N:].unbind(0)
+        cand_t, rh_t, step_t = candidate.unbind(0), reset_state.unbind(0), step.unbind(0)
+        for t in range(T):
+            torch.sigmoid(a_zr[t].addmm_(h_t[t], R_zr_t), out=zr_t[t])
+            torch.mul(r_t[t], h_t[t], out=rh_t[t])  # the reset acts before the product
+            torch.tanh(a_h[t].addmm_(rh_t[t], R_h_t), out=cand_t[t])
+            torch.sub(cand_t[t], h_t[t], out=step_t[t])
+            torch.addcmul(h_t[t], z_t[t], step_t[t], out=h_t[t + 1])  # (1 - z) h + z h~
+        ctx.save_for_backward(x, W, R, states, gates, candidate, reset_state, step)
+        return states[1:].clone()
+
+    @staticmethod
+    def backward(ctx, dY):
+        x, W, R, states, gates, candidate, reset_state, step = ctx.saved_tensors
+        T, B, M = x.shape
+        N = W.shape[0] // 3
+        R_zr, R_h = R[: 2 * N], R[2 * N :]
+        z, r = gates[..., :N], gates[..., N:]
+        # The local derivatives, for all steps at once.
+        da_z_dh = (step * z * (1 - z)).unbind(0)  # d h / d a_z = (h~ - h) z (1 - z)
+        da_h_dh = (z * (1 - candidate * candidate)).unbind(0)  # d h / d a_h = z (1 - h~^2)
+        da_r_drh = (states[:-1] * r * (1 - r)).unbind(0)  # d (r h) / d a_r = h r (1 - r)
+        keep = (1 - z).unbind(0)  # d h^t / d h^{t-1}, the direct path
+        r_t, dY_t = r.unbind(0), dY.unbind(0)
+
+        dA = x.new_empty(T, B, 3 * N)  # d loss / d pre-activation (z, r, h)
+        da_z, da_r, da_h = (dA[..., k * N : (k + 1) * N].unbind(0) for k in range(3))
+        da_zr = dA[..., : 2 * N].unbind(0)
+        dh = x.new_empty(B, N)
+        dh_next = x.new_zeros(B, N)  # d loss / d h^t through step t + 1
+        d_reset_state = x.new_empty(B, N)
+        for t in range(T - 1, -1, -1):
+            torch.add(dY_t[t], dh_next, out=dh)
+            torch.mul(dh, da_z_dh[t], out=da_z[t])
+            torch.mul(dh, da_h_dh[t], out=da_h[t])
+            torch.mm(da_h[t], R_h, out=d_reset_state)
+            torch.mul(d_reset_state, da_r_drh[t], out=da_r[t])
+            torch.mul(dh, keep[t], out=dh_next).addcmul_(d_reset_state, r_t[t]).addmm_(da_zr[t], R_zr)
+
+        dA_flat = dA.view(T * B, 3 * N)
+        dx = torch.mm(dA_flat, W).view(T, B, M) if ctx.needs_input_grad[0] else None
+        dW = torch.mm(dA_flat.t(), x.reshape(T * B, M))
+        dR = torch.cat((torch.mm(dA_flat[:, : 2 * N].t(), states[:-1].reshape(T * B, N)),
+                        torch.mm(dA_flat[:, 2 * N :].t(), reset_state.view(T * B, N))))
+        db = dA_flat.sum(0)
+        return dx, dW, dR, db
+
+
 class GRULayer(nn.Module):
     """One unidirectional GRU layer in the form of Cho et al. (2014)::
 
@@ -357,6 +429,7 @@ class GRULayer(nn.Module):
 
     Stored fused: `weight_input` (3N, M) and `bias` (3N) with rows z, r, h;
     `weight_recurrent` (3N, N) with rows R_z, R_r, R_h. Input x (T, B, M), output (T, B, N).
+    The time loop and its hand-written backward pass are `GRURecurrence`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, init_std: float = 0.1):
@@ -368,20 +441,7 @@ class GRULayer(nn.Module):
         self.bias = _normal((3 * N,), init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, M = x.shape
-        N = self.hidden_size
-        pre = torch.addmm(self.bias, x.reshape(T * B, M), self.weight_input.t()).view(T, B, 3 * N)
-        R_zr_t = self.weight_recurrent[: 2 * N].t()
-        R_h_t = self.weight_recurrent[2 * N :].t()
-        h = x.new_zeros(B, N)
-        outputs = []
-        for t in range(T):
-            zr = torch.sigmoid(torch.addmm(pre[t, :, : 2 * N], h, R_zr_t))  # (B, 2N)
-            z, r = zr[:, :N], zr[:, N:]
-            candidate = torch.tanh(torch.addmm(pre[t, :, 2 * N :], r * h, R_h_t))
-            h = torch.addcmul(h, z, candidate - h)  # (1 - z) h + z h~
-            outputs.append(h)
-        return torch.stack(outputs)
+        return GRURecurrence.apply(x, self.weight_input, self.weight_recurrent, self.bias)
 
     def weight_keys(self) -> list[str]:
         return [f"{kind}_{gate}" for kind in "WRb" for gate in "zrh"]

@@ -245,3 +245,81 @@ def test_unknown_variant_lists_the_valid_ones():
 
 def test_variant_table_has_the_nine_lstm_variants():
     assert set(LSTM_VARIANTS) == {"vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"}
+
+
+# -- the GRU ----------------------------------------------------------------------------
+
+
+def test_gru_single_block_worked_by_hand():
+    """N = 1, M = 1, two steps, with weights chosen so that every value is a fraction.
+
+    sigma(ln 3) = 3/4, sigma(-ln 3) = 1/4, tanh(ln(3) / 2) = 1/2.  Weights: W_z = ln 3,
+    R_z = (8/3) ln 3, b_z = 0; W_r = 0, R_r = (8/3) ln 3, b_r = -2 ln 3; W_h = ln 3,
+    R_h = (32/3) ln 3, b_h = -ln(3) / 2.  Inputs x^1 = 1, x^2 = 0.
+
+    step 1 (h^0 = 0): z = sigma(ln 3) = 3/4; h~ = tanh(ln 3 - ln(3)/2) = 1/2;
+                      h^1 = (1 - 3/4) 0 + 3/4 * 1/2 = 3/8
+    step 2: z = sigma((8/3) ln 3 * 3/8) = sigma(ln 3) = 3/4
+            r = sigma(-2 ln 3 + (8/3) ln 3 * 3/8) = sigma(-ln 3) = 1/4
+            h~ = tanh(-ln(3)/2 + (32/3) ln 3 * (1/4 * 3/8)) = tanh(ln(3)/2) = 1/2
+            h^2 = (1 - 3/4) 3/8 + 3/4 * 1/2 = 3/32 + 12/32 = 15/32
+    (torch.nn.GRU's h = (1 - z) h~ + z h would give h^1 = 1/8 instead.)
+    """
+    ln3 = math.log(3.0)
+    layer = make_layer("gru", 1, 1)
+    weights = {"W_z": ln3, "R_z": 8 / 3 * ln3, "b_z": 0.0, "W_r": 0.0, "R_r": 8 / 3 * ln3, "b_r": -2 * ln3,
+               "W_h": ln3, "R_h": 32 / 3 * ln3, "b_h": -ln3 / 2}
+    layer.import_weights({k: torch.full(layer.export_weights()[k].shape, v) for k, v in weights.items()})
+    y = layer(torch.tensor([1.0, 0.0]).view(2, 1, 1)).flatten()
+    assert y.tolist() == pytest.approx([3 / 8, 15 / 32], abs=1e-12)
+
+
+def copy_to_torch_gru(weights: dict, torch_gru: torch.nn.GRU) -> None:
+    """torch.nn.GRU (gates r, z, n) gets our weights with its update gate z' = 1 - z:
+    1 - sigma(a) = sigma(-a), so z' has the negated W_z, R_z, b_z. Its b_hn is zero."""
+    with torch.no_grad():
+        torch_gru.weight_ih_l0.copy_(torch.cat([weights["W_r"], -weights["W_z"], weights["W_h"]]))
+        torch_gru.weight_hh_l0.copy_(torch.cat([weights["R_r"], -weights["R_z"], weights["R_h"]]))
+        torch_gru.bias_ih_l0.copy_(torch.cat([weights["b_r"], -weights["b_z"], weights["b_h"]]))
+        torch_gru.bias_hh_l0.zero_()
+
+
+def test_gru_differs_from_torch_gru_only_in_where_the_reset_acts():
+    """Ours: h~ = tanh(W_h x + R_h (r * h) + b_h), h = (1 - z) h + z h~.
+    torch.nn.GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h = (1 - z') n + z' h.
+
+    With z' = 1 - z (negated z weights) and b_hn = 0 the two differ only in
+    R_h (r * h) against r * (R_h h). These agree exactly when R_h = 0, and when r = 1
+    (b_r = 1000 saturates sigma to exactly 1 in float64); otherwise they differ."""
+    layer, torch_gru = make_layer("gru", M, N), torch.nn.GRU(M, N)
+    x = torch.randn(T, B, M, generator=torch.Generator().manual_seed(2))
+    weights = random_weights(layer, scale=0.8)
+    layer.import_weights(weights)
+    copy_to_torch_gru(weights, torch_gru)
+    assert (layer(x) - torch_gru(x)[0]).abs().max() > 1e-3
+
+    no_candidate_recurrence = {**weights, "R_h": torch.zeros(N, N)}
+    layer.import_weights(no_candidate_recurrence)
+    copy_to_torch_gru(no_candidate_recurrence, torch_gru)
+    assert torch.allclose(layer(x), torch_gru(x)[0], atol=1e-12, rtol=0)
+
+    open_reset = {**weights, "W_r": torch.zeros(N, M), "R_r": torch.zeros(N, N), "b_r": torch.full((N,), 1000.0)}
+    layer.import_weights(open_reset)
+    copy_to_torch_gru(open_reset, torch_gru)
+    assert torch.allclose(layer(x), torch_gru(x)[0], atol=1e-12, rtol=0)
+
+
+def test_gru_gradients_match_autograd_through_the_equations():
+    """The hand-written backward pass against autograd through `reference_gru`."""
+    layer = make_layer("gru", M, N)
+    weights = random_weights(layer, scale=0.8, seed=4)
+    layer.import_weights(weights)
+    x = torch.randn(T, B, M, requires_grad=True)
+    target = torch.randn(T, B, N)
+    ours = torch.autograd.grad((layer(x) * target).sum(), [x, layer.weight_input, layer.weight_recurrent, layer.bias])
+    leaves = {k: v.clone().requires_grad_() for k, v in weights.items()}
+    theirs = torch.autograd.grad((reference_gru(leaves, x) * target).sum(), [x, *leaves.values()])
+    grads = dict(zip(leaves, theirs[1:]))
+    assert torch.allclose(ours[0], theirs[0], atol=1e-10)
+    for fused, kind in zip(ours[1:], ("W", "R", "b")):
+        assert torch.allclose(fused, torch.cat([grads[f"{kind}_{g}"] for g in "zrh"]), atol=1e-10)
