@@ -6,7 +6,8 @@ figures and a report (shared/SPEC.md, section 6).
 cfg keys (conf/analysis/default.yaml): dataset (required: the studies' `dataset`
 attribute), storage (Optuna URL; a relative sqlite path starts at the project root),
 out (default results/analysis/<dataset>/), n_trees, min_samples_leaf, seed,
-top_fraction, min_trials_for_fanova, alpha, reference_variant, grid_points.
+top_fraction, min_trials_for_fanova, alpha, reference_variant, grid_points,
+crosscheck, figures (false: tables and report only).
 
 Which trials count. A trial is *usable* when its state is COMPLETE, it has no
 `failure` user attribute (the trainer sets one when the loss became NaN or inf), and
@@ -40,6 +41,7 @@ hides the interactions; we ask for normalize=False.)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -67,6 +69,8 @@ DEFAULTS = {
     "alpha": 0.05,
     "reference_variant": "vanilla",
     "grid_points": 40,
+    "crosscheck": True,
+    "figures": True,
 }
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch"]
 POOLED = "all"
@@ -270,7 +274,7 @@ def pair_marginal(result: FanovaResult, a: str, b: str, points: int):
     return grid_a, grid_b, surface
 
 
-def optuna_crosscheck(group, frame, parameters, seed) -> dict[str, float]:
+def optuna_crosscheck(group, frame, parameters, seed, n_trees) -> dict[str, float]:
     """Optuna's fANOVA main effects on the same (log10) data, as shares of the variance.
 
     Empty when scikit-learn (which Optuna's evaluator needs) is not installed."""
@@ -292,7 +296,7 @@ def optuna_crosscheck(group, frame, parameters, seed) -> dict[str, float]:
                   for k, (name, column) in enumerate(columns.items())}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=float(value)))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.importance.get_param_importances(study, evaluator=evaluator,
@@ -487,12 +491,18 @@ def run(cfg) -> Path:
         print(f"[analyze] fANOVA of {group} ({len(part)} usable trials)")
         merged = _group_distributions(part, distributions, group)
         frame = part[["test_metric"] + list(merged)].dropna()
-        result = fit_fanova(group, frame, merged, options)
-        if result.model is not None:
-            check = optuna_crosscheck(group, frame, result.parameters, options["seed"])
-            for row in result.rows:
-                row["optuna_fraction"] = check.get(row["term"], np.nan)
+        if group != POOLED and len(groups) == 2:  # a single variant: the pooled analysis
+            pooled = results[POOLED]
+            result = dataclasses.replace(
+                pooled, group=group, rows=[{**row, "variant": group} for row in pooled.rows])
         else:
+            result = fit_fanova(group, frame, merged, options)
+            if result.model is not None and options["crosscheck"]:
+                check = optuna_crosscheck(group, frame, result.parameters, options["seed"],
+                                          options["n_trees"])
+                for row in result.rows:
+                    row["optuna_fraction"] = check.get(row["term"], np.nan)
+        if result.model is None:
             print(f"[analyze]   {result.note}")
         results[group] = result
         importance_rows += result.rows
@@ -500,8 +510,10 @@ def run(cfg) -> Path:
                               columns=["variant", "term", "fraction", "std", "optuna_fraction"])
     importance.to_csv(out / "importance.csv", index=False)
 
-    print("[analyze] drawing figures")
-    drawn = figures.draw_all(out, usable, top, variants, results, options)
+    drawn = {}
+    if options["figures"]:
+        print("[analyze] drawing figures")
+        drawn = figures.draw_all(out, usable, top, variants, results, options)
     path = report.write(out, dataset=dataset, storage=options["storage"], trials=table,
                         variants=variants, importance=importance, results=results,
                         figures=drawn, options=options)
