@@ -59,7 +59,9 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
     shown = ["variant", "n_trials", "n_usable", "n_failed", "mean_all", "median_all", "best_all",
              "mean_top", "median_top", "welch_p_all", "differs_all", "welch_p_top",
              "differs_top", "mean_n_params"]
-    lines += [_table(variants[shown]), "", "All columns: `variants.csv`.", ""]
+    table = variants[shown].copy()
+    table["mean_n_params"] = table["mean_n_params"].round().astype("Int64")  # not 7.8e+04
+    lines += [_table(table), "", "All columns: `variants.csv`.", ""]
     if "boxplots" in figures:
         lines += [f"![Test metric per variant]({figures['boxplots']})", ""]
 
