@@ -463,17 +463,30 @@ class GRULayer(nn.Module):
         _import_into(self._views(), weights, type(self).__name__)
 
 
-VARIANTS = tuple(LSTM_VARIANTS) + ("gru",)
+# One layer with the weight contract of shared/SPEC.md; then the gated-feedback stacks
+# (harness.gated_feedback), which take the whole stack of `layers` layers as one module.
+CELL_VARIANTS = tuple(LSTM_VARIANTS) + ("gru",)
+GATED_FEEDBACK_VARIANTS = ("gfrnn", "gfgru")
+VARIANTS = CELL_VARIANTS + GATED_FEEDBACK_VARIANTS
 
 
 def make_layer(variant: str, input_size: int, hidden_size: int, **options) -> nn.Module:
     """One unidirectional layer of `variant` (see `VARIANTS`); x (T, B, M) -> y (T, B, N).
 
-    Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (LSTM family, default 0).
+    Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (LSTM family and gfrnn,
+    default 0); for gfrnn (GF-LSTM) and gfgru (GF-GRU) also `layers` (default 3) and
+    `concat_layers` (default false): they return a whole stack, x (T, B, M) -> (T, B,
+    `output_size`).
     """
     if variant in LSTM_VARIANTS:
         return LSTMLayer(LSTM_VARIANTS[variant], input_size, hidden_size, **options)
     if variant == "gru":
         options.pop("forget_bias", None)
         return GRULayer(input_size, hidden_size, **options)
+    if variant in GATED_FEEDBACK_VARIANTS:
+        from harness.gated_feedback import GatedFeedbackRNN  # it builds on this module
+
+        if variant == "gfgru":
+            options.pop("forget_bias", None)
+        return GatedFeedbackRNN(variant, input_size, hidden_size, **options)
     raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")

@@ -1,0 +1,226 @@
+"""The gated-feedback RNN (harness.gated_feedback) against independent computations: with
+only the i -> i feedback it is a plain stack of torch.nn.LSTM / torch.nn.GRU layers;
+gradcheck; the parameter count; bidirectional use; the configs; JSB quality (slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.cells import make_layer
+from harness.datasets import DataSplits, load_dataset
+from harness.gated_feedback import GatedFeedbackRNN
+from harness.networks import SequenceNetwork, count_parameters
+from harness.train import train
+
+M, N, L, T, B = 5, 4, 3, 6, 2
+GATES = {"gfrnn": "ifo", "gfgru": "zr"}
+CANDIDATE = {"gfrnn": "c", "gfgru": "h"}
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def random_stack(variant, layers=L, seed=0, scale=0.5, **options):
+    torch.manual_seed(seed)
+    stack = make_layer(variant, M, N, layers=layers, **options)
+    stack.import_weights({k: torch.randn(v.shape) * scale for k, v in stack.export_weights().items()})
+    return stack
+
+
+def torch_stack(variant, weights, layers=L, feedback_scale=1.0):
+    """torch.nn.LSTM / torch.nn.GRU with `layers` layers, layer j's candidate recurrence
+    being feedback_scale * U^{j->j} (the only feedback left).
+
+    GF-LSTM layer with g^{j->j} = 1 and no other feedback = torch.nn.LSTM layer (gate
+    order i, f, g = c~, o; bias_hh = 0). GF-GRU layer likewise = torch.nn.GRU layer with
+    r * (U h) inside the candidate, which is torch's reset placement, and torch's update
+    gate z' = 1 - z = sigma(-a): the z weights negated (order r, z', n; bias_hh = 0)."""
+    if variant == "gfrnn":
+        network = torch.nn.LSTM(M, N, num_layers=layers)
+    else:
+        network = torch.nn.GRU(M, N, num_layers=layers)
+    with torch.no_grad():
+        for j in range(1, layers + 1):
+            w = {k: weights[f"{k}^{j}"] for k in ("W_i W_f W_c W_o R_i R_f R_o b_i b_f b_c b_o".split()
+                                                  if variant == "gfrnn" else
+                                                  "W_z W_r W_h R_z R_r b_z b_r b_h".split())}
+            U = feedback_scale * weights[f"U_{CANDIDATE[variant]}^{j}->{j}"]
+            if variant == "gfrnn":
+                W = [w["W_i"], w["W_f"], w["W_c"], w["W_o"]]
+                R = [w["R_i"], w["R_f"], U, w["R_o"]]
+                b = [w["b_i"], w["b_f"], w["b_c"], w["b_o"]]
+            else:
+                W = [w["W_r"], -w["W_z"], w["W_h"]]
+                R = [w["R_r"], -w["R_z"], U]
+                b = [w["b_r"], -w["b_z"], w["b_h"]]
+            getattr(network, f"weight_ih_l{j - 1}").copy_(torch.cat(W))
+            getattr(network, f"weight_hh_l{j - 1}").copy_(torch.cat(R))
+            getattr(network, f"bias_ih_l{j - 1}").copy_(torch.cat(b))
+            getattr(network, f"bias_hh_l{j - 1}").zero_()
+    return network
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+def test_diagonal_global_gates_give_a_plain_stack(variant):
+    """The test hook: g^{i->j} fixed to the identity matrix (1 for i = j, 0 otherwise)."""
+    stack = random_stack(variant)
+    x = torch.randn(T, B, M)
+    reference = torch_stack(variant, stack.export_weights())(x)[0]
+    assert (stack(x) - reference).abs().max() > 1e-3  # the learned gates do matter
+    stack.fixed_global_gates = torch.eye(L)
+    assert torch.allclose(stack(x), reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+def test_imported_weights_that_cut_the_feedback_give_a_plain_stack(variant):
+    """No hook, only weights: w_g = u_g = 0 makes every gate sigma(0) = 1/2 exactly, and
+    U^{i->j} = 0 for i != j leaves 1/2 U^{j->j} h^j: a plain stack whose candidate
+    recurrence is U^{j->j} / 2 (exact in binary floating point)."""
+    stack = random_stack(variant, seed=1)
+    weights = stack.export_weights()
+    for i in range(1, L + 1):
+        for j in range(1, L + 1):
+            weights[f"w_g^{i}->{j}"] = torch.zeros_like(weights[f"w_g^{i}->{j}"])
+            weights[f"u_g^{i}->{j}"] = torch.zeros_like(weights[f"u_g^{i}->{j}"])
+            if i != j:
+                key = f"U_{CANDIDATE[variant]}^{i}->{j}"
+                weights[key] = torch.zeros_like(weights[key])
+    stack.import_weights(weights)
+    x = torch.randn(T, B, M)
+    reference = torch_stack(variant, weights, feedback_scale=0.5)(x)[0]
+    assert torch.allclose(stack(x), reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("layers", [2, 3])
+def test_gradcheck(variant, layers):
+    stack = make_layer(variant, 3, 2, layers=layers)
+    stack.import_weights({k: torch.randn(v.shape) * 0.8 for k, v in stack.export_weights().items()})
+    names, params = zip(*stack.named_parameters())
+    x = torch.randn(4, 2, 3, requires_grad=True)
+
+    def function(x, *values):
+        return torch.func.functional_call(stack, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(function, (x, *params), eps=1e-6, atol=1e-7)
+
+
+def parameter_formula(variant, m, n, layers):
+    """Layer j (input size m_j: m for j = 1, n above) has W (G + 1 blocks: the G unit-wise
+    gates and the candidate, n x m_j each), b ((G + 1) n), R of the gates on its own state
+    (G n x n), U^{i->j} for every i (layers n x n), w_g^{i->j} (layers vectors of m_j) and
+    u_g^{i->j} (layers vectors of layers * n). G = 3 (i, f, o) for GF-LSTM, 2 (z, r) for GF-GRU:
+
+        sum_j [(G+1) n m_j + (G+1) n + G n^2 + L n^2 + L m_j + L^2 n]
+    """
+    G = 3 if variant == "gfrnn" else 2
+    total = 0
+    for j in range(layers):
+        m_j = m if j == 0 else n
+        total += (G + 1) * n * m_j + (G + 1) * n + G * n * n + layers * n * n + layers * m_j + layers ** 2 * n
+    return total
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_parameter_count(variant, layers):
+    stack = make_layer(variant, 88, 60, layers=layers)
+    assert count_parameters(stack) == parameter_formula(variant, 88, 60, layers)
+    assert sum(v.numel() for v in stack.export_weights().values()) == parameter_formula(variant, 88, 60, layers)
+
+
+def test_gf_lstm_with_60_blocks_on_jsb_has_this_many_parameters():
+    # layer 1: 4*60*88 + 240 + 3*3600 + 3*3600 + 3*88 + 9*60 = 21120 + 240 + 10800 + 10800 + 264 + 540 = 43764
+    # layers 2, 3: 4*60*60 + 240 + 10800 + 10800 + 180 + 540 = 36960 each
+    assert parameter_formula("gfrnn", 88, 60, 3) == 43764 + 2 * 36960
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("concat_layers", [False, True])
+def test_bidirectional_network_has_one_stack_a_direction(variant, concat_layers):
+    torch.manual_seed(0)
+    network = SequenceNetwork(variant, M, N, 7, bidirectional=True, layers=2, concat_layers=concat_layers)
+    forward, backward = network.forward_layer, network.backward_layer
+    assert isinstance(forward, GatedFeedbackRNN) and isinstance(backward, GatedFeedbackRNN)
+    assert forward is not backward and forward.output_size == N * (2 if concat_layers else 1)
+    assert network.readout.in_features == 2 * forward.output_size
+    x = torch.randn(T, 3, M)
+    expected = network.readout(torch.cat((forward(x), backward(x.flip(0)).flip(0)), dim=2))
+    assert torch.allclose(network(x), expected, atol=1e-12)
+    # a padded batch: each sequence's scores equal those of the sequence alone
+    lengths = torch.tensor([T, 4, 2])
+    scores = network(x, lengths)
+    for b, length in enumerate(lengths.tolist()):
+        alone = network(x[:length, b : b + 1])
+        assert torch.allclose(scores[:length, b : b + 1], alone, atol=1e-12)
+    scores.sum().backward()
+    assert all(p.grad is not None for p in backward.parameters())
+
+
+def test_output_size_and_concatenated_layers():
+    stack = random_stack("gfgru", concat_layers=True)
+    x = torch.randn(T, B, M)
+    everything = stack(x)
+    assert stack.output_size == L * N and everything.shape == (T, B, L * N)
+    stack.concat_layers = False
+    assert torch.equal(stack(x), everything[..., -N:])  # the top layer is the last block
+
+
+def test_forget_bias_shifts_the_gf_lstm_forget_gates_and_gfgru_accepts_it():
+    torch.manual_seed(0)
+    plain = make_layer("gfrnn", M, N).export_weights()
+    torch.manual_seed(0)
+    shifted = make_layer("gfrnn", M, N, forget_bias=1.0).export_weights()
+    for j in range(1, L + 1):
+        assert torch.allclose(shifted[f"b_f^{j}"], plain[f"b_f^{j}"] + 1.0)
+        assert torch.equal(shifted[f"b_i^{j}"], plain[f"b_i^{j}"])
+    assert isinstance(make_layer("gfgru", M, N, forget_bias=1.0), GatedFeedbackRNN)
+
+
+def test_weights_start_normal_with_deviation_init_std():
+    values = torch.cat([p.detach().flatten() for p in make_layer("gfrnn", 88, 150, init_std=0.1).parameters()])
+    assert abs(values.std().item() - 0.1) < 0.002 and abs(values.mean().item()) < 0.002
+
+
+def test_one_layer_is_refused():
+    with pytest.raises(ValueError, match="layers"):
+        make_layer("gfrnn", M, N, layers=1)
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+def test_variant_configs_train(compose_config, variant):
+    """The configs as the command line composes them (train adds forget_bias to every
+    variant but gru): one short epoch on a few JSB sequences."""
+    torch.set_default_dtype(torch.float32)
+    cfg = compose_config([f"variant={variant}", "variant.layers=2", "hidden_size=8", "max_epochs=1"])
+    assert cfg.variant.layers == 2 and cfg.variant.concat_layers is False
+    data = load_dataset(compose_config().dataset)
+    tiny = DataSplits(name="jsb_tiny", task="next_step", train=data.train[:3], valid=data.valid[:2],
+                      test=data.test[:2], input_dim=88, n_outputs=88)
+    result = train(cfg, data=tiny, log=lambda _: None)
+    assert result["failure"] is None and result["test_metric"] is not None
+    assert result["n_params"] == parameter_formula(variant, 88, 8, 2) + 8 * 88 + 88  # + read-out
+
+
+def run_jsb_check(variant, tmp_path, max_epochs=10):
+    command = [sys.executable, "-m", "harness.cli", "train", "dataset=jsb_chorales", f"variant={variant}",
+               "hidden_size=60", "learning_rate=1e-2", "momentum=0.9", "input_noise_std=0",
+               f"max_epochs={max_epochs}", "seed=0", f"hydra.run.dir={tmp_path}"]
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gru", "gfrnn"])
+def test_jsb_quality_in_ten_epochs(variant, tmp_path):
+    """N = 60, lr 1e-2, momentum 0.9, 10 epochs: test NLL at most 10.0 (unigram: 11.09)."""
+    metrics = run_jsb_check(variant, tmp_path)
+    assert metrics["test_metric"] <= 10.0
