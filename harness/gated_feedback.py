@@ -27,12 +27,14 @@ of the others N x N, R_* and U^{i->j} are N x N. All state starts at zero. The o
 the top layer's state, (T, B, N), or with `concat_layers` all layers' states, (T, B, L N)
 in the order 1..L; `output_size` says which.
 
-How it is computed: plain autograd, with products fused where the recursion allows.
-The input projection of layer 1 (its gates, candidate and the L gate terms w_g . x) is one
-product over all frames. At each step one batched product over the source layers i
-computes everything that depends on h*_{t-1} alone: U^{i->j} h_{t-1}^i for every pair,
-each layer's own-state gate terms R h_{t-1}^j, and the u_g terms. Then the layers run
-bottom up, one product each for what comes from below.
+How it is computed: plain autograd, with the products fused where the recursion allows
+(at one sequence an update, the number of operations a step is what costs). The input
+projection of layer 1 (its gates, the L gate terms w_g . x and the candidate) is one
+product over all frames. At each step one product of h*_{t-1} gives, for every layer at
+once, what the unit-wise gates get from its own state and what the global gates get
+from h*_{t-1}; then the layers run bottom up: one product for what comes from below, one
+sigmoid for all of the layer's gates, unit-wise and global, and one product of the
+gate-scaled h*_{t-1} with [U^{1->j} ... U^{L->j}] for the feedback into the candidate.
 
 `fixed_global_gates`, an L x L tensor (row i, column j = g^{i->j}) or None, replaces the
 learned gates when set: a hook for tests and ablations (the identity matrix turns the
@@ -56,10 +58,10 @@ CELLS = {
 class GatedFeedbackRNN(nn.Module):
     """A GF-LSTM (`cell="gfrnn"`) or GF-GRU (`cell="gfgru"`) stack; x (T, B, M) -> (T, B, output_size).
 
-    Parameters, layer j = 1..L (index j - 1 in the lists):
-    - `weight_below[j]` ((G+1) N + L, M_j), M_1 = M, M_j = N otherwise: rows W of the G
-      unit-wise gates, W of the candidate, then w_g^{i->j} for i = 1..L;
-    - `bias[j]` ((G+1) N): b of the gates and the candidate;
+    Parameters, layer j = 1..L (index j - 1 in the lists), G unit-wise gates a layer:
+    - `weight_below[j]` (G N + L + N, M_j), M_1 = M, M_j = N otherwise: rows W of the G
+      gates, then w_g^{i->j} for i = 1..L, then W of the candidate;
+    - `bias[j]` ((G + 1) N): b of the gates, then of the candidate (the global gates have none);
     - `weight_recurrent[j]` (G N, N): R of the gates on the layer's own h_{t-1}^j;
     - `feedback` (L, L, N, N): feedback[i, j] = U^{i->j} (0-based);
     - `global_gate_recurrent` (L, L, L N): [i, j] = u_g^{i->j}.
@@ -83,7 +85,7 @@ class GatedFeedbackRNN(nn.Module):
             return nn.Parameter(torch.randn(shape) * init_std)
 
         self.weight_below = nn.ParameterList(
-            [normal((G + 1) * N + L, input_size if j == 0 else N) for j in range(L)])
+            [normal(G * N + L + N, input_size if j == 0 else N) for j in range(L)])
         self.bias = nn.ParameterList([normal((G + 1) * N) for _ in range(L)])
         self.weight_recurrent = nn.ParameterList([normal(G * N, N) for _ in range(L)])
         self.feedback = normal(L, L, N, N)
@@ -94,58 +96,57 @@ class GatedFeedbackRNN(nn.Module):
                     bias[N : 2 * N].add_(forget_bias)
         self.fixed_global_gates: torch.Tensor | None = None
 
-    def _recurrent_weights(self) -> torch.Tensor:
-        """(L, N, L N + G N + L L): for source layer k, what h_{t-1}^k is multiplied by:
-        [U^{k->j} for j = 1..L | R of layer k's own gates | u_g^{i->j} restricted to block k]."""
-        N, L = self.hidden_size, self.layers
-        feedback = self.feedback.permute(0, 3, 1, 2).reshape(L, N, L * N)  # [k, n, (j, n')] = U^{k->j}[n', n]
-        own = torch.stack([w.t() for w in self.weight_recurrent])  # (L, N, G N)
-        gate = self.global_gate_recurrent.view(L * L, L, N).permute(1, 2, 0)  # [k, n, (i, j)]
-        return torch.cat((feedback, own, gate), dim=2)
+    def _step_weights(self):
+        """The fused matrices of `forward`:
+        - from_previous (L N, L (G N + L)): h*_{t-1} times it gives, layer by layer, the
+          gates' R h_{t-1}^j (block diagonal) and the L terms u_g^{i->j} . h*_{t-1};
+        - feedback[j] (L N, N): [U^{1->j} ... U^{L->j}] transposed, for the gate-scaled h*_{t-1};
+        - bias[j] (G N + L + N): the biases in the row order of weight_below, 0 for w_g."""
+        N, L, G = self.hidden_size, self.layers, len(self.gates)
+        own = torch.block_diag(*[w.t() for w in self.weight_recurrent]).view(L * N, L, G * N)
+        gate = self.global_gate_recurrent.permute(2, 1, 0)  # [(k, n), j, i] = u_g^{i->j}[(k, n)]
+        from_previous = torch.cat((own, gate), dim=2).reshape(L * N, L * (G * N + L))
+        feedback = self.feedback.permute(1, 0, 3, 2).reshape(L, L * N, N).unbind(0)  # [j][(i, n_in), n_out]
+        zeros = self.bias[0].new_zeros(L)
+        bias = [torch.cat((b[: G * N], zeros, b[G * N :])) for b in self.bias]
+        return from_previous, feedback, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, M = x.shape
         N, L, G = self.hidden_size, self.layers, len(self.gates)
         lstm = self.cell == "gfrnn"
-        recurrent = self._recurrent_weights()
-        n_feedback, n_own = L * N, G * N
-        biases = [torch.cat((b, b.new_zeros(L))) for b in self.bias]  # the gates g have no bias
-        below_x = torch.addmm(biases[0], x.reshape(T * B, M), self.weight_below[0].t())
-        below_x = below_x.view(T, B, (G + 1) * N + L).unbind(0)
-        fixed = self.fixed_global_gates
-        if fixed is not None:
-            fixed = fixed.to(x.dtype).t().unsqueeze(0).expand(B, L, L)  # [b, j, i]
+        from_previous, feedback, bias = self._step_weights()
+        n_gates = G * N + L  # the unit-wise and the global gates, one sigmoid
+        below_x = torch.addmm(bias[0], x.reshape(T * B, M), self.weight_below[0].t()).view(T, B, n_gates + N)
+        fixed = None
+        if self.fixed_global_gates is not None:  # the test and ablation hook, [i, j] = g^{i->j}
+            fixed = self.fixed_global_gates.to(x.dtype).t().unsqueeze(1).expand(L, B, L)  # [j, b, i]
 
-        h = x.new_zeros(L, B, N)  # h*_{t-1}, one row a layer
+        h = x.new_zeros(B, L * N)  # h*_{t-1}
         c = [x.new_zeros(B, N) for _ in range(L)] if lstm else None
         outputs = []
-        for t in range(T):
-            from_previous = torch.bmm(h, recurrent)  # (L, B, L N + G N + L L)
-            feedback = from_previous[..., :n_feedback].view(L, B, L, N)  # [i, b, j] = U^{i->j} h^i
-            gate_recurrent = from_previous[..., n_feedback + n_own :].sum(0).view(B, L, L)  # [b, i, j]
+        for x_t in below_x.unbind(0):
+            recurrent = torch.mm(h, from_previous).view(B, L, G * N + L).unbind(1)  # per layer (B, G N + L)
+            h_layers = h.view(B, L, N)
             below, new_h = None, []
             for j in range(L):
-                a = below_x[t] if j == 0 else torch.addmm(biases[j], below, self.weight_below[j].t())
-                if fixed is None:
-                    g = torch.sigmoid(a[:, (G + 1) * N :] + gate_recurrent[:, :, j])  # (B, L): g^{i->j}
-                else:
-                    g = fixed[:, j]
-                # sum_i g^{i->j} U^{i->j} h_{t-1}^i  (B, N)
-                fed_back = torch.bmm(g.unsqueeze(1), feedback[:, :, j].transpose(0, 1)).squeeze(1)
-                gates = torch.sigmoid(a[:, :n_own] + from_previous[j, :, n_feedback : n_feedback + n_own])
+                a = x_t if j == 0 else torch.addmm(bias[j], below, self.weight_below[j].t())  # (B, G N + L + N)
+                gates = torch.sigmoid(a[:, :n_gates] + recurrent[j])
+                g = gates[:, G * N :] if fixed is None else fixed[j]  # (B, L): g^{i->j}
+                scaled = (h_layers * g.unsqueeze(2)).view(B, L * N)  # g^{i->j} h_{t-1}^i, i = 1..L
                 if lstm:
-                    i, f, o = gates.chunk(3, dim=1)
-                    candidate = torch.tanh(a[:, n_own : n_own + N] + fed_back)
+                    i, f, o = gates[:, :N], gates[:, N : 2 * N], gates[:, 2 * N : 3 * N]
+                    candidate = torch.tanh(torch.addmm(a[:, n_gates:], scaled, feedback[j]))
                     c[j] = torch.addcmul(f * c[j], i, candidate)
                     state = o * torch.tanh(c[j])
                 else:
-                    z, r = gates.chunk(2, dim=1)
-                    candidate = torch.tanh(torch.addcmul(a[:, n_own : n_own + N], r, fed_back))
-                    state = torch.addcmul(h[j], z, candidate - h[j])  # (1 - z) h + z h~
+                    z, r = gates[:, :N], gates[:, N : 2 * N]
+                    candidate = torch.tanh(torch.addcmul(a[:, n_gates:], r, scaled @ feedback[j]))
+                    state = torch.addcmul(h_layers[:, j], z, candidate - h_layers[:, j])  # (1 - z) h + z h~
                 new_h.append(state)
                 below = state
-            h = torch.stack(new_h)  # (L, B, N)
-            outputs.append(h.permute(1, 0, 2).reshape(B, L * N) if self.concat_layers else h[-1])
+            h = torch.cat(new_h, dim=1)  # (B, L N)
+            outputs.append(h if self.concat_layers else below)
         return torch.stack(outputs)  # (T, B, output_size)
 
     # -- readable weights ----------------------------------------------------------------
@@ -154,18 +155,20 @@ class GatedFeedbackRNN(nn.Module):
         """Views into the parameters; layers numbered 1..L as in the paper: `W_i^1`, `R_i^1`,
         `b_i^1`, ..., `U_c^1->2` (U_h for GF-GRU), `w_g^1->2`, `u_g^1->2` (L N values)."""
         N, L = self.hidden_size, self.layers
-        names = self.gates + (self.candidate,)
+        G = len(self.gates)
         views = {}
         for j in range(L):
-            for k, name in enumerate(names):
-                views[f"W_{name}^{j + 1}"] = self.weight_below[j][k * N : (k + 1) * N]
-                views[f"b_{name}^{j + 1}"] = self.bias[j][k * N : (k + 1) * N]
+            rows = {name: k * N for k, name in enumerate(self.gates)}
+            rows[self.candidate] = G * N + L
+            for name, row in rows.items():
+                views[f"W_{name}^{j + 1}"] = self.weight_below[j][row : row + N]
+                views[f"b_{name}^{j + 1}"] = self.bias[j][row - L if name == self.candidate else row :][:N]
                 if name in self.gates:
-                    views[f"R_{name}^{j + 1}"] = self.weight_recurrent[j][k * N : (k + 1) * N]
+                    views[f"R_{name}^{j + 1}"] = self.weight_recurrent[j][row : row + N]
             for i in range(L):
                 pair = f"{i + 1}->{j + 1}"
                 views[f"U_{self.candidate}^{pair}"] = self.feedback[i, j]
-                views[f"w_g^{pair}"] = self.weight_below[j][len(names) * N + i]
+                views[f"w_g^{pair}"] = self.weight_below[j][G * N + i]
                 views[f"u_g^{pair}"] = self.global_gate_recurrent[i, j]
         return views
 

@@ -68,6 +68,68 @@ def torch_stack(variant, weights, layers=L, feedback_scale=1.0):
     return network
 
 
+def sigma(a):
+    return 1.0 / (1.0 + torch.exp(-a))
+
+
+def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
+    """shared/SPEC.md section 2 written out one layer, one step at a time, from the
+    exported weight dict alone (layers numbered 1..L)."""
+    batch, n = x.shape[1], w["W_i^1" if variant == "gfrnn" else "W_z^1"].shape[0]
+    h = [x.new_zeros(batch, n) for _ in range(layers)]
+    c = [x.new_zeros(batch, n) for _ in range(layers)]
+    outputs = []
+    for x_t in x:
+        h_star = torch.cat(h, dim=1)  # h*_{t-1}
+        below, new_h = x_t, []
+        for j in range(1, layers + 1):
+            def unit(name):
+                return below @ w[f"W_{name}^{j}"].T + h[j - 1] @ w[f"R_{name}^{j}"].T + w[f"b_{name}^{j}"]
+
+            feedback = 0
+            for i in range(1, layers + 1):
+                g = sigma(below @ w[f"w_g^{i}->{j}"] + h_star @ w[f"u_g^{i}->{j}"])  # (batch,)
+                feedback = feedback + g.unsqueeze(1) * (h[i - 1] @ w[f"U_{CANDIDATE[variant]}^{i}->{j}"].T)
+            if variant == "gfrnn":
+                i_gate, f_gate, o_gate = sigma(unit("i")), sigma(unit("f")), sigma(unit("o"))
+                candidate = torch.tanh(below @ w[f"W_c^{j}"].T + feedback + w[f"b_c^{j}"])
+                c[j - 1] = f_gate * c[j - 1] + i_gate * candidate
+                state = o_gate * torch.tanh(c[j - 1])
+            else:
+                z, r = sigma(unit("z")), sigma(unit("r"))
+                candidate = torch.tanh(below @ w[f"W_h^{j}"].T + r * feedback + w[f"b_h^{j}"])
+                state = (1 - z) * h[j - 1] + z * candidate
+            new_h.append(state)
+            below = state
+        h = new_h
+        outputs.append(torch.cat(h, dim=1) if concat_layers else h[-1])
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("layers,concat_layers", [(2, False), (3, False), (3, True)])
+def test_matches_the_spec_equations(variant, layers, concat_layers):
+    stack = random_stack(variant, layers=layers, seed=2, concat_layers=concat_layers)
+    x = torch.randn(T, B, M)
+    expected = reference_gated_feedback(variant, stack.export_weights(), x, layers, concat_layers)
+    assert torch.allclose(stack(x), expected, atol=1e-12, rtol=0)
+
+
+def test_export_names_every_weight_once():
+    stack = make_layer("gfrnn", M, N, layers=2)
+    weights = stack.export_weights()
+    assert {"W_c^1", "R_i^2", "b_f^1", "U_c^2->1", "w_g^1->2", "u_g^2->2"} <= set(weights)
+    assert weights["w_g^1->2"].shape == (N,) and weights["u_g^2->1"].shape == (2 * N,)
+    assert weights["W_i^1"].shape == (N, M) and weights["W_i^2"].shape == (N, N)
+    # every stored value is behind exactly one key: writing distinct numbers through the
+    # keys fills every parameter with them
+    counter = iter(range(1, 10 ** 6))
+    stack.import_weights({k: torch.tensor([float(next(counter)) for _ in range(v.numel())]).view(v.shape)
+                          for k, v in weights.items()})
+    values = torch.cat([p.detach().flatten() for p in stack.parameters()])
+    assert sorted(values.tolist()) == list(range(1, values.numel() + 1))
+
+
 @pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
 def test_diagonal_global_gates_give_a_plain_stack(variant):
     """The test hook: g^{i->j} fixed to the identity matrix (1 for i = j, 0 otherwise)."""
@@ -219,8 +281,20 @@ def run_jsb_check(variant, tmp_path, max_epochs=10):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["gru", "gfrnn"])
-def test_jsb_quality_in_ten_epochs(variant, tmp_path):
-    """N = 60, lr 1e-2, momentum 0.9, 10 epochs: test NLL at most 10.0 (unigram: 11.09)."""
-    metrics = run_jsb_check(variant, tmp_path)
+def test_gru_reaches_nll_10_on_jsb_in_ten_epochs(tmp_path):
+    """N = 60, lr 1e-2, momentum 0.9, 10 epochs (about a minute): test NLL at most 10.0
+    (the unigram model: 11.09). It reached 8.75 when written."""
+    metrics = run_jsb_check("gru", tmp_path, max_epochs=10)
     assert metrics["test_metric"] <= 10.0
+
+
+@pytest.mark.slow
+def test_gf_lstm_learns_on_jsb_in_two_epochs(tmp_path):
+    """The same recipe for gfrnn (3 layers), but 2 epochs: 10 take about 9 minutes here
+    (test NLL 9.54 when written; the stack stays near the unigram level, 11.09, for about
+    six epochs before it drops). In 2 epochs (about 3 minutes) the training loss falls
+    from about 12.9 to 11.6 a frame; test NLL was 11.34. Bound: 11.8."""
+    metrics = run_jsb_check("gfrnn", tmp_path, max_epochs=2)
+    first, second = metrics["learning_curve"]
+    assert second["train_loss_per_frame"] < first["train_loss_per_frame"] - 0.5
+    assert metrics["test_metric"] <= 11.8
