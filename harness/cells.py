@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness import kernels
+
 # Rows of the fused pre-activation, and the gates (the last three of them).
 BLOCKS = ("z", "i", "f", "o")
 GATES = ("i", "f", "o")
@@ -121,11 +123,22 @@ class LSTMRecurrence(torch.autograd.Function):
     `gate` one of the two gate functions above. Returns y (T, B, N).
 
     Python's per-call cost dominates at these sizes, so every per-step view is made once
-    before the loop (`unbind`) and every result is written in place (`out=`).
+    before the loop (`unbind`) and every result is written in place (`out=`); and the
+    same equations run compiled from harness/kernels/lstm.cpp when it could be built: one
+    matrix product and one plain loop over the blocks a step (the Python loops remain the
+    reference and the fallback, and the tests compare the two).
     """
 
     @staticmethod
     def forward(ctx, x, W, R, b, p, gate_scale, gate_shift, g, h, gate):
+        ctx.slopes = (g[1], h[1])
+        compiled = kernels.lstm()
+        if compiled is not None:  # the same loop in C++ (harness/kernels/lstm.cpp)
+            y, *saved = compiled.forward(x, W, R, b, p, gate_scale, gate_shift, g[0] is _tanh, h[0] is _tanh)
+            ctx.save_for_backward(x, W, R, p, gate_scale, *saved)
+            ctx.compiled = compiled, g[0] is _tanh, h[0] is _tanh
+            return y
+        ctx.compiled = None
         T, B, M = x.shape
         N = W.shape[0] // 4
         n_rec = R.shape[1]
@@ -162,12 +175,16 @@ class LSTMRecurrence(torch.autograd.Function):
             gate(a_o[t], scale_o, shift_o, out=o_t[t + 1])
             torch.mul(h_apply(c_t[t + 1], out=hc_t[t]), o_t[t + 1], out=y_t[t + 1])
         ctx.save_for_backward(x, W, R, p, gate_scale, states, cells, block_input, cell_output)
-        ctx.slopes = (g[1], h[1])
         return states[1:, :, :N].clone()
 
     @staticmethod
     def backward(ctx, dY):
         x, W, R, p, gate_scale, states, cells, block_input, cell_output = ctx.saved_tensors
+        if ctx.compiled is not None:
+            compiled, g_tanh, h_tanh = ctx.compiled
+            dx, dW, dR, db, dp = compiled.backward(dY, x, W, R, p, gate_scale, states, cells, block_input,
+                                                   cell_output, g_tanh, h_tanh, ctx.needs_input_grad[0])
+            return dx if ctx.needs_input_grad[0] else None, dW, dR, db, dp, None, None, None, None, None
         g_slope, h_slope = ctx.slopes
         T, B, M = x.shape
         N = W.shape[0] // 4

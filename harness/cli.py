@@ -64,6 +64,31 @@ def _hydra_entry(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+# Hydra's own options, and whether each takes a value; they must come before the overrides.
+HYDRA_OPTIONS = {"--config-dir": True, "-cd": True, "--config-path": True, "-cp": True,
+                 "--config-name": True, "-cn": True, "--cfg": True, "-c": True, "--package": True,
+                 "-p": True, "--info": False, "-i": False, "--multirun": False, "-m": False,
+                 "--resolve": False, "--run": False, "-r": False, "--help": False, "-h": False,
+                 "--hydra-help": False}
+
+
+def split_arguments(arguments: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(Hydra options with their values, key=value overrides, other words) in their order."""
+    options, overrides, words = [], [], []
+    rest = iter(arguments)
+    for argument in rest:
+        flag = argument.split("=", 1)[0]
+        if flag in HYDRA_OPTIONS:
+            options.append(argument)
+            if HYDRA_OPTIONS[flag] and "=" not in argument:
+                options.append(next(rest, ""))
+        elif "=" in argument:
+            overrides.append(argument)
+        else:
+            words.append(argument)
+    return options, overrides, words
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -74,12 +99,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"odyssey: error: unknown command '{command}'; use one of {', '.join(COMMANDS)}.\n\n{USAGE}",
               file=sys.stderr)
         sys.exit(2)
+    options, overrides, words = split_arguments(rest)
     if command == "data":
-        if not rest or rest[0].startswith("-") or "=" in rest[0]:
-            print("odyssey data: error: name the data set, e.g. `odyssey data timit_like`.", file=sys.stderr)
+        if len(words) != 1:
+            print("odyssey data: error: name one data set, e.g. `odyssey data timit_like`.", file=sys.stderr)
             sys.exit(2)
-        rest = [f"dataset={rest[0]}"] + rest[1:]
-    sys.argv = [f"odyssey {command}", *rest, f"command={command}"]
+        overrides.insert(0, f"dataset={words[0]}")
+    elif words:
+        print(f"odyssey {command}: error: '{words[0]}' is neither key=value nor an option; "
+              f"see `odyssey --help`.", file=sys.stderr)
+        sys.exit(2)
+    listed = any(o.startswith("variant=") and "," in o for o in overrides)
+    if command == "sweep" and listed and not {"-m", "--multirun"} & set(options):
+        options.append("--multirun")  # variant=a,b: one sweep per variant
+    sys.argv = [f"odyssey {command}", *options, *overrides, f"command={command}"]
     _hydra_entry()
 
 

@@ -33,6 +33,9 @@ if ! python -c "import pyrfr, fanova" 2>/dev/null; then
     $PIP install -q -c constraints.txt --no-build-isolation pyrfr fanova
 fi
 
+# The compiled cell loops (harness/kernels): built once and cached; about a minute.
+python -m harness.kernels
+
 if ! command -v flite >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "[setup] installing flite (apt-get)"

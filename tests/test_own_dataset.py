@@ -312,9 +312,6 @@ def test_odyssey_data_checks_an_npz_data_set_of_a_user_config_dir(tmp_path):
     assert run.returncode == 2 and "test.npz is missing" in run.stderr and "Traceback" not in run.stderr
 
 
-@pytest.mark.xfail(reason="harness/cli.py appends command=NAME after the user's arguments, so an override before "
-                          "--config-dir (`odyssey data NAME` puts dataset=NAME first) splits Hydra's positional "
-                          "overrides and argparse refuses the rest", strict=False)
 def test_config_dir_anywhere_among_the_overrides(tmp_path):
     directory = save_splits(tmp_path / "data", three(lambda s: framewise_arrays()))
     config_dir = tmp_path / "myconf"
@@ -322,6 +319,9 @@ def test_config_dir_anywhere_among_the_overrides(tmp_path):
     (config_dir / "dataset" / "mine.yaml").write_text(
         f"name: mine\nformat: npz\npath: {directory}\ntask: framewise\nbidirectional: false\n")
     run = odyssey("data", "mine", "--config-dir", str(config_dir))
+    assert run.returncode == 0, run.stderr
+    assert "mine: ready" in run.stdout
+    run = odyssey("data", "--config-dir", str(config_dir), "mine")
     assert run.returncode == 0, run.stderr
     assert "mine: ready" in run.stdout
 

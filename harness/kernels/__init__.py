@@ -1,0 +1,44 @@
+"""Compiled time loops for the cells (harness/kernels/*.cpp), built once with torch's
+C++ extension tools and cached (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR).
+
+The C++ mirrors the Python loops of harness/cells.py operation for operation; it exists
+because at Greff et al.'s sizes (batch 1, N <= 200) Python's cost per call is most of
+the time. `python -m harness.kernels` (run by scripts/setup.sh) builds it (about a minute); if it cannot be built, or
+ODYSSEY_PYTHON_LOOPS=1 is set, the cells run their Python loops, with the same results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+_loaded: dict[str, object] = {}
+
+
+def lstm():
+    """The compiled LSTM loops, or None (then cells.py uses its Python loops)."""
+    if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
+        return None
+    if "lstm" not in _loaded:
+        _loaded["lstm"] = _build("odyssey_lstm_v3", "lstm.cpp")
+    return _loaded["lstm"]
+
+
+def _build(name: str, source: str):
+    # The build needs the virtualenv's `ninja`; the same PATH every time also keeps ninja
+    # from rebuilding because the environment differs between processes.
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep)[:1]:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
+                                  extra_cflags=["-O3"], verbose=False)
+    except Exception as error:  # no compiler, no ninja: fall back to Python, and say so once
+        warnings.warn(f"the compiled cell loops could not be built ({str(error).splitlines()[0][:160]}); "
+                      "using the Python loops (same results, slower). Run scripts/setup.sh to see why.")
+        return None
+

@@ -1,0 +1,196 @@
+// The time loops of harness.cells.LSTMRecurrence in C++: the same equations as the Python
+// loops beside them (cells.py), which stay the reference and the fallback. At Greff et
+// al.'s sizes (batch 1, N <= 200) nearly all of the Python loops' time is the cost of
+// calling small tensor operations, so here each step is one matrix product (ATen) and one
+// plain loop over the B x N blocks for everything elementwise but sigmoid and tanh.
+//
+// Inputs are the full fused tensors of cells.py: x (T, B, M); W (4N, M), b (4N), rows
+// z, i, f, o; R (4N, n_rec) acting on u^{t-1} = [y] or [y, i, f, o] (full gate recurrence);
+// p (3N) peepholes of i, f, o; gate = scale * sigma(a) + shift (exactly 1 where removed).
+// The activations g and h (tanh or identity) are template arguments, chosen once.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+// d act(a) / da, from the value v = act(a)
+template <typename T, bool is_tanh> inline T activation_slope(T v) { return is_tanh ? T(1) - v * v : T(1); }
+
+template <typename T, bool g_tanh, bool h_tanh>
+void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input, Tensor& cell_output,
+                  const Tensor& R, const Tensor& p, const Tensor& scale, const Tensor& shift) {
+  const int64_t steps = a.size(0), B = a.size(1), N = a.size(2) / 4, n_rec = R.size(1);
+  const Tensor R_t = R.t();
+  const auto a_t = a.unbind(0);
+  const auto recurrent_in = states.narrow(2, 0, n_rec).unbind(0);
+  const T* pp = p.data_ptr<T>();
+  const T* sc = scale.data_ptr<T>();
+  const T* sh = shift.data_ptr<T>();
+  T* S = states.data_ptr<T>();
+  T* C = cells.data_ptr<T>();
+  T* Z = block_input.data_ptr<T>();
+  T* H = cell_output.data_ptr<T>();
+  // sigmoid and tanh go through ATen's vectorised kernels (one call for all B x N values);
+  // the rest of a step is plain loops over the blocks.
+  for (int64_t t = 0; t < steps; ++t) {
+    Tensor at_t = a_t[t];
+    at_t.addmm_(recurrent_in[t], R_t);  // a += R u^{t-1}
+    T* A = at_t.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {  // peepholes of i and f on c^{t-1}
+      const T* c_prev = C + (t * B + b) * N;
+      T* ab = A + b * 4 * N;
+      for (int64_t n = 0; n < N; ++n) {
+        ab[N + n] += pp[n] * c_prev[n];
+        ab[2 * N + n] += pp[N + n] * c_prev[n];
+      }
+    }
+    Tensor z_t = block_input[t];
+    if constexpr (g_tanh) at::tanh_out(z_t, at_t.narrow(1, 0, N));
+    else z_t.copy_(at_t.narrow(1, 0, N));
+    at_t.narrow(1, N, 2 * N).sigmoid_();
+    for (int64_t b = 0; b < B; ++b) {  // i, f, the new cell, and o's peephole on it
+      T* ab = A + b * 4 * N;
+      T* s = S + ((t + 1) * B + b) * 4 * N;  // [y, i, f, o] of step t
+      const T* c_prev = C + (t * B + b) * N;
+      T* c = C + ((t + 1) * B + b) * N;
+      const T* z = Z + (t * B + b) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const T i = sc[n] * ab[N + n] + sh[n];
+        const T f = sc[N + n] * ab[2 * N + n] + sh[N + n];
+        c[n] = c_prev[n] * f + z[n] * i;
+        s[N + n] = i;
+        s[2 * N + n] = f;
+        ab[3 * N + n] += pp[2 * N + n] * c[n];
+      }
+    }
+    at_t.narrow(1, 3 * N, N).sigmoid_();
+    Tensor hc_t = cell_output[t];
+    if constexpr (h_tanh) at::tanh_out(hc_t, cells[t + 1]);
+    else hc_t.copy_(cells[t + 1]);
+    for (int64_t b = 0; b < B; ++b) {  // o and the block output
+      const T* ab = A + b * 4 * N;
+      T* s = S + ((t + 1) * B + b) * 4 * N;
+      const T* hc = H + (t * B + b) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const T o = sc[2 * N + n] * ab[3 * N + n] + sh[2 * N + n];
+        s[3 * N + n] = o;
+        s[n] = hc[n] * o;
+      }
+    }
+  }
+}
+
+template <typename T, bool g_tanh, bool h_tanh>
+void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Tensor& cells,
+                   const Tensor& block_input, const Tensor& cell_output, const Tensor& R, const Tensor& p,
+                   const Tensor& scale) {
+  const int64_t steps = dY.size(0), B = dY.size(1), N = dY.size(2), n_rec = R.size(1);
+  const bool gate_recurrence = n_rec == 4 * N;
+  Tensor d_recurrent = at::zeros({B, n_rec}, dY.options());  // d loss / d u^t through step t + 1
+  Tensor no_gate_gradient = at::zeros({B, 3 * N}, dY.options());
+  Tensor dc_next = at::zeros({B, N}, dY.options());
+  const auto da_t = dA.unbind(0);
+  const T* pp = p.data_ptr<T>();
+  const T* sc = scale.data_ptr<T>();
+  const T* S = states.data_ptr<T>();
+  const T* C = cells.data_ptr<T>();
+  const T* Z = block_input.data_ptr<T>();
+  const T* H = cell_output.data_ptr<T>();
+  const T* G = dY.data_ptr<T>();
+  T* DR = d_recurrent.data_ptr<T>();
+  T* DC = dc_next.data_ptr<T>();
+  // the gate part of d u^t: from R's gate columns (FGR), else zero
+  const T* DG = gate_recurrence ? DR + N : no_gate_gradient.data_ptr<T>();
+  const int64_t dg_stride = gate_recurrence ? n_rec : 3 * N;
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    T* D = da_t[t].data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      const T* s = S + ((t + 1) * B + b) * 4 * N;
+      const T* c_prev = C + (t * B + b) * N;
+      const T* c = C + ((t + 1) * B + b) * N;
+      const T* z = Z + (t * B + b) * N;
+      const T* hc = H + (t * B + b) * N;
+      const T* dy_out = G + (t * B + b) * N;
+      const T* dy_rec = DR + b * n_rec;
+      const T* dg = DG + b * dg_stride;
+      T* dc_n = DC + b * N;
+      T* d = D + b * 4 * N;
+      for (int64_t n = 0; n < N; ++n) {
+        const T i = s[N + n], f = s[2 * N + n], o = s[3 * N + n];
+        const T dy = dy_out[n] + dy_rec[n];
+        const T da_o = (dg[2 * N + n] + dy * hc[n]) * sc[2 * N + n] * o * (T(1) - o);
+        const T dc = dc_n[n] + dy * o * activation_slope<T, h_tanh>(hc[n]) + da_o * pp[2 * N + n];
+        const T da_i = (dg[n] + dc * z[n]) * sc[n] * i * (T(1) - i);
+        const T da_f = (dg[N + n] + dc * c_prev[n]) * sc[N + n] * f * (T(1) - f);
+        d[n] = dc * i * activation_slope<T, g_tanh>(z[n]);
+        d[N + n] = da_i;
+        d[2 * N + n] = da_f;
+        d[3 * N + n] = da_o;
+        dc_n[n] = dc * f + da_i * pp[n] + da_f * pp[N + n];
+      }
+    }
+    at::mm_out(d_recurrent, da_t[t], R);
+  }
+}
+
+template <typename T, typename Fn> void by_activations(bool g_tanh, bool h_tanh, Fn&& run) {
+  if (g_tanh && h_tanh) run(std::integral_constant<bool, true>(), std::integral_constant<bool, true>());
+  else if (g_tanh) run(std::integral_constant<bool, true>(), std::integral_constant<bool, false>());
+  else if (h_tanh) run(std::integral_constant<bool, false>(), std::integral_constant<bool, true>());
+  else run(std::integral_constant<bool, false>(), std::integral_constant<bool, false>());
+}
+
+}  // namespace
+
+std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& W, const Tensor& R, const Tensor& b,
+                                 const Tensor& p, const Tensor& scale, const Tensor& shift, bool g_tanh,
+                                 bool h_tanh) {
+  const int64_t T = x.size(0), B = x.size(1), M = x.size(2), N = W.size(0) / 4;
+  Tensor a = at::addmm(b, x.reshape({T * B, M}), W.t()).view({T, B, 4 * N});  // input projection
+  Tensor states = at::zeros({T + 1, B, 4 * N}, x.options());
+  Tensor cells = at::zeros({T + 1, B, N}, x.options());
+  Tensor block_input = at::empty({T, B, N}, x.options());
+  Tensor cell_output = at::empty({T, B, N}, x.options());
+  const Tensor Rc = R.contiguous(), pc = p.contiguous(), sc = scale.contiguous(), sh = shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
+    by_activations<scalar_t>(g_tanh, h_tanh, [&](auto g, auto h) {
+      forward_loop<scalar_t, decltype(g)::value, decltype(h)::value>(a, states, cells, block_input,
+                                                                      cell_output, Rc, pc, sc, sh);
+    });
+  });
+  return {states.narrow(0, 1, T).narrow(2, 0, N).clone(), states, cells, block_input, cell_output};
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& dY_in, const Tensor& x, const Tensor& W, const Tensor& R,
+                                  const Tensor& p, const Tensor& scale, const Tensor& states,
+                                  const Tensor& cells, const Tensor& block_input, const Tensor& cell_output,
+                                  bool g_tanh, bool h_tanh, bool need_dx) {
+  const int64_t T = x.size(0), B = x.size(1), M = x.size(2), N = W.size(0) / 4, n_rec = R.size(1);
+  const Tensor dY = dY_in.contiguous();
+  Tensor dA = at::empty({T, B, 4 * N}, x.options());  // d loss / d pre-activations z, i, f, o
+  const Tensor Rc = R.contiguous(), pc = p.contiguous(), sc = scale.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_backward", [&] {
+    by_activations<scalar_t>(g_tanh, h_tanh, [&](auto g, auto h) {
+      backward_loop<scalar_t, decltype(g)::value, decltype(h)::value>(dY, dA, states, cells, block_input,
+                                                                       cell_output, Rc, pc, sc);
+    });
+  });
+  const Tensor dA_flat = dA.view({T * B, 4 * N});
+  Tensor dx = need_dx ? at::mm(dA_flat, W).view({T, B, M}) : Tensor();
+  Tensor dW = at::mm(dA_flat.t(), x.reshape({T * B, M}));
+  Tensor dR = at::mm(dA_flat.t(), states.narrow(0, 0, T).narrow(2, 0, n_rec).reshape({T * B, n_rec}));
+  Tensor db = dA_flat.sum(0);
+  Tensor dp_if = (dA.narrow(2, N, 2 * N).reshape({T, B, 2, N}) * cells.narrow(0, 0, T).unsqueeze(2)).sum({0, 1});
+  Tensor dp_o = (dA.narrow(2, 3 * N, N) * cells.narrow(0, 1, T)).sum({0, 1});
+  Tensor dp = at::cat({dp_if.reshape({2 * N}), dp_o});
+  return {dx, dW, dR, db, dp};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &lstm_forward, "LSTM time loop, forward");
+  m.def("backward", &lstm_backward, "LSTM time loop, backward through time");
+}
