@@ -323,3 +323,27 @@ def test_gru_gradients_match_autograd_through_the_equations():
     assert torch.allclose(ours[0], theirs[0], atol=1e-10)
     for fused, kind in zip(ours[1:], ("W", "R", "b")):
         assert torch.allclose(fused, torch.cat([grads[f"{kind}_{g}"] for g in "zrh"]), atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "nig", "cifg", "noaf", "niaf", "fgr"])
+def test_compiled_loops_equal_the_python_loops(variant, monkeypatch):
+    """harness/kernels/lstm.cpp against the Python loops of cells.py (the reference), in
+    float32 as trained: outputs and every gradient, batch of 3 with different values."""
+    from harness import kernels
+
+    if kernels.lstm() is None:
+        pytest.skip("the compiled loops could not be built here")
+    torch.set_default_dtype(torch.float32)
+    layer = make_layer(variant, M, N)
+    layer.import_weights(random_weights(layer, seed=7))
+    x = torch.randn(T, B, M, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    results = []
+    for python_loops in ("0", "1"):
+        monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", python_loops)
+        y = layer(x)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, N)).sum(), [x, *layer.parameters()])
+        results.append((y, grads))
+    (y_c, g_c), (y_p, g_p) = results
+    assert torch.allclose(y_c, y_p, atol=1e-6)
+    for a, b in zip(g_c, g_p):
+        assert torch.allclose(a, b, atol=1e-5)
