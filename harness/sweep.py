@@ -7,7 +7,8 @@
   ranges); the study is named `<dataset>.<variant>` and carries the user attributes
   `dataset` and `variant`. A trial's value is the validation metric (minimised); its
   user attributes hold `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`,
-  `momentum` and the path of its metrics.json (under results/sweeps/<study>/).
+  `momentum` and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
+  <storage> being the database or file name, e.g. odyssey).
 - `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
   tops a study up and never repeats work. A trial counts when it is COMPLETE, or FAIL
   with a `failure` reason (its loss became NaN or infinite: the configuration was tried
@@ -19,8 +20,9 @@
   trial whose stamp is older than twice that, or whose worker process (same host) is
   gone, so a sweep killed with SIGKILL and started again resumes at once.
 - `search.workers=N` starts N processes here, each with one torch thread and its own
-  sampler seed (from `seed`, the host, the worker index and the study's size when the
-  worker starts: a fresh study is reproducible, a resumed one never redraws old points).
+  sampler seed (from `seed`, the study's name, the host, the worker index and the study's
+  size when the worker starts: a fresh study is reproducible, a resumed one never redraws
+  old points, and no two variants share their draws).
   Workers on other machines started against the same PostgreSQL URL or journal file
   cooperate on the same studies.
 - `variant=all` sweeps every variant in turn, `variant=lstm` Greff's nine LSTM variants;
@@ -40,6 +42,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +122,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         reason = str(error).strip().splitlines()[0][:200]
         raise UserError(f"cannot open storage '{url}': {reason}; check the URL and that the database "
                         "server is running and reachable.") from None
+
+
+def storage_label(url: str) -> str:
+    """A short name for a storage, for the folders of its trials: the file or database name."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    name = name.rsplit(":", 1)[-1].rsplit(".", 1)[0] if "." in name or ":" in name else name
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "storage"
 
 
 # -- counting and liveness --------------------------------------------------------------
@@ -204,9 +214,10 @@ def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
     return study
 
 
-def worker_seed(base_seed: int, worker: int, trials_at_start: int) -> int:
-    host = sum(socket.gethostname().encode())
-    return int(np.random.SeedSequence([base_seed, host, worker, trials_at_start]).generate_state(1)[0])
+def worker_seed(base_seed: int, study: str, worker: int, trials_at_start: int) -> int:
+    """Independent draws for every study, host and worker; never the old ones on a rerun."""
+    words = [zlib.crc32(study.encode()), zlib.crc32(socket.gethostname().encode())]
+    return int(np.random.SeedSequence([base_seed, *words, worker, trials_at_start]).generate_state(1)[0])
 
 
 def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
@@ -232,9 +243,10 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
     storage = open_storage(search.storage)
     target, beat = int(search.n_trials), float(search.heartbeat_seconds)
     probe = open_study(storage, dataset, variant, seed=0)
-    study = open_study(storage, dataset, variant, worker_seed(int(cfg.seed), worker, len(probe.trials)))
+    study = open_study(storage, dataset, variant,
+                       worker_seed(int(cfg.seed), probe.study_name, worker, len(probe.trials)))
     data = data if data is not None else load_dataset(cfg.dataset)
-    out_root = project_root() / "results" / "sweeps" / study.study_name
+    out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
     started, done_here = time.time(), 0
     quiet = lambda message: None  # noqa: E731  (per-epoch lines would drown the sweep's)
