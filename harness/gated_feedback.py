@@ -55,6 +55,184 @@ CELLS = {
 }
 
 
+def _steps(tensor: torch.Tensor, lo: int | None = None, hi: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """views[j][t] of a (T, B, L, ...) tensor, its last dimension cut to lo:hi: every
+    per-step view made at once, before the loop (Python's per-call cost dominates)."""
+    part = tensor if lo is None else tensor[..., lo:hi]
+    return [part[:, :, j].unbind(0) for j in range(part.shape[2])]
+
+
+class GatedFeedbackRecurrence(torch.autograd.Function):
+    """The gated-feedback stack over a whole sequence, with a hand-written backward pass
+    through time (the equations in the module docstring; `GatedFeedbackRNN._forward_autograd`
+    is the same computation through autograd, the reference of the tests).
+
+    Inputs, with K = G N + L + N the rows a layer gets from below (the G unit-wise gates, the
+    L global gates, the candidate): x (T, B, M); W_first (K, M) and b_first (K) of layer 1;
+    W_upper (L-1, K, N) and b_upper (L-1, K) of layers 2..L; R (L, G N, N) the gates' weights
+    on the layer's own state; u_g (L, L, L N), [i, j] = u_g^{i->j}; feedback (L, L N, N):
+    [U^{1->j} ... U^{L->j}] transposed; fixed (L, B, L)
+    fixed global gates [j, b, i] or None; lstm: GF-LSTM (True) or GF-GRU; concat: output
+    all layers. Returns (T, B, L N) or (T, B, N).
+
+    As in harness.cells: per-step views made once (`_steps`, `unbind`), results written in
+    place (`out=`), and the weight gradients one product each after the backward loop.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat):
+        T, B, M = x.shape
+        L, LN, N = feedback.shape
+        K = W_first.shape[0]
+        n_gates = K - N  # G N + L: the sigmoid part of a layer's pre-activation
+        G_N = n_gates - L
+        # h*_{t-1} times `recurrent` is every layer's gate terms from the previous step: the
+        # own state's R (block diagonal) and the u_g terms (zero for the candidate).
+        recurrent = x.new_zeros(LN, L, K)
+        for j in range(L):
+            recurrent[j * N : (j + 1) * N, j, :G_N] = R[j].t()
+        recurrent[:, :, G_N:n_gates] = u_g.permute(2, 1, 0)  # [(k, n), j, i] = u_g^{i->j}[(k, n)]
+        recurrent = recurrent.view(LN, L * K)
+        # pre[t, :, j] = layer j's pre-activation at step t, overwritten by its activations:
+        # [gates (sigma), global gates (sigma), candidate (tanh)].
+        pre = x.new_empty(T, B, L, K)
+        pre[:, :, 0] = torch.addmm(b_first, x.reshape(T * B, M), W_first.t()).view(T, B, K)
+        states = x.new_zeros(T + 1, B, L, N)  # h*_t, states[0] = 0
+        scaled = x.new_empty(T, B, L, LN)  # [t, :, j] = g^{i->j} h_{t-1}^i, i = 1..L
+        from_previous = x.new_empty(B, L, K)  # h*_{t-1} times `recurrent`
+        if lstm:
+            cells = x.new_zeros(T + 1, B, L, N)  # c*_t
+            cell_out = x.new_empty(T, B, L, N)  # tanh(c_t)
+            fed_back = step = None
+        else:
+            fed_back = x.new_empty(T, B, L, N)  # sum_i g^{i->j} U^{i->j} h_{t-1}^i (before r)
+            step = x.new_empty(T, B, L, N)  # h~ - h_{t-1}
+            cells = cell_out = None
+
+        A, gates, candidate = _steps(pre), _steps(pre, 0, n_gates), _steps(pre, n_gates)
+        g_learned = _steps(pre, G_N, n_gates)
+        first, second, third = (_steps(pre, k * N, (k + 1) * N) for k in range(3))  # i f o / z r
+        h, scaled_t = _steps(states), _steps(scaled)
+        h_all, h_layers = states.view(T + 1, B, LN).unbind(0), states.unbind(0)
+        scaled_layers = [[s.view(B, L, N) for s in per_t] for per_t in scaled_t]
+        from_previous_j = from_previous[..., :n_gates].unbind(1)
+        if lstm:
+            c, c_out = _steps(cells), _steps(cell_out)
+        else:
+            fb, h_step = _steps(fed_back), _steps(step)
+        for t in range(T):
+            torch.mm(h_all[t], recurrent, out=from_previous.view(B, L * K))
+            for j in range(L):
+                if j > 0:
+                    torch.addmm(b_upper[j - 1], h[j - 1][t + 1], W_upper[j - 1].t(), out=A[j][t])
+                gate = gates[j][t]
+                torch.sigmoid(gate.add_(from_previous_j[j]), out=gate)
+                g = g_learned[j][t] if fixed is None else fixed[j]  # (B, L): g^{i->j}
+                torch.mul(h_layers[t], g.unsqueeze(2), out=scaled_layers[j][t])
+                cand = candidate[j][t]
+                if lstm:
+                    torch.tanh(cand.addmm_(scaled_t[j][t], feedback[j]), out=cand)
+                    torch.mul(second[j][t], c[j][t], out=c[j][t + 1]).addcmul_(first[j][t], cand)
+                    torch.mul(third[j][t], torch.tanh(c[j][t + 1], out=c_out[j][t]), out=h[j][t + 1])
+                else:
+                    torch.mm(scaled_t[j][t], feedback[j], out=fb[j][t])
+                    torch.tanh(cand.addcmul_(second[j][t], fb[j][t]), out=cand)
+                    torch.sub(cand, h[j][t], out=h_step[j][t])
+                    torch.addcmul(h[j][t], first[j][t], h_step[j][t], out=h[j][t + 1])
+        ctx.save_for_backward(x, W_first, W_upper, recurrent, feedback, fixed, pre, states, cells, cell_out,
+                              scaled, fed_back, step)
+        ctx.lstm, ctx.concat = lstm, concat
+        outputs = states[1:].view(T, B, LN)
+        return outputs.clone() if concat else outputs[..., (L - 1) * N :].clone()
+
+    @staticmethod
+    def backward(ctx, dY):
+        (x, W_first, W_upper, recurrent, feedback, fixed, pre, states, cells, cell_out,
+         scaled, fed_back, step) = ctx.saved_tensors
+        lstm = ctx.lstm
+        T, B, M = x.shape
+        L, LN, N = feedback.shape
+        K = W_first.shape[0]
+        n_gates = K - N
+        G_N = n_gates - L
+
+        # d activation / d pre-activation, for all steps at once
+        slope = torch.cat((pre[..., :n_gates] * (1 - pre[..., :n_gates]),
+                           1 - pre[..., n_gates:] * pre[..., n_gates:]), dim=3)  # (T, B, L, K)
+        if fixed is not None:
+            slope[..., G_N:n_gates] = 0  # fixed gates take no gradient
+        d_pre = x.new_empty(T, B, L, K)  # d loss / d pre-activation
+        d_fed_back = x.new_empty(T, B, L, N)  # d loss / d (the feedback product)
+        dh = x.new_empty(B, L, N)  # d loss / d h*_t
+        dh_next = x.new_zeros(B, L, N)  # d loss / d h*_t through step t + 1
+        d_scaled = x.new_empty(B, L, N)
+        dh_j, dh_next_j = dh.unbind(1), dh_next.unbind(1)
+        dh_flat, dh_next_flat, d_scaled_flat = dh.view(B, LN), dh_next.view(B, LN), d_scaled.view(B, LN)
+        top = slice(0, LN) if ctx.concat else slice((L - 1) * N, LN)
+
+        d, d_gates, d_candidate = _steps(d_pre), _steps(d_pre, 0, n_gates), _steps(d_pre, n_gates)
+        d_first, d_second, d_third = (_steps(d_pre, k * N, (k + 1) * N) for k in range(3))
+        dg = _steps(d_pre, G_N, n_gates)
+        g_learned, candidate = _steps(pre, G_N, n_gates), _steps(pre, n_gates)
+        first, second, third = (_steps(pre, k * N, (k + 1) * N) for k in range(3))
+        slope_gates, slope_candidate = _steps(slope, 0, n_gates), _steps(slope, n_gates)
+        dfb, scaled_t = _steps(d_fed_back), _steps(scaled)
+        h_layers, d_pre_flat = states.unbind(0), d_pre.view(T, B, L * K).unbind(0)
+        dY_t = dY.unbind(0)
+        if lstm:
+            dc_next = x.new_zeros(B, L, N)  # d loss / d c_t through step t + 1
+            dc_j = dc_next.unbind(1)
+            c, c_out = _steps(cells), _steps(cell_out)
+        else:
+            fb, h_step = _steps(fed_back), _steps(step)
+        for t in range(T - 1, -1, -1):
+            dh.copy_(dh_next)
+            dh_flat[:, top] += dY_t[t]
+            dh_next.zero_()  # from here on: d loss / d h*_{t-1}
+            for j in range(L - 1, -1, -1):
+                if lstm:
+                    tc = c_out[j][t]
+                    torch.mul(dh_j[j], tc, out=d_third[j][t])  # d o
+                    dc = dc_j[j].addcmul_(dh_j[j] * third[j][t], 1 - tc * tc)
+                    torch.mul(dc, candidate[j][t], out=d_first[j][t])  # d i
+                    torch.mul(dc, c[j][t], out=d_second[j][t])  # d f
+                    torch.mul(dc, first[j][t], out=d_candidate[j][t]).mul_(slope_candidate[j][t])
+                    dc.mul_(second[j][t])  # d loss / d c_{t-1}
+                    dfb[j][t].copy_(d_candidate[j][t])
+                else:
+                    torch.mul(dh_j[j], h_step[j][t], out=d_first[j][t])  # d z
+                    torch.mul(dh_j[j], first[j][t], out=d_candidate[j][t]).mul_(slope_candidate[j][t])
+                    torch.mul(d_candidate[j][t], fb[j][t], out=d_second[j][t])  # d r
+                    torch.mul(d_candidate[j][t], second[j][t], out=dfb[j][t])
+                    dh_next_j[j].addcmul_(dh_j[j], 1 - first[j][t])  # h = (1 - z) h_{t-1} + ...
+                torch.mm(dfb[j][t], feedback[j].t(), out=d_scaled_flat)
+                torch.sum(d_scaled * h_layers[t], dim=2, out=dg[j][t])
+                g = g_learned[j][t] if fixed is None else fixed[j]
+                dh_next.addcmul_(d_scaled, g.unsqueeze(2))
+                d_gates[j][t].mul_(slope_gates[j][t])
+                if j > 0:
+                    dh_j[j - 1].addmm_(d[j][t], W_upper[j - 1])
+            dh_next_flat.addmm_(d_pre_flat[t], recurrent.t())
+
+        d_first_layer = d_pre[:, :, 0].reshape(T * B, K)
+        dx = torch.mm(d_first_layer, W_first).view(T, B, M) if ctx.needs_input_grad[0] else None
+        dW_first = torch.mm(d_first_layer.t(), x.reshape(T * B, M))
+        db_first = d_first_layer.sum(0)
+        d_upper = d_pre[:, :, 1:].permute(2, 0, 1, 3).reshape(L - 1, T * B, K)
+        below = states[1:, :, :-1].permute(2, 0, 1, 3).reshape(L - 1, T * B, N)  # h_t^{j-1}
+        dW_upper = torch.bmm(d_upper.transpose(1, 2), below)
+        db_upper = d_upper.sum(1)
+        # only the blocks of `recurrent` that are weights: R (own state) and u_g
+        h_previous = states[:-1]  # (T, B, L, N)
+        dR = torch.bmm(d_pre[..., :G_N].permute(2, 3, 0, 1).reshape(L, G_N, T * B),
+                       h_previous.permute(2, 0, 1, 3).reshape(L, T * B, N))
+        d_u_g = torch.mm(d_pre[..., G_N:n_gates].reshape(T * B, L * L).t(), h_previous.reshape(T * B, LN))
+        d_u_g = d_u_g.view(L, L, LN).transpose(0, 1)  # [j, i] -> [i, j]
+        d_feedback = torch.bmm(scaled.permute(2, 3, 0, 1).reshape(L, LN, T * B),
+                               d_fed_back.permute(2, 0, 1, 3).reshape(L, T * B, N))
+        return dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback, None, None, None
+
+
 class GatedFeedbackRNN(nn.Module):
     """A GF-LSTM (`cell="gfrnn"`) or GF-GRU (`cell="gfgru"`) stack; x (T, B, M) -> (T, B, output_size).
 
@@ -97,41 +275,50 @@ class GatedFeedbackRNN(nn.Module):
         self.fixed_global_gates: torch.Tensor | None = None
 
     def _step_weights(self):
-        """The fused matrices of `forward`:
-        - from_previous (L N, L (G N + L)): h*_{t-1} times it gives, layer by layer, the
-          gates' R h_{t-1}^j (block diagonal) and the L terms u_g^{i->j} . h*_{t-1};
-        - feedback[j] (L N, N): [U^{1->j} ... U^{L->j}] transposed, for the gate-scaled h*_{t-1};
-        - bias[j] (G N + L + N): the biases in the row order of weight_below, 0 for w_g."""
-        N, L, G = self.hidden_size, self.layers, len(self.gates)
-        own = torch.block_diag(*[w.t() for w in self.weight_recurrent]).view(L * N, L, G * N)
-        gate = self.global_gate_recurrent.permute(2, 1, 0)  # [(k, n), j, i] = u_g^{i->j}[(k, n)]
-        from_previous = torch.cat((own, gate), dim=2).reshape(L * N, L * (G * N + L))
-        feedback = self.feedback.permute(1, 0, 3, 2).reshape(L, L * N, N).unbind(0)  # [j][(i, n_in), n_out]
+        """feedback (L, L N, N) and the biases in the row order of `weight_below` (0 for w_g),
+        as `GatedFeedbackRecurrence` takes them."""
+        G_N, L = len(self.gates) * self.hidden_size, self.layers
+        feedback = self.feedback.permute(1, 0, 3, 2).reshape(L, L * self.hidden_size, self.hidden_size)
         zeros = self.bias[0].new_zeros(L)
-        bias = [torch.cat((b[: G * N], zeros, b[G * N :])) for b in self.bias]
-        return from_previous, feedback, bias
+        bias = [torch.cat((b[:G_N], zeros, b[G_N:])) for b in self.bias]
+        return feedback, bias
+
+    def _fixed_gates(self, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The hook `fixed_global_gates` ([i, j] = g^{i->j}) as [j, b, i], or None."""
+        if self.fixed_global_gates is None:
+            return None
+        L = self.layers
+        return self.fixed_global_gates.to(dtype).t().unsqueeze(1).expand(L, batch, L).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feedback, bias = self._step_weights()
+        return GatedFeedbackRecurrence.apply(
+            x, self.weight_below[0], bias[0], torch.stack(tuple(self.weight_below[1:])), torch.stack(bias[1:]),
+            torch.stack(tuple(self.weight_recurrent)), self.global_gate_recurrent, feedback,
+            self._fixed_gates(x.shape[1], x.dtype), self.cell == "gfrnn", self.concat_layers)
+
+    def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation as `forward` through autograd: the reference of the tests."""
         T, B, M = x.shape
         N, L, G = self.hidden_size, self.layers, len(self.gates)
         lstm = self.cell == "gfrnn"
-        from_previous, feedback, bias = self._step_weights()
+        feedback, bias = self._step_weights()
+        own = torch.block_diag(*[w.t() for w in self.weight_recurrent]).view(L * N, L, G * N)
+        gate = self.global_gate_recurrent.permute(2, 1, 0)  # [(k, n), j, i] = u_g^{i->j}[(k, n)]
+        recurrent = torch.cat((own, gate, own.new_zeros(L * N, L, N)), dim=2).reshape(L * N, L * (G * N + L + N))
         n_gates = G * N + L  # the unit-wise and the global gates, one sigmoid
         below_x = torch.addmm(bias[0], x.reshape(T * B, M), self.weight_below[0].t()).view(T, B, n_gates + N)
-        fixed = None
-        if self.fixed_global_gates is not None:  # the test and ablation hook, [i, j] = g^{i->j}
-            fixed = self.fixed_global_gates.to(x.dtype).t().unsqueeze(1).expand(L, B, L)  # [j, b, i]
-
+        fixed = self._fixed_gates(B, x.dtype)
         h = x.new_zeros(B, L * N)  # h*_{t-1}
         c = [x.new_zeros(B, N) for _ in range(L)] if lstm else None
         outputs = []
         for x_t in below_x.unbind(0):
-            recurrent = torch.mm(h, from_previous).view(B, L, G * N + L).unbind(1)  # per layer (B, G N + L)
+            from_previous = torch.mm(h, recurrent).view(B, L, n_gates + N).unbind(1)  # per layer (B, K)
             h_layers = h.view(B, L, N)
             below, new_h = None, []
             for j in range(L):
-                a = x_t if j == 0 else torch.addmm(bias[j], below, self.weight_below[j].t())  # (B, G N + L + N)
-                gates = torch.sigmoid(a[:, :n_gates] + recurrent[j])
+                a = x_t if j == 0 else torch.addmm(bias[j], below, self.weight_below[j].t())  # (B, K)
+                gates = torch.sigmoid(a[:, :n_gates] + from_previous[j][:, :n_gates])
                 g = gates[:, G * N :] if fixed is None else fixed[j]  # (B, L): g^{i->j}
                 scaled = (h_layers * g.unsqueeze(2)).view(B, L * N)  # g^{i->j} h_{t-1}^i, i = 1..L
                 if lstm:

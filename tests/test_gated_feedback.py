@@ -175,6 +175,24 @@ def test_gradcheck(variant, layers):
     assert torch.autograd.gradcheck(function, (x, *params), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("concat_layers,fixed", [(False, False), (True, False), (False, True)])
+def test_hand_written_backward_matches_autograd(variant, concat_layers, fixed):
+    """`forward` (GatedFeedbackRecurrence) against `_forward_autograd`, the same equations
+    through autograd: outputs and every gradient, with learned or fixed global gates."""
+    stack = random_stack(variant, seed=5, concat_layers=concat_layers)
+    if fixed:
+        stack.fixed_global_gates = torch.rand(L, L)
+    x = torch.randn(T, B, M, requires_grad=True)
+    weight = torch.randn(T, B, stack.output_size)
+    leaves = [x, *stack.parameters()]
+    ours, reference = stack(x), stack._forward_autograd(x)
+    assert torch.allclose(ours, reference, atol=1e-12, rtol=0)
+    for d_ours, d_reference in zip(torch.autograd.grad((ours * weight).sum(), leaves),
+                                   torch.autograd.grad((reference * weight).sum(), leaves)):
+        assert torch.allclose(d_ours, d_reference, atol=1e-11, rtol=0)
+
+
 def parameter_formula(variant, m, n, layers):
     """Layer j (input size m_j: m for j = 1, n above) has W (G + 1 blocks: the G unit-wise
     gates and the candidate, n x m_j each), b ((G + 1) n), R of the gates on its own state
