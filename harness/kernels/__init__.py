@@ -22,7 +22,7 @@ def lstm():
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if "lstm" not in _loaded:
-        _loaded["lstm"] = _build("odyssey_lstm_v3", "lstm.cpp")
+        _loaded["lstm"] = _build("odyssey_lstm_v4", "lstm.cpp")
     return _loaded["lstm"]
 
 
@@ -36,7 +36,7 @@ def _build(name: str, source: str):
         from torch.utils import cpp_extension
 
         return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
-                                  extra_cflags=["-O3"], verbose=False)
+                                  extra_cflags=["-O3", "-march=native"], verbose=False)
     except Exception as error:  # no compiler, no ninja: fall back to Python, and say so once
         warnings.warn(f"the compiled cell loops could not be built ({str(error).splitlines()[0][:160]}); "
                       "using the Python loops (same results, slower). Run scripts/setup.sh to see why.")

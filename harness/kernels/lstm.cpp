@@ -2,7 +2,8 @@
 // loops beside them (cells.py), which stay the reference and the fallback. At Greff et
 // al.'s sizes (batch 1, N <= 200) nearly all of the Python loops' time is the cost of
 // calling small tensor operations, so here each step is one matrix product (ATen) and one
-// plain loop over the B x N blocks for everything elementwise but sigmoid and tanh.
+// plain loop over the B x N blocks for everything elementwise (which the compiler
+// vectorises: see fast_exp).
 //
 // Inputs are the full fused tensors of cells.py: x (T, B, M); W (4N, M), b (4N), rows
 // z, i, f, o; R (4N, n_rec) acting on u^{t-1} = [y] or [y, i, f, o] (full gate recurrence);
@@ -11,6 +12,8 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 using at::Tensor;
@@ -18,6 +21,35 @@ using at::Tensor;
 namespace {
 
 // d act(a) / da, from the value v = act(a)
+// exp(x) for float in plain arithmetic, so that the compiler can vectorise the loops
+// (libm's expf is a call it cannot): Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2,
+// a degree-7 Taylor polynomial for e^r (error below 1e-8 relative), and 2^k put into the
+// exponent bits. Clamped to [-87, 88], where e^x is a normal float; NaN stays NaN.
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float two_to_k;
+  std::memcpy(&two_to_k, &bits, sizeof two_to_k);
+  return p * two_to_k;
+}
+inline double fast_exp(double x) { return std::exp(x); }  // float64 (the tests): libm's exp
+
+template <typename T> inline T sigmoid(T a) { return T(1) / (T(1) + fast_exp(-a)); }
+// tanh(a) = 1 - 2 / (e^{2a} + 1): exact in the limits, absolute error ~1e-7 in float
+template <typename T, bool is_tanh> inline T activate(T a) {
+  if constexpr (is_tanh) return T(1) - T(2) / (fast_exp(T(2) * a) + T(1));
+  else return a;
+}
 template <typename T, bool is_tanh> inline T activation_slope(T v) { return is_tanh ? T(1) - v * v : T(1); }
 
 template <typename T, bool g_tanh, bool h_tanh>
@@ -27,58 +59,38 @@ void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input,
   const Tensor R_t = R.t();
   const auto a_t = a.unbind(0);
   const auto recurrent_in = states.narrow(2, 0, n_rec).unbind(0);
-  const T* pp = p.data_ptr<T>();
-  const T* sc = scale.data_ptr<T>();
-  const T* sh = shift.data_ptr<T>();
+  const T* __restrict pp = p.data_ptr<T>();
+  const T* __restrict sc = scale.data_ptr<T>();
+  const T* __restrict sh = shift.data_ptr<T>();
   T* S = states.data_ptr<T>();
   T* C = cells.data_ptr<T>();
   T* Z = block_input.data_ptr<T>();
   T* H = cell_output.data_ptr<T>();
-  // sigmoid and tanh go through ATen's vectorised kernels (one call for all B x N values);
-  // the rest of a step is plain loops over the blocks.
   for (int64_t t = 0; t < steps; ++t) {
     Tensor at_t = a_t[t];
     at_t.addmm_(recurrent_in[t], R_t);  // a += R u^{t-1}
-    T* A = at_t.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) {  // peepholes of i and f on c^{t-1}
-      const T* c_prev = C + (t * B + b) * N;
-      T* ab = A + b * 4 * N;
+    const T* A = at_t.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      const T* __restrict ab = A + b * 4 * N;
+      T* __restrict s = S + ((t + 1) * B + b) * 4 * N;  // [y, i, f, o] of step t
+      const T* __restrict c_prev = C + (t * B + b) * N;
+      T* __restrict c = C + ((t + 1) * B + b) * N;
+      T* __restrict z = Z + (t * B + b) * N;
+      T* __restrict hc = H + (t * B + b) * N;
       for (int64_t n = 0; n < N; ++n) {
-        ab[N + n] += pp[n] * c_prev[n];
-        ab[2 * N + n] += pp[N + n] * c_prev[n];
-      }
-    }
-    Tensor z_t = block_input[t];
-    if constexpr (g_tanh) at::tanh_out(z_t, at_t.narrow(1, 0, N));
-    else z_t.copy_(at_t.narrow(1, 0, N));
-    at_t.narrow(1, N, 2 * N).sigmoid_();
-    for (int64_t b = 0; b < B; ++b) {  // i, f, the new cell, and o's peephole on it
-      T* ab = A + b * 4 * N;
-      T* s = S + ((t + 1) * B + b) * 4 * N;  // [y, i, f, o] of step t
-      const T* c_prev = C + (t * B + b) * N;
-      T* c = C + ((t + 1) * B + b) * N;
-      const T* z = Z + (t * B + b) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T i = sc[n] * ab[N + n] + sh[n];
-        const T f = sc[N + n] * ab[2 * N + n] + sh[N + n];
-        c[n] = c_prev[n] * f + z[n] * i;
+        const T i = sc[n] * sigmoid(ab[N + n] + pp[n] * c_prev[n]) + sh[n];
+        const T f = sc[N + n] * sigmoid(ab[2 * N + n] + pp[N + n] * c_prev[n]) + sh[N + n];
+        const T zn = activate<T, g_tanh>(ab[n]);
+        const T cn = c_prev[n] * f + zn * i;
+        const T o = sc[2 * N + n] * sigmoid(ab[3 * N + n] + pp[2 * N + n] * cn) + sh[2 * N + n];
+        const T hn = activate<T, h_tanh>(cn);
+        z[n] = zn;
+        c[n] = cn;
+        hc[n] = hn;
+        s[n] = hn * o;
         s[N + n] = i;
         s[2 * N + n] = f;
-        ab[3 * N + n] += pp[2 * N + n] * c[n];
-      }
-    }
-    at_t.narrow(1, 3 * N, N).sigmoid_();
-    Tensor hc_t = cell_output[t];
-    if constexpr (h_tanh) at::tanh_out(hc_t, cells[t + 1]);
-    else hc_t.copy_(cells[t + 1]);
-    for (int64_t b = 0; b < B; ++b) {  // o and the block output
-      const T* ab = A + b * 4 * N;
-      T* s = S + ((t + 1) * B + b) * 4 * N;
-      const T* hc = H + (t * B + b) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T o = sc[2 * N + n] * ab[3 * N + n] + sh[2 * N + n];
         s[3 * N + n] = o;
-        s[n] = hc[n] * o;
       }
     }
   }
