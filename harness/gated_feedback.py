@@ -27,14 +27,17 @@ of the others N x N, R_* and U^{i->j} are N x N. All state starts at zero. The o
 the top layer's state, (T, B, N), or with `concat_layers` all layers' states, (T, B, L N)
 in the order 1..L; `output_size` says which.
 
-How it is computed: plain autograd, with the products fused where the recursion allows
-(at one sequence an update, the number of operations a step is what costs). The input
-projection of layer 1 (its gates, the L gate terms w_g . x and the candidate) is one
-product over all frames. At each step one product of h*_{t-1} gives, for every layer at
-once, what the unit-wise gates get from its own state and what the global gates get
-from h*_{t-1}; then the layers run bottom up: one product for what comes from below, one
-sigmoid for all of the layer's gates, unit-wise and global, and one product of the
-gate-scaled h*_{t-1} with [U^{1->j} ... U^{L->j}] for the feedback into the candidate.
+How it is computed: `GatedFeedbackRecurrence`, an autograd function with a hand-written
+backward pass through time, in the manner of harness.cells (at one sequence an update,
+the number of operations a step is what costs). The input projection of layer 1 (its
+gates, the L gate terms w_g . x and the candidate) is one product over all frames. At each
+step one product of h*_{t-1} gives, for every layer at once, what its unit-wise gates get
+from its own state and what its global gates get from h*_{t-1}; then the layers run
+bottom up: one product for what comes from below, one sigmoid for all of the layer's
+gates, unit-wise and global, and one product of the gate-scaled h*_{t-1} with
+[U^{1->j} ... U^{L->j}] for the feedback into the candidate. The weight gradients are
+one product each after the backward loop. `GatedFeedbackRNN._forward_autograd` does the
+same through autograd; the tests hold the two together.
 
 `fixed_global_gates`, an L x L tensor (row i, column j = g^{i->j}) or None, replaces the
 learned gates when set: a hook for tests and ablations (the identity matrix turns the

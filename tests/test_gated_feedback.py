@@ -299,20 +299,10 @@ def run_jsb_check(variant, tmp_path, max_epochs=10):
 
 
 @pytest.mark.slow
-def test_gru_reaches_nll_10_on_jsb_in_ten_epochs(tmp_path):
-    """N = 60, lr 1e-2, momentum 0.9, 10 epochs (about a minute): test NLL at most 10.0
-    (the unigram model: 11.09). It reached 8.75 when written."""
-    metrics = run_jsb_check("gru", tmp_path, max_epochs=10)
+@pytest.mark.parametrize("variant", ["gru", "gfrnn"])
+def test_jsb_test_nll_at_most_10_in_ten_epochs(variant, tmp_path):
+    """N = 60, lr 1e-2, momentum 0.9, no noise, 10 epochs, seed 0: test NLL at most 10.0
+    (the unigram model: 11.09). When written: gru 8.75 (about 45 s), gfrnn 9.44 (about
+    170 s; the 3-layer stack stays near the unigram level for about five epochs first)."""
+    metrics = run_jsb_check(variant, tmp_path, max_epochs=10)
     assert metrics["test_metric"] <= 10.0
-
-
-@pytest.mark.slow
-def test_gf_lstm_learns_on_jsb_in_two_epochs(tmp_path):
-    """The same recipe for gfrnn (3 layers), but 2 epochs: 10 take about 9 minutes here
-    (test NLL 9.54 when written; the stack stays near the unigram level, 11.09, for about
-    six epochs before it drops). In 2 epochs (about 3 minutes) the training loss falls
-    from about 12.9 to 11.6 a frame; test NLL was 11.34. Bound: 11.8."""
-    metrics = run_jsb_check("gfrnn", tmp_path, max_epochs=2)
-    first, second = metrics["learning_curve"]
-    assert second["train_loss_per_frame"] < first["train_loss_per_frame"] - 0.5
-    assert metrics["test_metric"] <= 11.8
