@@ -357,3 +357,33 @@ def test_the_worked_example_is_learnt_by_an_lstm_and_not_without_memory(tmp_path
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["data"]["n_outputs"] == 4 and metrics["data"]["input_dim"] == 8
     assert metrics["test_metric"] < 0.1 and metrics["test_metric"] < baseline / 4, (metrics["test_metric"], baseline)
+
+
+@pytest.mark.slow
+def test_two_new_data_sets_go_through_sweep_and_analyze(tmp_path):
+    """One data set per format, given only as configs in a user directory: each is swept
+    (2 trials of two variants) and analysed into a report."""
+    rng = np.random.default_rng(0)
+    npz_dir = save_splits(tmp_path / "npz", three(lambda split: {
+        "x": rng.normal(size=(40, 3)).astype(np.float32), "lengths": np.array([10, 10, 20]),
+        "y": rng.integers(0, 4, size=40)}))
+    rolls = {split: [[(60 + t % 4, 64) for t in range(9)] for _ in range(3)] for split in ("train", "valid", "test")}
+    pickled = tmp_path / "songs.pickle"
+    pickled.write_bytes(pickle.dumps(rolls, protocol=2))
+    config_dir = tmp_path / "myconf" / "dataset"
+    config_dir.mkdir(parents=True)
+    (config_dir / "frames.yaml").write_text(
+        f"name: frames\nformat: npz\npath: {npz_dir}\ntask: framewise\nbidirectional: true\n")
+    (config_dir / "songs.yaml").write_text(
+        f"name: songs\nformat: pianoroll\npath: {pickled}\ntask: next_step\nbidirectional: false\n")
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    for name in ("frames", "songs"):
+        run = odyssey("sweep", "--config-dir", str(tmp_path / "myconf"), f"dataset={name}", "variant=vanilla,cifg",
+                      "search.n_trials=2", "max_epochs=2", f"search.storage={storage}")
+        assert run.returncode == 0, run.stderr
+        out = tmp_path / f"analysis_{name}"
+        run = odyssey("analyze", f"analysis.dataset={name}", f"analysis.storage={storage}", f"analysis.out={out}")
+        assert run.returncode == 0, run.stderr
+        trials = (out / "trials.csv").read_text().splitlines()
+        assert len(trials) == 1 + 4  # two variants x two trials
+        assert (out / "report.md").exists() and (out / "boxplots.png").exists()
