@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from harness.cells import _import_into
+from harness.errors import UserError
 
 # The unit-wise gates of each cell (from below and the layer's own state), then the candidate.
 CELLS = {
@@ -255,7 +256,8 @@ class GatedFeedbackRNN(nn.Module):
         if cell not in CELLS:
             raise ValueError(f"unknown gated-feedback cell '{cell}'; choose one of {', '.join(CELLS)}")
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 2:
-            raise ValueError(f"layers={layers} is not allowed: a gated-feedback RNN needs an integer >= 2")
+            raise UserError(f"variant.layers={layers} is not allowed: a gated-feedback RNN needs an integer >= 2 "
+                            f"(e.g. `odyssey train variant={cell} variant.layers=3`).")
         self.cell, self.gates, self.candidate = cell, CELLS[cell]["gates"], CELLS[cell]["candidate"]
         self.input_size, self.hidden_size, self.layers = input_size, hidden_size, layers
         self.concat_layers = bool(concat_layers)

@@ -11,6 +11,7 @@ import torch
 
 from harness.cells import make_layer
 from harness.datasets import DataSplits, load_dataset
+from harness.errors import UserError
 from harness.gated_feedback import GatedFeedbackRNN
 from harness.networks import SequenceNetwork, count_parameters
 from harness.train import train
@@ -270,8 +271,8 @@ def test_weights_start_normal_with_deviation_init_std():
     assert abs(values.std().item() - 0.1) < 0.002 and abs(values.mean().item()) < 0.002
 
 
-def test_one_layer_is_refused():
-    with pytest.raises(ValueError, match="layers"):
+def test_one_layer_is_refused_with_a_message_naming_the_key():
+    with pytest.raises(UserError, match="variant.layers=1"):
         make_layer("gfrnn", M, N, layers=1)
 
 
