@@ -56,6 +56,7 @@ import pandas as pd
 from scipy import stats
 
 import harness
+from harness import storage
 from harness.errors import UserError
 
 DEFAULTS = {
@@ -307,33 +308,8 @@ def optuna_crosscheck(group, frame, parameters, seed, n_trees) -> dict[str, floa
 
 
 def open_storage(url):
-    """The Optuna storage at `url`, or a UserError saying what to do."""
-    hint = "set analysis.storage to the URL your sweep used, e.g. sqlite:///results/odyssey.db"
-    if not isinstance(url, str) or not url.strip():
-        raise UserError(f"analysis.storage is empty: {hint}.")
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if not path.is_absolute():
-            path = harness.project_root() / path
-        if not path.is_file():
-            raise UserError(f"There is no Optuna database at {path}: run `odyssey sweep` "
-                            f"first or {hint}.")
-        url = f"sqlite:///{path}"
-    try:
-        if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
-            path = Path(url.removeprefix("journal:").removeprefix("//"))
-            if not path.is_absolute():
-                path = harness.project_root() / path
-            if not path.is_file():
-                raise UserError(f"There is no Optuna journal file at {path}: {hint}.")
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        return optuna.storages.RDBStorage(url)
-    except UserError:
-        raise
-    except Exception as error:  # sqlalchemy and drivers raise many kinds
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise UserError(f"Cannot open the Optuna storage {url!r} ({reason}): {hint}.") from None
+    """The Optuna storage at `url` (never a new, empty one), or a UserError saying what to do."""
+    return storage.open_storage(url, key="analysis.storage", create=False)
 
 
 def _study_dataset_variant(summary) -> tuple[str | None, str]:

@@ -28,9 +28,9 @@
 - `variant=all` sweeps every variant in turn, `variant=lstm` Greff's nine LSTM variants;
   a Hydra multirun (`-m variant=vanilla,cifg`) works too.
 
-Storage URLs: `sqlite:///results/odyssey.db` (relative paths from the project root),
-`journal:///abs/path.log` or `journal:results/x.log` (Optuna's JournalStorage on a file;
-fine on a shared file system), `postgresql://user:pass@host/db` (many machines).
+Storage URLs (harness.storage): `sqlite:///results/odyssey.db` (relative paths from the
+project root), `journal:/shared/x.log` (Optuna's JournalStorage on a file; fine on a
+shared file system), `postgresql://user:pass@host/db` (many machines).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from harness import project_root
 from harness.cells import LSTM_VARIANTS, VARIANTS
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.storage import open_storage
 from harness.train import train
 
 # The searched parameters and the top-level config key each one sets.
@@ -91,37 +92,6 @@ def search_space(space_cfg) -> dict:
     if name_ranges := [n for n in ("one_minus_momentum",) if n in space and (space[n].low <= 0 or space[n].high > 1)]:
         raise UserError(f"search.space.{name_ranges[0]} must lie in (0, 1]: momentum = 1 - value.")
     return space
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage from a URL (see the module docstring); one clear message if it fails."""
-    if not isinstance(url, str) or not url:
-        raise UserError("search.storage is empty; use e.g. sqlite:///results/odyssey.db.")
-    try:
-        if url.startswith("journal:"):
-            path = Path(url[len("journal:"):].removeprefix("//"))
-            path = path if path.is_absolute() else project_root() / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        if url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///"):])
-            if not path.is_absolute():
-                path = project_root() / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{path}"
-            # Several processes write one file: wait for the lock rather than fail.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-        if "://" not in url:
-            raise UserError(f"search.storage '{url}' is not a storage URL; use sqlite:///FILE, "
-                            "journal:///FILE or postgresql://USER@HOST/DB.")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except UserError:
-        raise
-    except Exception as error:  # sqlalchemy and driver errors: unreachable host, bad URL, no driver
-        reason = str(error).strip().splitlines()[0][:200]
-        raise UserError(f"cannot open storage '{url}': {reason}; check the URL and that the database "
-                        "server is running and reachable.") from None
 
 
 def storage_label(url: str) -> str:

@@ -171,7 +171,7 @@ def test_user_errors(tmp_path):
     _study(url, "jsb_chorales", "vanilla", [], {})
     with pytest.raises(UserError, match="jsb_chorales"):
         _run(url, tmp_path / "out", "timit")
-    with pytest.raises(UserError, match="no Optuna database"):
+    with pytest.raises(UserError, match="no study storage at .*missing.db"):
         _run(f"sqlite:///{tmp_path / 'missing.db'}", tmp_path / "out", "timit")
     with pytest.raises(UserError, match="analysis.storage"):
         _run("notadatabase://nowhere", tmp_path / "out", "timit")
