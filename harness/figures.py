@@ -143,6 +143,10 @@ def boxplots(out, usable, top, variants, options, dataset) -> str | None:
             differs = bool(table.loc[variant, f"differs_{key}"])
             box.set_facecolor("#4c72b0" if differs else ("#dddddd" if variant == reference
                                                           else "#ffffff"))
+        values = np.concatenate([d for d in data if len(d)]) if any(len(d) for d in data) else np.array([])
+        if len(values) and values.min() > 0 and values.max() / values.min() > 100:
+            ax.set_yscale("log")  # a few runs far off the rest would flatten every box
+            title += " (log scale)"
         ax.set_xticks(range(len(order)), order, rotation=45 if len(order) > 6 else 0)
         ax.set_title(title)
         ax.set_ylabel("test metric")
