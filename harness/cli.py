@@ -62,6 +62,10 @@ def _hydra_entry(cfg: DictConfig) -> None:
     except UserError as error:
         print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        again = " (finished trials are kept: run the same command to resume)" if cfg.command == "sweep" else ""
+        print(f"odyssey {cfg.command}: stopped{again}.", file=sys.stderr)
+        sys.exit(130)
 
 
 # Hydra's own options, and whether each takes a value; they must come before the overrides.
