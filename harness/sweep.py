@@ -202,6 +202,37 @@ def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
     return trial_cfg
 
 
+def release(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted)."""
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        trial.set_user_attr("lost", reason)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, out_dir: Path,
+              target: int, heartbeat_seconds: float) -> dict | None:
+    """Train the trial's configuration and tell the study; None if the trial was surplus."""
+    ahead = sum(1 for t in study.get_trials(deepcopy=False)
+                if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
+    if ahead >= target:  # another worker took the last place first
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial_cfg = trial_config(cfg, dict(trial.params))
+    with Heartbeat(study._storage, trial._trial_id, heartbeat_seconds):
+        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None)
+    for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure"):
+        trial.set_user_attr(key, result[key])
+    trial.set_user_attr("momentum", float(trial_cfg.momentum))
+    trial.set_user_attr("metrics", str(out_dir / "metrics.json"))
+    if result["failure"] or result["val_metric"] is None:
+        trial.set_user_attr("failure", result["failure"] or "no finite validation metric")
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, result["val_metric"])
+    return result
+
+
 def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> None:
     """Ask, train and tell until the study has search.n_trials counted trials."""
     search = cfg.search
@@ -219,7 +250,6 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
     started, done_here = time.time(), 0
-    quiet = lambda message: None  # noqa: E731  (per-epoch lines would drown the sweep's)
     while True:
         fail_dead_trials(study, beat)
         trials = study.get_trials(deepcopy=False)
@@ -231,43 +261,23 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
             time.sleep(min(beat, 5.0))
             continue
         trial = study.ask(space)
-        ahead = sum(1 for t in study.get_trials(deepcopy=False)
-                    if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
-        if ahead >= target:  # another worker took the last place first
-            trial.set_user_attr("surplus", True)
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        params = dict(trial.params)
-        trial_cfg = trial_config(cfg, params)
-        out_dir = out_root / f"trial_{trial.number:04d}"
         try:
-            with Heartbeat(study._storage, trial._trial_id, beat):
-                result = train(trial_cfg, data=data, out_dir=out_dir, log=quiet)
-        except BaseException as error:
-            trial.set_user_attr("lost", f"stopped: {type(error).__name__}")
-            study.tell(trial, state=TrialState.FAIL)
+            result = run_trial(study, trial, cfg, data, out_root / f"trial_{trial.number:04d}", target, beat)
+        except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the trial is lost, not counted
+            release(study, trial, f"stopped: {type(error).__name__}")
             raise
-        for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure"):
-            trial.set_user_attr(key, result[key])
-        trial.set_user_attr("momentum", float(trial_cfg.momentum))
-        trial.set_user_attr("metrics", str(out_dir / "metrics.json"))
-        if result["failure"] or result["val_metric"] is None:
-            trial.set_user_attr("failure", result["failure"] or "no finite validation metric")
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, result["val_metric"])
+        if result is None:
+            continue
         done_here += 1
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = min(complete, key=lambda t: t.value) if complete else None
+        best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
         rate = done_here / max(time.time() - started, 1e-9) * 3600
-        shown = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
-        outcome = f"FAILED ({result['failure']})" if result["failure"] else \
-            f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}"
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
+        outcome = (f"FAILED ({result['failure']})" if result["failure"]
+                   else f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}")
         print(f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
-              f"{result['seconds']:.0f} s | {counted}/{target} done, "
-              f"best val {best.value:.4f} (trial {best.number}) | {rate:.1f} trials/hour" if best else
-              f"{tag} trial {trial.number}: {shown} -> {outcome} | {counted}/{target} done", flush=True)
+              f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour", flush=True)
 
 
 def _interrupt(signum, frame):
@@ -293,6 +303,7 @@ def _worker_process(cfg_container: dict, variant: str, worker: int) -> None:
 def sweep(cfg: DictConfig) -> list[str]:
     """Run the sweep the config asks for; returns the names of the studies."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a batch system's time limit: stop cleanly
     variant = cfg.variant.name
     groups = {"all": list(VARIANTS), "lstm": list(LSTM_VARIANTS)}
     variants = groups.get(variant, [variant])
