@@ -22,7 +22,7 @@ def lstm():
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if "lstm" not in _loaded:
-        _loaded["lstm"] = _build("odyssey_lstm_v4", "lstm.cpp")
+        _loaded["lstm"] = _build("odyssey_lstm_v5", "lstm.cpp")
     return _loaded["lstm"]
 
 

@@ -52,6 +52,57 @@ template <typename T, bool is_tanh> inline T activate(T a) {
 }
 template <typename T, bool is_tanh> inline T activation_slope(T v) { return is_tanh ? T(1) - v * v : T(1); }
 
+// One row (one sequence of the batch) of a forward step. Every block has a pointer of its
+// own, marked __restrict, so that the compiler may vectorise the loop over the blocks.
+template <typename T, bool g_tanh, bool h_tanh>
+void forward_row(int64_t N, const T* __restrict a_z, const T* __restrict a_i, const T* __restrict a_f,
+                 const T* __restrict a_o, const T* __restrict c_prev, const T* __restrict p_i,
+                 const T* __restrict p_f, const T* __restrict p_o, const T* __restrict scale_i,
+                 const T* __restrict scale_f, const T* __restrict scale_o, const T* __restrict shift_i,
+                 const T* __restrict shift_f, const T* __restrict shift_o, T* __restrict z, T* __restrict c,
+                 T* __restrict hc, T* __restrict y, T* __restrict i_out, T* __restrict f_out,
+                 T* __restrict o_out) {
+  for (int64_t n = 0; n < N; ++n) {
+    const T i = scale_i[n] * sigmoid(a_i[n] + p_i[n] * c_prev[n]) + shift_i[n];
+    const T f = scale_f[n] * sigmoid(a_f[n] + p_f[n] * c_prev[n]) + shift_f[n];
+    const T zn = activate<T, g_tanh>(a_z[n]);
+    const T cn = c_prev[n] * f + zn * i;
+    const T o = scale_o[n] * sigmoid(a_o[n] + p_o[n] * cn) + shift_o[n];
+    const T hn = activate<T, h_tanh>(cn);
+    z[n] = zn;
+    c[n] = cn;
+    hc[n] = hn;
+    y[n] = hn * o;
+    i_out[n] = i;
+    f_out[n] = f;
+    o_out[n] = o;
+  }
+}
+
+// One row of a backward step: d loss / d pre-activations from the gradient of y^t and c^t.
+template <typename T, bool g_tanh, bool h_tanh>
+void backward_row(int64_t N, const T* __restrict i_in, const T* __restrict f_in, const T* __restrict o_in,
+                  const T* __restrict c_prev, const T* __restrict z, const T* __restrict hc,
+                  const T* __restrict dy_out, const T* __restrict dy_rec, const T* __restrict dg_i,
+                  const T* __restrict dg_f, const T* __restrict dg_o, const T* __restrict p_i,
+                  const T* __restrict p_f, const T* __restrict p_o, const T* __restrict scale_i,
+                  const T* __restrict scale_f, const T* __restrict scale_o, T* __restrict dc_next,
+                  T* __restrict da_z, T* __restrict da_i, T* __restrict da_f, T* __restrict da_o) {
+  for (int64_t n = 0; n < N; ++n) {
+    const T i = i_in[n], f = f_in[n], o = o_in[n];
+    const T dy = dy_out[n] + dy_rec[n];
+    const T d_o = (dg_o[n] + dy * hc[n]) * scale_o[n] * o * (T(1) - o);
+    const T dc = dc_next[n] + dy * o * activation_slope<T, h_tanh>(hc[n]) + d_o * p_o[n];
+    const T d_i = (dg_i[n] + dc * z[n]) * scale_i[n] * i * (T(1) - i);
+    const T d_f = (dg_f[n] + dc * c_prev[n]) * scale_f[n] * f * (T(1) - f);
+    da_z[n] = dc * i * activation_slope<T, g_tanh>(z[n]);
+    da_i[n] = d_i;
+    da_f[n] = d_f;
+    da_o[n] = d_o;
+    dc_next[n] = dc * f + d_i * p_i[n] + d_f * p_f[n];
+  }
+}
+
 template <typename T, bool g_tanh, bool h_tanh>
 void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input, Tensor& cell_output,
                   const Tensor& R, const Tensor& p, const Tensor& scale, const Tensor& shift) {
@@ -77,21 +128,9 @@ void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input,
       T* __restrict c = C + ((t + 1) * B + b) * N;
       T* __restrict z = Z + (t * B + b) * N;
       T* __restrict hc = H + (t * B + b) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T i = sc[n] * sigmoid(ab[N + n] + pp[n] * c_prev[n]) + sh[n];
-        const T f = sc[N + n] * sigmoid(ab[2 * N + n] + pp[N + n] * c_prev[n]) + sh[N + n];
-        const T zn = activate<T, g_tanh>(ab[n]);
-        const T cn = c_prev[n] * f + zn * i;
-        const T o = sc[2 * N + n] * sigmoid(ab[3 * N + n] + pp[2 * N + n] * cn) + sh[2 * N + n];
-        const T hn = activate<T, h_tanh>(cn);
-        z[n] = zn;
-        c[n] = cn;
-        hc[n] = hn;
-        s[n] = hn * o;
-        s[N + n] = i;
-        s[2 * N + n] = f;
-        s[3 * N + n] = o;
-      }
+      forward_row<T, g_tanh, h_tanh>(N, ab, ab + N, ab + 2 * N, ab + 3 * N, c_prev, pp, pp + N, pp + 2 * N, sc,
+                                     sc + N, sc + 2 * N, sh, sh + N, sh + 2 * N, z, c, hc, s, s + N, s + 2 * N,
+                                     s + 3 * N);
     }
   }
 }
@@ -123,7 +162,6 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
     for (int64_t b = 0; b < B; ++b) {
       const T* s = S + ((t + 1) * B + b) * 4 * N;
       const T* c_prev = C + (t * B + b) * N;
-      const T* c = C + ((t + 1) * B + b) * N;
       const T* z = Z + (t * B + b) * N;
       const T* hc = H + (t * B + b) * N;
       const T* dy_out = G + (t * B + b) * N;
@@ -131,19 +169,9 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
       const T* dg = DG + b * dg_stride;
       T* dc_n = DC + b * N;
       T* d = D + b * 4 * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const T i = s[N + n], f = s[2 * N + n], o = s[3 * N + n];
-        const T dy = dy_out[n] + dy_rec[n];
-        const T da_o = (dg[2 * N + n] + dy * hc[n]) * sc[2 * N + n] * o * (T(1) - o);
-        const T dc = dc_n[n] + dy * o * activation_slope<T, h_tanh>(hc[n]) + da_o * pp[2 * N + n];
-        const T da_i = (dg[n] + dc * z[n]) * sc[n] * i * (T(1) - i);
-        const T da_f = (dg[N + n] + dc * c_prev[n]) * sc[N + n] * f * (T(1) - f);
-        d[n] = dc * i * activation_slope<T, g_tanh>(z[n]);
-        d[N + n] = da_i;
-        d[2 * N + n] = da_f;
-        d[3 * N + n] = da_o;
-        dc_n[n] = dc * f + da_i * pp[n] + da_f * pp[N + n];
-      }
+      backward_row<T, g_tanh, h_tanh>(N, s + N, s + 2 * N, s + 3 * N, c_prev, z, hc, dy_out, dy_rec, dg, dg + N,
+                                      dg + 2 * N, pp, pp + N, pp + 2 * N, sc, sc + N, sc + 2 * N, dc_n, d, d + N,
+                                      d + 2 * N, d + 3 * N);
     }
     at::mm_out(d_recurrent, da_t[t], R);
   }
