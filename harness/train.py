@@ -87,9 +87,10 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    layer_options = {k: v for k, v in dict(cfg.variant).items() if k != "name"}
-    if variant not in ("gru",) and "forget_bias" in options and "forget_bias" not in layer_options:
-        layer_options["forget_bias"] = options["forget_bias"]
+    # train.forget_bias, unless the variant's config sets its own (make_layer drops it where
+    # there is no forget gate), and the variant's options such as GF-RNN's `layers`.
+    layer_options = {"forget_bias": float(options.get("forget_bias", 0.0)),
+                     **{k: v for k, v in dict(cfg.variant).items() if k != "name"}}
     network = SequenceNetwork(variant, data.input_dim, int(cfg.hidden_size), data.n_outputs,
                               bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
                               **layer_options)
