@@ -14,6 +14,7 @@ the composed config. A user error ends with one line on stderr and exit status 2
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -93,6 +94,28 @@ def split_arguments(arguments: list[str]) -> tuple[list[str], list[str], list[st
     return options, overrides, words
 
 
+def check_choices(options: list[str], overrides: list[str]) -> None:
+    """One line for an unknown dataset or variant, listing the configs there are (here and
+    in a --config-dir), before Hydra's longer message."""
+    directories = [project_root() / "conf"]
+    for flag, value in zip(options, options[1:] + [""]):
+        if flag in ("--config-dir", "-cd"):
+            directories.append(Path(value))
+        elif flag.startswith(("--config-dir=", "-cd=")):
+            directories.append(Path(flag.split("=", 1)[1]))
+    for override in overrides:
+        group, _, value = override.partition("=")
+        if group not in ("dataset", "variant") or not value:
+            continue
+        known = sorted({p.stem for d in directories for p in (d / group).glob("*.yaml")})
+        unknown = [v for v in value.split(",") if v not in known]
+        if unknown:
+            print(f"odyssey: error: unknown {group} '{unknown[0]}'; choose one of {', '.join(known)}"
+                  + (" (or add DIR/dataset/NAME.yaml and pass --config-dir DIR)." if group == "dataset" else "."),
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -113,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"odyssey {command}: error: '{words[0]}' is neither key=value nor an option; "
               f"see `odyssey --help`.", file=sys.stderr)
         sys.exit(2)
+    check_choices(options, overrides)
     listed = any(o.startswith("variant=") and "," in o for o in overrides)
     if command == "sweep" and listed and not {"-m", "--multirun"} & set(options):
         options.append("--multirun")  # variant=a,b: one sweep per variant
