@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from harness import project_root
@@ -22,13 +23,12 @@ def compose_config():
 
 
 @pytest.fixture
-def odyssey_env(tmp_path):
-    """Environment for running the `odyssey` console script in a subprocess."""
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def float64():
+    """float64 as the default dtype for a test (tolerances of 1e-8 and gradcheck need it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 SHIPPED_PICKLE = Path(__file__).parent / "data" / "jsb-chorales-quarter.pkl"

@@ -11,13 +11,7 @@ from harness.cells import CELL_VARIANTS, LSTM_VARIANTS, make_layer
 M, N, T, B = 5, 4, 7, 3
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Every test here runs in float64 (tolerances of 1e-8 and gradcheck need it)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64 (conftest.py)
 
 
 def sigma(a):

@@ -21,12 +21,7 @@ GATES = {"gfrnn": "ifo", "gfgru": "zr"}
 CANDIDATE = {"gfrnn": "c", "gfgru": "h"}
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64 (conftest.py)
 
 
 def random_stack(variant, layers=L, seed=0, scale=0.5, **options):
