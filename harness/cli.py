@@ -103,6 +103,13 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
             directories.append(Path(value))
         elif flag.startswith(("--config-dir=", "-cd=")):
             directories.append(Path(flag.split("=", 1)[1]))
+    for override in overrides:  # hydra.searchpath=[file://DIR,...] adds directories too
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            entries = [entry.strip() for entry in value.strip("[]").split(",") if entry.strip()]
+            if not all(entry.startswith("file://") for entry in entries):
+                return  # a pkg:// search path: leave the check to Hydra
+            directories += [Path(entry.removeprefix("file://")) for entry in entries]
     for override in overrides:
         group, _, value = override.partition("=")
         if group not in ("dataset", "variant") or not value:
