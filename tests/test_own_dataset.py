@@ -295,14 +295,19 @@ def test_a_pianoroll_pickle_of_ones_own_through_a_user_config_dir(tmp_path):
     assert metrics["data"]["input_dim"] == metrics["data"]["n_outputs"] == 88
 
 
-def test_odyssey_data_checks_an_npz_data_set_of_a_user_config_dir(tmp_path):
+def user_config_dir(tmp_path):
+    """(data directory, config directory) of a small framewise npz data set `mine`."""
     directory = save_splits(tmp_path / "data", three(lambda s: framewise_arrays()))
     config_dir = tmp_path / "myconf"
     (config_dir / "dataset").mkdir(parents=True)
     (config_dir / "dataset" / "mine.yaml").write_text(
         f"name: mine\nformat: npz\npath: {directory}\ntask: framewise\nbidirectional: false\n")
-    # Hydra's --config-dir is an option, so it goes before the overrides, which argparse wants
-    # in one run; `hydra.searchpath` is the same as an override, usable anywhere.
+    return directory, config_dir
+
+
+def test_odyssey_data_checks_an_npz_data_set_of_a_user_config_dir(tmp_path):
+    directory, config_dir = user_config_dir(tmp_path)
+    # `hydra.searchpath` is Hydra's other way to add a config directory: an override
     run = odyssey("data", "mine", f"hydra.searchpath=[file://{config_dir}]")
     assert run.returncode == 0, run.stderr
     assert "mine: ready (2 training sequences, 2 inputs, 3 outputs)" in run.stdout
@@ -313,11 +318,7 @@ def test_odyssey_data_checks_an_npz_data_set_of_a_user_config_dir(tmp_path):
 
 
 def test_config_dir_anywhere_among_the_overrides(tmp_path):
-    directory = save_splits(tmp_path / "data", three(lambda s: framewise_arrays()))
-    config_dir = tmp_path / "myconf"
-    (config_dir / "dataset").mkdir(parents=True)
-    (config_dir / "dataset" / "mine.yaml").write_text(
-        f"name: mine\nformat: npz\npath: {directory}\ntask: framewise\nbidirectional: false\n")
+    _, config_dir = user_config_dir(tmp_path)
     run = odyssey("data", "mine", "--config-dir", str(config_dir))
     assert run.returncode == 0, run.stderr
     assert "mine: ready" in run.stdout

@@ -28,20 +28,23 @@ def stand_ins():
     odyssey("data", "handwriting_like")
 
 
+def train_vanilla(dataset, epochs, run_dir) -> dict:
+    """metrics.json of a bidirectional vanilla LSTM, N=50, lr 1e-3, momentum 0.9."""
+    odyssey("train", f"dataset={dataset}", "variant=vanilla", "hidden_size=50", "learning_rate=1e-3",
+            "momentum=0.9", "input_noise_std=0", f"max_epochs={epochs}", "seed=0", f"hydra.run.dir={run_dir}")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
 def test_speech_bidirectional_lstm_learns_timit_like(stand_ins, tmp_path):
     """The issue's check: N=50, lr 1e-3, momentum 0.9, 5 epochs: test frame error < 0.6."""
-    odyssey("train", "dataset=timit_like", "variant=vanilla", "hidden_size=50", "learning_rate=1e-3",
-            "momentum=0.9", "input_noise_std=0", "max_epochs=5", "seed=0", f"hydra.run.dir={tmp_path}")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = train_vanilla("timit_like", 5, tmp_path)
     data = metrics["data"]
     assert data["input_dim"] == 39 and data["n_outputs"] >= 30 and data["train"]["sequences"] >= 500
     assert data["bidirectional"] and metrics["test_metric"] < 0.6
 
 
 def test_handwriting_ctc_trains_and_reports_a_cer(stand_ins, tmp_path):
-    odyssey("train", "dataset=handwriting_like", "variant=vanilla", "hidden_size=50", "learning_rate=1e-3",
-            "momentum=0.9", "input_noise_std=0", "max_epochs=1", "seed=0", f"hydra.run.dir={tmp_path}")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = train_vanilla("handwriting_like", 1, tmp_path)
     data = metrics["data"]
     assert data["input_dim"] == 4 and data["n_outputs"] >= 60 and data["train"]["sequences"] >= 500
     assert metrics["metric"] == "cer" and 0 <= metrics["test_metric"] <= 1.5 and math.isfinite(metrics["val_metric"])
