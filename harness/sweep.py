@@ -243,9 +243,9 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
     space = search_space(search.space)
     storage = open_storage(search.storage)
     target, beat = int(search.n_trials), float(search.heartbeat_seconds)
-    probe = open_study(storage, dataset, variant, seed=0)
-    study = open_study(storage, dataset, variant,
-                       worker_seed(int(cfg.seed), probe.study_name, worker, len(probe.trials)))
+    study = open_study(storage, dataset, variant, seed=0)
+    study.sampler = optuna.samplers.RandomSampler(
+        seed=worker_seed(int(cfg.seed), study.study_name, worker, len(study.trials)))
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
