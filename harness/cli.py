@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness import project_root
 from harness.errors import UserError
@@ -33,8 +33,9 @@ def _dispatch(cfg: DictConfig) -> None:
 
         from harness.train import train
 
-        result = train(cfg, out_dir=HydraConfig.get().runtime.output_dir)
-        print(f"metrics: {HydraConfig.get().runtime.output_dir}/metrics.json")
+        out_dir = HydraConfig.get().runtime.output_dir
+        result = train(cfg, out_dir=out_dir)
+        print(f"metrics: {out_dir}/metrics.json")
         if result["failure"]:
             raise UserError(f"the run failed: {result['failure']}; try a smaller learning_rate.")
     elif command == "sweep":

@@ -180,7 +180,7 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
         g_learned, candidate = _steps(pre, G_N, n_gates), _steps(pre, n_gates)
         first, second, third = (_steps(pre, k * N, (k + 1) * N) for k in range(3))
         slope_gates, slope_candidate = _steps(slope, 0, n_gates), _steps(slope, n_gates)
-        dfb, scaled_t = _steps(d_fed_back), _steps(scaled)
+        dfb = _steps(d_fed_back)
         h_layers, d_pre_flat = states.unbind(0), d_pre.view(T, B, L * K).unbind(0)
         dY_t = dY.unbind(0)
         if lstm:

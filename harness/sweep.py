@@ -35,7 +35,6 @@ shared file system), `postgresql://user:pass@host/db` (many machines).
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import signal
