@@ -70,11 +70,14 @@ def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], bat
 
 
 def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print,
+          on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """Train the configuration `cfg` (the root config) and return its metrics.
 
     `data` may be passed in to avoid reading the data set again (a sweep reads it once);
-    with `out_dir`, metrics.json is written there.
+    with `out_dir`, metrics.json is written there. `on_epoch(epoch, val_metric)` is called
+    after every epoch's validation (a sweep reports it to its trial); an exception it
+    raises ends the training and propagates (a pruner's TrialPruned, for instance).
     """
     check_hyperparameters(cfg)
     variant = cfg.variant.name
@@ -141,6 +144,8 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         log(f"  epoch {epoch:3d}/{max_epochs}  train loss {total_loss / max(frames, 1):8.4f}/frame  "
             f"val {metric} {val_metric:.4f}  best {best['val_metric']:.4f} (epoch {best['best_epoch']}, "
             f"test {best['test_metric']:.4f})  {seconds:6.1f} s")
+        if on_epoch is not None:
+            on_epoch(epoch, val_metric)
         if epoch - best["best_epoch"] >= patience:
             log(f"  early stop: no improvement for {patience} epochs")
             break
