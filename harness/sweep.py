@@ -3,7 +3,7 @@
     odyssey sweep dataset=jsb_chorales variant=cifg search.n_trials=200 \
         search.storage=sqlite:///results/odyssey.db search.workers=2
 
-- Optuna's RandomSampler over `search.space` (conf/search/greff.yaml: Greff et al.'s
+- Random search over `search.space` (conf/search/greff.yaml: Greff et al.'s
   ranges); the study is named `<dataset>.<variant>` and carries the user attributes
   `dataset` and `variant`. A trial's value is the validation metric (minimised); its
   user attributes hold `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`,
@@ -19,10 +19,15 @@
   `search.heartbeat_seconds`. Before asking for a trial, a worker fails every RUNNING
   trial whose stamp is older than twice that, or whose worker process (same host) is
   gone, so a sweep killed with SIGKILL and started again resumes at once.
-- `search.workers=N` starts N processes here, each with one torch thread and its own
-  sampler seed (from `seed`, the study's name, the host, the worker index and the study's
-  size when the worker starts: a fresh study is reproducible, a resumed one never redraws
-  old points, and no two variants share their draws).
+- `search.workers=N` starts N processes here, each with one torch thread.
+- Reproducible studies (TrialNumberSampler): a trial's parameters and its training seed
+  (user attribute `seed`) follow from `seed`, the study's name and the trial's number
+  alone, never from the host or the worker, so the same command gives the same study on
+  any machine and with any number of workers, and a resumed study goes on with new
+  numbers. Enqueued trials (study.enqueue_trial) keep the parameters given, and a `seed`
+  user attribute given with them. `odyssey train` with a trial's parameters and
+  `seed=<its seed>` trains it again. Each trial reports its validation metric every
+  epoch (trial.report), so optuna-dashboard shows learning curves.
   Workers on other machines started against the same PostgreSQL URL or journal file
   cooperate on the same studies.
 - `variant=all` sweeps every variant in turn, `variant=lstm` Greff's nine LSTM variants;
@@ -35,6 +40,7 @@ shared file system), `postgresql://user:pass@host/db` (many machines).
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -175,7 +181,7 @@ def study_name(dataset: str, variant: str) -> str:
 def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
     study = optuna.create_study(study_name=study_name(dataset, variant), storage=storage,
                                 direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.RandomSampler(seed=seed))
+                                sampler=TrialNumberSampler(seed))
     if study.user_attrs.get("dataset") != dataset:
         study.set_user_attr("dataset", dataset)
     if study.user_attrs.get("variant") != variant:
@@ -183,10 +189,50 @@ def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
     return study
 
 
-def worker_seed(base_seed: int, study: str, worker: int, trials_at_start: int) -> int:
-    """Independent draws for every study, host and worker; never the old ones on a rerun."""
-    words = [zlib.crc32(study.encode()), zlib.crc32(socket.gethostname().encode())]
-    return int(np.random.SeedSequence([base_seed, *words, worker, trials_at_start]).generate_state(1)[0])
+def trial_rng(base_seed: int, study: str, number: int, name: str) -> np.random.Generator:
+    """The random stream of one value of one trial: from the seed, the study's name, the
+    trial's number and the value's name only (not the host, not the worker, not timing)."""
+    words = [int(base_seed) & 0xFFFFFFFF, zlib.crc32(study.encode()), int(number),
+             zlib.crc32(name.encode())]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def trial_seed(base_seed: int, study: str, number: int) -> int:
+    """The training seed of trial `number` of `study` (recorded as user attribute `seed`)."""
+    return int(trial_rng(base_seed, study, number, "seed").integers(0, 2**31 - 1))
+
+
+class TrialNumberSampler(optuna.samplers.BaseSampler):
+    """Random search whose every draw follows from (seed, study name, trial number,
+    parameter name): independent uniform draws over each distribution, log-uniform
+    where the distribution says log, as Optuna's RandomSampler draws them."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        rng = trial_rng(self.seed, study.study_name, trial.number, param_name)
+        d = param_distribution
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            return d.choices[int(rng.integers(len(d.choices)))]
+        if isinstance(d, IntDistribution):
+            if d.log:  # log-uniform over [low - 1/2, high + 1/2], rounded: each integer its share
+                value = math.exp(rng.uniform(math.log(d.low - 0.5), math.log(d.high + 0.5)))
+                return int(min(max(round(value), d.low), d.high))
+            return int(d.low + d.step * rng.integers((d.high - d.low) // d.step + 1))
+        if isinstance(d, FloatDistribution):
+            if d.step is not None:
+                return float(d.low + d.step * rng.integers(round((d.high - d.low) / d.step) + 1))
+            if d.log:
+                return float(min(math.exp(rng.uniform(math.log(d.low), math.log(d.high))), d.high))
+            return float(min(rng.uniform(d.low, d.high), d.high))
+        raise UserError(f"parameter {param_name}: distribution {type(d).__name__} is not supported.")
 
 
 def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
@@ -218,8 +264,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial_cfg = trial_config(cfg, dict(trial.params))
+    seed = int(trial.user_attrs.get("seed", trial_seed(int(cfg.seed), study.study_name, trial.number)))
+    with open_dict(trial_cfg):
+        trial_cfg.seed = seed
+    trial.set_user_attr("seed", seed)
     with Heartbeat(study._storage, trial._trial_id, heartbeat_seconds):
-        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None)
+        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
+                       on_epoch=lambda epoch, value: trial.report(value, epoch))
     for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure"):
         trial.set_user_attr(key, result[key])
     trial.set_user_attr("momentum", float(trial_cfg.momentum))
@@ -242,9 +293,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
     space = search_space(search.space)
     storage = open_storage(search.storage)
     target, beat = int(search.n_trials), float(search.heartbeat_seconds)
-    study = open_study(storage, dataset, variant, seed=0)
-    study.sampler = optuna.samplers.RandomSampler(
-        seed=worker_seed(int(cfg.seed), study.study_name, worker, len(study.trials)))
+    study = open_study(storage, dataset, variant, seed=int(cfg.seed))
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
