@@ -45,4 +45,30 @@ if ! command -v flite >/dev/null 2>&1; then
         echo "[setup] flite is missing; timit_like needs it: sudo apt-get install flite"
     fi
 fi
+
+# Debian's PostgreSQL server: tests/test_postgres.py and scripts/load_test.py start servers of
+# their own with its initdb and pg_ctl (in temporary directories, on loopback). Nothing runs here.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing postgresql (apt-get, for tests/test_postgres.py)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+            || echo "[setup] apt-get could not install postgresql; tests/test_postgres.py will skip (sudo apt-get install postgresql)"
+    else
+        echo "[setup] PostgreSQL is missing; tests/test_postgres.py will skip (sudo apt-get install postgresql)"
+    fi
+fi
+
+# Debian's Slurm and munge: tests/test_slurm.py starts a one-node cluster of its own with them
+# (search.launcher=slurm); about 15 s. Nothing is started or configured here.
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 \
+   || ! command -v sbatch >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing slurmctld slurmd slurm-client munge (apt-get, for tests/test_slurm.py)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            slurmctld slurmd slurm-client munge >/dev/null) \
+            || echo "[setup] apt-get could not install Slurm; tests/test_slurm.py will skip (sudo apt-get install slurmctld slurmd slurm-client munge)"
+    else
+        echo "[setup] Slurm is missing; tests/test_slurm.py will skip (sudo apt-get install slurmctld slurmd slurm-client munge)"
+    fi
+fi
 echo "[setup] ready: $(python -c 'import torch, optuna, hydra; print(f"torch {torch.__version__}, optuna {optuna.__version__}, hydra {hydra.__version__}")')"
