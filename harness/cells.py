@@ -13,7 +13,9 @@ where x^t is the input (M values), y^t the block output and c^t the cell state (
 sigma the logistic sigmoid, g = h = tanh, W_* are N x M, R_* are N x N, p_* and b_* have N
 entries and * is the elementwise product. All state starts at zero.
 
-A variant is a row of `LSTMSwitches` (the table `LSTM_VARIANTS`), not a class:
+A variant is a setting of seven switches (`SWITCHES`), not a class; Greff's are the
+presets of `PRESETS` (read into the cell flags of `LSTMSwitches`: `LSTM_VARIANTS`), and a
+variant config may carry its own `switches:` (make_layer also takes the mapping):
 
     NIG   i^t = 1                   NFG   f^t = 1                NOG   o^t = 1
     NIAF  g(x) = x                  NOAF  h(x) = x               NP    no p_* terms (= torch.nn.LSTM)
@@ -56,9 +58,48 @@ BLOCKS = ("z", "i", "f", "o")
 GATES = ("i", "f", "o")
 
 
+# The switches of a variant config (`switches:` in conf/variant/NAME.yaml, or the mapping
+# make_layer takes): every LSTM variant is one setting of them; a switch left out keeps
+# its vanilla value, the first listed.
+SWITCHES: dict[str, tuple] = {
+    "input_gate": (True, False),                  # false: i^t = 1
+    "forget_gate": (True, False, "coupled"),      # false: f^t = 1; coupled: f^t = 1 - i^t
+    "output_gate": (True, False),                 # false: o^t = 1
+    "input_activation": ("tanh", "linear"),       # g
+    "output_activation": ("tanh", "linear"),      # h
+    "peepholes": (True, False),                   # p_* of the gates present
+    "gate_recurrence": (False, True),             # the R_a_b of FGR (needs all three gates)
+}
+
+# Greff et al.'s variants, each a preset of the switches above.
+PRESETS: dict[str, dict] = {
+    "vanilla": {},
+    "nig": {"input_gate": False},
+    "nfg": {"forget_gate": False},
+    "nog": {"output_gate": False},
+    "niaf": {"input_activation": "linear"},
+    "noaf": {"output_activation": "linear"},
+    "np": {"peepholes": False},
+    "cifg": {"forget_gate": "coupled"},
+    "fgr": {"gate_recurrence": True},
+}
+
+
+def _switch_error(message: str) -> Exception:
+    from harness.errors import UserError  # a variant's switches come from the user's config
+
+    return UserError(message)
+
+
 @dataclass(frozen=True)
 class LSTMSwitches:
-    """Which parts of the vanilla LSTM a variant keeps (True) or changes."""
+    """Which parts of the vanilla LSTM a variant keeps (True) or changes.
+
+    The fields are the cell's own flags; `from_switches` reads the `SWITCHES` of a variant
+    config into them and `as_switches` writes them back. Impossible settings (a coupled
+    forget gate without an input gate, gate recurrence without all three gates of their
+    own) are refused with a UserError.
+    """
 
     input_gate: bool = True
     forget_gate: bool = True
@@ -69,17 +110,63 @@ class LSTMSwitches:
     coupled_input_forget_gate: bool = False  # f = 1 - i
     full_gate_recurrence: bool = False  # gates see the three gates of t-1
 
+    def __post_init__(self):
+        if self.coupled_input_forget_gate and not self.forget_gate:
+            raise _switch_error("a forget gate cannot be both removed and coupled; use forget_gate: false or "
+                                "forget_gate: coupled.")
+        if self.coupled_input_forget_gate and not self.input_gate:
+            raise _switch_error("switches forget_gate: coupled (f = 1 - i) needs the input gate; set input_gate: "
+                                "true or choose forget_gate true or false.")
+        own = {"input_gate": self.input_gate, "forget_gate": self.forget_gate and not self.coupled_input_forget_gate,
+               "output_gate": self.output_gate}
+        if self.full_gate_recurrence and not all(own.values()):
+            missing = ", ".join(name for name, kept in own.items() if not kept)
+            raise _switch_error(f"switches gate_recurrence: true needs all three gates with weights of their own, "
+                                f"but {missing} is not; set gate_recurrence: false or keep the gates.")
+
+    @classmethod
+    def from_switches(cls, switches, where: str = "variant.switches") -> LSTMSwitches:
+        """The cell flags of a `switches` mapping (keys and values of `SWITCHES`)."""
+        if switches is None:
+            switches = {}
+        if not hasattr(switches, "items"):
+            raise _switch_error(f"{where} must be a mapping of switches, e.g. {{peepholes: false}}; "
+                                f"got {switches!r}.")
+        values = {str(key): value for key, value in switches.items()}
+        for key, value in values.items():
+            if key not in SWITCHES:
+                raise _switch_error(f"{where}.{key} is not a switch; use some of {', '.join(SWITCHES)}.")
+            allowed = SWITCHES[key]
+            if not any(type(value) is type(choice) and value == choice for choice in allowed):
+                raise _switch_error(f"{where}.{key}: {value!r} is not one of "
+                                    f"{', '.join(str(c).lower() for c in allowed)}.")
+        chosen = {key: values.get(key, allowed[0]) for key, allowed in SWITCHES.items()}
+        return cls(
+            input_gate=chosen["input_gate"],
+            forget_gate=chosen["forget_gate"] is not False,
+            output_gate=chosen["output_gate"],
+            input_activation=chosen["input_activation"] == "tanh",
+            output_activation=chosen["output_activation"] == "tanh",
+            peepholes=chosen["peepholes"],
+            coupled_input_forget_gate=chosen["forget_gate"] == "coupled",
+            full_gate_recurrence=chosen["gate_recurrence"],
+        )
+
+    def as_switches(self) -> dict:
+        """All seven switches of this cell, as a variant config writes them."""
+        return {
+            "input_gate": self.input_gate,
+            "forget_gate": "coupled" if self.coupled_input_forget_gate else self.forget_gate,
+            "output_gate": self.output_gate,
+            "input_activation": "tanh" if self.input_activation else "linear",
+            "output_activation": "tanh" if self.output_activation else "linear",
+            "peepholes": self.peepholes,
+            "gate_recurrence": self.full_gate_recurrence,
+        }
+
 
 LSTM_VARIANTS: dict[str, LSTMSwitches] = {
-    "vanilla": LSTMSwitches(),
-    "nig": LSTMSwitches(input_gate=False),
-    "nfg": LSTMSwitches(forget_gate=False),
-    "nog": LSTMSwitches(output_gate=False),
-    "niaf": LSTMSwitches(input_activation=False),
-    "noaf": LSTMSwitches(output_activation=False),
-    "np": LSTMSwitches(peepholes=False),
-    "cifg": LSTMSwitches(coupled_input_forget_gate=True),
-    "fgr": LSTMSwitches(full_gate_recurrence=True),
+    name: LSTMSwitches.from_switches(preset, where=f"PRESETS[{name!r}]") for name, preset in PRESETS.items()
 }
 
 
@@ -487,23 +574,52 @@ GATED_FEEDBACK_VARIANTS = ("gfrnn", "gfgru")
 VARIANTS = CELL_VARIANTS + GATED_FEEDBACK_VARIANTS
 
 
-def make_layer(variant: str, input_size: int, hidden_size: int, **options) -> nn.Module:
-    """One unidirectional layer of `variant` (see `VARIANTS`); x (T, B, M) -> y (T, B, N).
+def variant_switches(variant, switches=None) -> LSTMSwitches | None:
+    """The cell flags of a variant given as a name, a mapping of switches, or a name with
+    the `switches:` of its config; None for the GRU and the gated-feedback stacks.
 
-    Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (LSTM family and gfrnn,
-    default 0); for gfrnn (GF-LSTM) and gfgru (GF-GRU) also `layers` (default 3) and
-    `concat_layers` (default false): they return a whole stack, x (T, B, M) -> (T, B,
-    `output_size`).
+    A name of the preset table with switches that differ from its preset is refused (the
+    studies and figures would carry the name of a variant they are not), as is a name
+    that is neither a variant nor carries switches.
     """
+    if hasattr(variant, "items"):
+        return LSTMSwitches.from_switches(variant, where="make_layer's switches")
+    if switches is not None:
+        cell = LSTMSwitches.from_switches(switches, where=f"variant '{variant}': switches")
+        if variant in LSTM_VARIANTS and cell != LSTM_VARIANTS[variant]:
+            raise _switch_error(f"variant '{variant}' is Greff's preset {PRESETS[variant] or 'vanilla'}, but its "
+                                f"config sets switches {dict(switches)}; give a variant of other switches a name "
+                                "of its own.")
+        if variant in VARIANTS and variant not in LSTM_VARIANTS:
+            raise _switch_error(f"variant '{variant}' has no switches (they are the LSTM's); remove `switches:` "
+                                "from its config.")
+        return cell
     if variant in LSTM_VARIANTS:
-        return LSTMLayer(LSTM_VARIANTS[variant], input_size, hidden_size, **options)
+        return LSTM_VARIANTS[variant]
+    if variant in VARIANTS:
+        return None
+    raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}, or give a variant "
+                     "config `switches:` (README, 'Your own data and your own variant')")
+
+
+def make_layer(variant, input_size: int, hidden_size: int, switches=None, **options) -> nn.Module:
+    """One unidirectional layer of `variant`; x (T, B, M) -> y (T, B, N).
+
+    `variant` is a name of `VARIANTS` or a mapping of `SWITCHES` (an LSTM composed of
+    them); `switches` is the `switches:` of a variant config, which gives a variant of a
+    new name its cell. Options: `init_std` (default 0.1, Greff et al.), `forget_bias`
+    (LSTM family and gfrnn, default 0); for gfrnn (GF-LSTM) and gfgru (GF-GRU) also
+    `layers` (default 3) and `concat_layers` (default false): they return a whole stack,
+    x (T, B, M) -> (T, B, `output_size`).
+    """
+    cell = variant_switches(variant, switches)
+    if cell is not None:
+        return LSTMLayer(cell, input_size, hidden_size, **options)
     if variant == "gru":
         options.pop("forget_bias", None)
         return GRULayer(input_size, hidden_size, **options)
-    if variant in GATED_FEEDBACK_VARIANTS:
-        from harness.gated_feedback import GatedFeedbackRNN  # it builds on this module
+    from harness.gated_feedback import GatedFeedbackRNN  # it builds on this module
 
-        if variant == "gfgru":
-            options.pop("forget_bias", None)
-        return GatedFeedbackRNN(variant, input_size, hidden_size, **options)
-    raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
+    if variant == "gfgru":
+        options.pop("forget_bias", None)
+    return GatedFeedbackRNN(variant, input_size, hidden_size, **options)

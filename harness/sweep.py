@@ -57,9 +57,10 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from harness import project_root
-from harness.cells import LSTM_VARIANTS, VARIANTS
+from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.launchers import launch
 from harness.storage import open_storage
 from harness.train import train
 
@@ -355,14 +356,19 @@ def sweep(cfg: DictConfig) -> list[str]:
     variant = cfg.variant.name
     groups = {"all": list(VARIANTS), "lstm": list(LSTM_VARIANTS)}
     variants = groups.get(variant, [variant])
-    if variant not in groups and variant not in VARIANTS:
+    own_switches = cfg.variant.get("switches")  # a user's variant: its cell from the switches
+    if variant not in groups and variant not in VARIANTS and own_switches is None:
         raise UserError(f"variant '{variant}' is unknown; choose one of {', '.join(VARIANTS)}, "
-                        "lstm (Greff's nine) or all.")
+                        "lstm (Greff's nine) or all, or give its config `switches:`.")
+    if own_switches is not None:
+        variant_switches(variant, own_switches)  # a bad switch fails here, before any trial
     search = cfg.search
     search_space(search.space)  # fail on a bad space before any work
     workers = int(search.workers)
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
+    if (launched := launch(cfg, variants)) is not None:  # search.launcher=slurm: an array job
+        return launched
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "

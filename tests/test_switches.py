@@ -1,0 +1,184 @@
+"""Variants as switches: cells composed from a mapping of switches against the equations
+written out step by step from the switches alone, the weight keys by the rule, the presets,
+the impossible combinations, and a variant config with `switches:` through training."""
+
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.cells import LSTM_VARIANTS, PRESETS, SWITCHES, make_layer
+from harness.errors import UserError
+
+M, N, T, B = 4, 3, 6, 2
+
+in_float64 = pytest.mark.usefixtures("float64")  # the cell tests run in float64 (conftest.py)
+
+VANILLA = {"input_gate": True, "forget_gate": True, "output_gate": True, "input_activation": "tanh",
+           "output_activation": "tanh", "peepholes": True, "gate_recurrence": False}
+
+# combinations the paper did not ablate, and the presets
+NEW = {
+    "cifg_without_peepholes": {"forget_gate": "coupled", "peepholes": False},
+    "no_output_activation_no_peepholes": {"output_activation": "linear", "peepholes": False},
+    "no_input_no_output_gate": {"input_gate": False, "output_gate": False},
+    "linear_without_forget_gate": {"input_activation": "linear", "output_activation": "linear",
+                                   "forget_gate": False},
+    "fgr_without_peepholes": {"gate_recurrence": True, "peepholes": False},
+    "fgr_linear_input": {"gate_recurrence": True, "input_activation": "linear"},
+    "cifg_no_output_gate_linear": {"forget_gate": "coupled", "output_gate": False, "input_activation": "linear"},
+    "no_gates_at_all": {"input_gate": False, "forget_gate": False, "output_gate": False},
+}
+COMBINATIONS = {**NEW, **{f"preset_{name}": switches for name, switches in PRESETS.items()}}
+
+
+def sigma(a):
+    return 1.0 / (1.0 + torch.exp(-a))
+
+
+def reference(switches: dict, w: dict, x: torch.Tensor) -> torch.Tensor:
+    """The vanilla equations with each switch applied, one step at a time, from the weights."""
+    s = {**VANILLA, **switches}
+    n = w["R_z"].shape[0]
+    y, c = x.new_zeros(x.shape[1], n), x.new_zeros(x.shape[1], n)
+    previous = {gate: x.new_zeros(x.shape[1], n) for gate in "ifo"}
+    g = torch.tanh if s["input_activation"] == "tanh" else (lambda v: v)
+    h = torch.tanh if s["output_activation"] == "tanh" else (lambda v: v)
+
+    def gate(name, x_t, cell):
+        a = x_t @ w[f"W_{name}"].T + y @ w[f"R_{name}"].T + w[f"b_{name}"]
+        if s["peepholes"]:
+            a = a + w[f"p_{name}"] * cell
+        if s["gate_recurrence"]:
+            a = a + sum(previous[b] @ w[f"R_{name}_{b}"].T for b in "ifo")
+        return sigma(a)
+
+    outputs = []
+    for x_t in x:
+        z = g(x_t @ w["W_z"].T + y @ w["R_z"].T + w["b_z"])
+        i = gate("i", x_t, c) if s["input_gate"] else torch.ones_like(z)
+        if s["forget_gate"] == "coupled":
+            f = 1 - i
+        else:
+            f = gate("f", x_t, c) if s["forget_gate"] else torch.ones_like(z)
+        c = z * i + c * f
+        o = gate("o", x_t, c) if s["output_gate"] else torch.ones_like(z)
+        y = h(c) * o
+        previous = {"i": i, "f": f, "o": o}
+        outputs.append(y)
+    return torch.stack(outputs)
+
+
+def random_weights(layer, scale=0.6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=generator) * scale for k, v in layer.export_weights().items()}
+
+
+@in_float64
+@pytest.mark.parametrize("name", COMBINATIONS)
+def test_a_composed_cell_computes_the_equations_of_its_switches(name):
+    layer = make_layer(COMBINATIONS[name], M, N)
+    weights = random_weights(layer)
+    layer.import_weights(weights)
+    x = torch.randn(T, B, M, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(layer(x), reference(COMBINATIONS[name], weights, x), atol=1e-10, rtol=0)
+
+
+@in_float64
+@pytest.mark.parametrize("name,keys", [
+    ("cifg_without_peepholes", "W_z W_i W_o R_z R_i R_o b_z b_i b_o"),
+    ("no_input_no_output_gate", "W_z W_f R_z R_f b_z b_f p_f"),
+    ("no_gates_at_all", "W_z R_z b_z"),
+    ("cifg_no_output_gate_linear", "W_z W_i R_z R_i b_z b_i p_i"),
+    ("fgr_without_peepholes", "W_z W_i W_f W_o R_z R_i R_f R_o b_z b_i b_f b_o "
+                              "R_i_i R_i_f R_i_o R_f_i R_f_f R_f_o R_o_i R_o_f R_o_o"),
+])
+def test_the_weight_keys_follow_the_rule(name, keys):
+    """W, R, b for z and each gate with weights of its own; p for each such gate with peepholes on."""
+    layer = make_layer(COMBINATIONS[name], M, N)
+    assert set(layer.export_weights()) == set(keys.split())
+    shapes = {k: tuple(v.shape) for k, v in layer.export_weights().items()}
+    assert all(shapes[k] == ((N, M) if k.startswith("W_") else (N, N) if k.startswith("R_") else (N,)) for k in shapes)
+
+
+@in_float64
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_is_its_named_variant(name):
+    by_name, by_switches = make_layer(name, M, N), make_layer(PRESETS[name], M, N)
+    weights = random_weights(by_name)
+    by_name.import_weights(weights)
+    by_switches.import_weights(weights)  # the same keys, or this refuses
+    x = torch.randn(T, B, M)
+    assert torch.equal(by_name(x), by_switches(x))
+
+
+def test_the_preset_table():
+    assert set(PRESETS) == {"vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"}
+    assert all(len(switches) == 1 for name, switches in PRESETS.items() if name != "vanilla")
+    assert set(SWITCHES) == set(VANILLA)
+    assert LSTM_VARIANTS["cifg"].as_switches() == {**VANILLA, "forget_gate": "coupled"}
+    assert LSTM_VARIANTS["niaf"].as_switches() == {**VANILLA, "input_activation": "linear"}
+
+
+@in_float64
+@pytest.mark.parametrize("name", ["cifg_without_peepholes", "fgr_linear_input", "no_input_no_output_gate"])
+def test_gradcheck_of_composed_cells(name):
+    layer = make_layer(COMBINATIONS[name], 3, 2)
+    layer.import_weights(random_weights(layer, scale=0.8, seed=3))
+    names, params = zip(*layer.named_parameters())
+    x = torch.randn(4, 2, 3, requires_grad=True)
+
+    def function(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(function, (x, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("switches,fragments", [
+    ({"forget_gate": "coupled", "input_gate": False}, ["coupled", "input gate"]),
+    ({"gate_recurrence": True, "output_gate": False}, ["gate_recurrence", "output_gate"]),
+    ({"gate_recurrence": True, "forget_gate": "coupled"}, ["gate_recurrence", "forget_gate"]),
+    ({"peephole": False}, ["peephole", "not a switch", "peepholes"]),
+    ({"input_activation": "sigmoid"}, ["input_activation", "sigmoid", "tanh, linear"]),
+    ({"forget_gate": "yes"}, ["forget_gate", "true, false, coupled"]),
+    ({"peepholes": 0}, ["peepholes", "true, false"]),
+])
+def test_impossible_or_misspelt_switches_are_refused(switches, fragments):
+    with pytest.raises(UserError) as caught:
+        make_layer(switches, M, N)
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+
+
+@in_float64
+def test_a_name_with_switches():
+    layer = make_layer("my_cifg", M, N, switches=OmegaConf.create({"forget_gate": "coupled", "peepholes": False}))
+    assert set(layer.export_weights()) == set("W_z W_i W_o R_z R_i R_o b_z b_i b_o".split())
+    assert make_layer("cifg", M, N, switches={"forget_gate": "coupled"}).export_weights().keys() == \
+        make_layer("cifg", M, N).export_weights().keys()  # a preset's own switches are fine
+    with pytest.raises(UserError, match="give a variant of other switches a name of its own"):
+        make_layer("cifg", M, N, switches={"peepholes": False})
+    with pytest.raises(UserError, match="has no switches"):
+        make_layer("gru", M, N, switches={"peepholes": False})
+    with pytest.raises(ValueError, match="switches"):
+        make_layer("mine", M, N)  # neither a variant nor switches
+
+
+def test_a_variant_config_with_switches_trains(compose_config, tmp_path):
+    """train.py hands the variant config's keys to make_layer: the network is the composed cell."""
+    from harness.datasets import load_dataset
+    from harness.train import train
+
+    cfg = compose_config(["hidden_size=5", "max_epochs=1"])
+    cfg.variant = OmegaConf.create({"name": "cifg_np", "switches": {"forget_gate": "coupled", "peepholes": False}})
+    rolls = {split: [[(60 + t % 3,) for t in range(6)]] for split in ("train", "valid", "test")}
+    (tmp_path / "songs.json").write_text(json.dumps(rolls))
+    data = load_dataset({"name": "songs", "format": "pianoroll", "path": str(tmp_path / "songs.json"),
+                         "task": "next_step"})
+    result = train(cfg, data=data, log=lambda line: None)
+    m, n = 88, 5
+    cell = 3 * (n * m + n * n + n)  # z, i, o: W, R, b; no forget gate of its own, no peepholes
+    assert result["variant"] == "cifg_np" and result["n_params"] == cell + (n * 88 + 88)
+    assert math.isfinite(result["val_metric"])
