@@ -228,3 +228,45 @@ def test_the_rolls_are_cached_and_a_changed_file_is_parsed_again(tmp_path, jsb):
     third = load_dataset(config(root, tmp_path))
     assert not third.info["roll_cache_hit"]
     assert_same_rolls(third, changed)
+
+
+# ------------------------------------- a folder of MIDI files and a variant of one's own
+
+@pytest.mark.slow
+def test_a_midi_folder_and_a_user_variant_go_through_sweep_and_analyze(tmp_path, jsb):
+    """The README's walk-through: MIDI files and a two-line variant file, given only as
+    configs in a user directory, are swept (2 trials of vanilla and of the new variant) and
+    analysed; a misspelt switch is one line, exit 2."""
+    import subprocess
+    import sys
+
+    songs = write_folder(tmp_path / "songs", {s: rolls[:3] for s, rolls in jsb.items()}, write_type1)
+    conf = tmp_path / "myconf"
+    (conf / "dataset").mkdir(parents=True)
+    (conf / "variant").mkdir()
+    (conf / "dataset" / "bach_midi.yaml").write_text(
+        f"name: bach_midi\nformat: midi\npath: {songs}\ntask: next_step\ncache_dir: {tmp_path / 'cache'}\n")
+    (conf / "variant" / "cifg_np.yaml").write_text("name: cifg_np\nswitches: {forget_gate: coupled, peepholes: false}\n")
+    (conf / "variant" / "typo.yaml").write_text("name: typo\nswitches: {peephole: false}\n")
+    storage = f"sqlite:///{tmp_path}/studies.db"
+
+    def odyssey(*arguments):
+        return subprocess.run([sys.executable, "-m", "harness.cli", *arguments], cwd=project_root(),
+                              capture_output=True, text=True, timeout=600)
+
+    run = odyssey("sweep", "--config-dir", str(conf), "dataset=bach_midi", "variant=vanilla,cifg_np",
+                  "search.n_trials=2", "max_epochs=1", f"search.storage={storage}")
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "analysis"
+    run = odyssey("analyze", "analysis.dataset=bach_midi", f"analysis.storage={storage}", f"analysis.out={out}")
+    assert run.returncode == 0, run.stderr
+    trials = (out / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 4 and sum(line.startswith("cifg_np,") for line in trials) == 2, trials
+    assert (out / "report.md").exists() and "cifg_np" in (out / "variants.csv").read_text()
+    metrics = sorted((project_root() / "results" / "sweeps").glob("*/bach_midi.cifg_np/trial_0000/metrics.json"))
+    data = json.loads(metrics[-1].read_text())["data"]
+    assert data["pieces"] == {"train": 3, "valid": 3, "test": 3} and data["input_dim"] == 88
+
+    run = odyssey("sweep", "--config-dir", str(conf), "dataset=bach_midi", "variant=typo", "search.n_trials=1",
+                  f"search.storage={storage}")
+    assert run.returncode == 2 and "peephole is not a switch" in run.stderr and "Traceback" not in run.stderr
