@@ -22,8 +22,26 @@ def lstm():
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if "lstm" not in _loaded:
-        _loaded["lstm"] = _build("odyssey_lstm_v5", "lstm.cpp")
+        _loaded["lstm"] = _build("odyssey_lstm_v6", "lstm.cpp")
     return _loaded["lstm"]
+
+
+def gru():
+    """The compiled GRU loops (gru.cpp), or None (then cells.py uses its Python loops)."""
+    return _module("gru", "odyssey_gru_v1", "gru.cpp")
+
+
+def gated_feedback():
+    """The compiled GF-LSTM / GF-GRU loops (gated_feedback.cpp), or None (Python loops)."""
+    return _module("gated_feedback", "odyssey_gated_feedback_v1", "gated_feedback.cpp")
+
+
+def _module(key: str, name: str, source: str):
+    if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
+        return None
+    if key not in _loaded:
+        _loaded[key] = _build(name, source)
+    return _loaded[key]
 
 
 def _build(name: str, source: str):

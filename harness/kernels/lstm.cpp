@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 using at::Tensor;
@@ -103,11 +104,43 @@ void backward_row(int64_t N, const T* __restrict i_in, const T* __restrict f_in,
   }
 }
 
+// The recurrent products of one step for a small batch (Greff's recipe trains on one
+// sequence at a time), without a call into ATen: at these sizes (4N x N, N <= 200) the
+// call costs more than the arithmetic. Both are axpy loops over contiguous rows, four rows
+// at a time, which the compiler vectorises; the matrix (at most 640 KB) stays in L2.
+//   a (cols) += sum_j u[j] * M[j, :]     with M (rows, cols) row-major
+template <typename T>
+void add_vector_matrix(int64_t rows, int64_t cols, const T* __restrict M, const T* __restrict u,
+                       T* __restrict a) {
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) {
+    const T u0 = u[j], u1 = u[j + 1], u2 = u[j + 2], u3 = u[j + 3];
+    const T* __restrict m0 = M + j * cols;
+    const T* __restrict m1 = m0 + cols;
+    const T* __restrict m2 = m1 + cols;
+    const T* __restrict m3 = m2 + cols;
+    for (int64_t k = 0; k < cols; ++k) a[k] += u0 * m0[k] + u1 * m1[k] + u2 * m2[k] + u3 * m3[k];
+  }
+  for (; j < rows; ++j) {
+    const T uj = u[j];
+    const T* __restrict m = M + j * cols;
+    for (int64_t k = 0; k < cols; ++k) a[k] += uj * m[k];
+  }
+}
+template <typename T>
+void vector_matrix(int64_t rows, int64_t cols, const T* __restrict M, const T* __restrict u, T* __restrict out) {
+  for (int64_t k = 0; k < cols; ++k) out[k] = T(0);
+  add_vector_matrix(rows, cols, M, u, out);
+}
+constexpr int64_t kSmallBatch = 4;  // up to this batch, the loops above; above it, ATen's GEMM
+
 template <typename T, bool g_tanh, bool h_tanh>
 void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input, Tensor& cell_output,
                   const Tensor& R, const Tensor& p, const Tensor& scale, const Tensor& shift) {
   const int64_t steps = a.size(0), B = a.size(1), N = a.size(2) / 4, n_rec = R.size(1);
-  const Tensor R_t = R.t();
+  const bool small = B <= kSmallBatch;
+  const Tensor R_t = small ? R.t().contiguous() : R.t();  // (n_rec, 4N)
+  const T* __restrict Rt = R_t.data_ptr<T>();
   const auto a_t = a.unbind(0);
   const auto recurrent_in = states.narrow(2, 0, n_rec).unbind(0);
   const T* __restrict pp = p.data_ptr<T>();
@@ -117,10 +150,14 @@ void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input,
   T* C = cells.data_ptr<T>();
   T* Z = block_input.data_ptr<T>();
   T* H = cell_output.data_ptr<T>();
+  T* A_all = a.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
-    Tensor at_t = a_t[t];
-    at_t.addmm_(recurrent_in[t], R_t);  // a += R u^{t-1}
-    const T* A = at_t.data_ptr<T>();
+    T* A = A_all + t * B * 4 * N;
+    if (small) {  // a += R u^{t-1}, row by row
+      for (int64_t b = 0; b < B; ++b) add_vector_matrix<T>(n_rec, 4 * N, Rt, S + (t * B + b) * 4 * N, A + b * 4 * N);
+    } else {
+      a_t[t].addmm_(recurrent_in[t], R_t);
+    }
     for (int64_t b = 0; b < B; ++b) {
       const T* __restrict ab = A + b * 4 * N;
       T* __restrict s = S + ((t + 1) * B + b) * 4 * N;  // [y, i, f, o] of step t
@@ -152,6 +189,7 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
   const T* Z = block_input.data_ptr<T>();
   const T* H = cell_output.data_ptr<T>();
   const T* G = dY.data_ptr<T>();
+  const T* Rp = R.data_ptr<T>();  // (4N, n_rec), contiguous
   T* DR = d_recurrent.data_ptr<T>();
   T* DC = dc_next.data_ptr<T>();
   // the gate part of d u^t: from R's gate columns (FGR), else zero
@@ -173,7 +211,11 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
                                       dg + 2 * N, pp, pp + N, pp + 2 * N, sc, sc + N, sc + 2 * N, dc_n, d, d + N,
                                       d + 2 * N, d + 3 * N);
     }
-    at::mm_out(d_recurrent, da_t[t], R);
+    if (B <= kSmallBatch) {
+      for (int64_t b = 0; b < B; ++b) vector_matrix<T>(4 * N, n_rec, Rp, D + b * 4 * N, DR + b * n_rec);
+    } else {
+      at::mm_out(d_recurrent, da_t[t], R);
+    }
   }
 }
 
@@ -205,10 +247,12 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& W, const Tensor&
   return {states.narrow(0, 1, T).narrow(2, 0, N).clone(), states, cells, block_input, cell_output};
 }
 
-std::vector<Tensor> lstm_backward(const Tensor& dY_in, const Tensor& x, const Tensor& W, const Tensor& R,
-                                  const Tensor& p, const Tensor& scale, const Tensor& states,
-                                  const Tensor& cells, const Tensor& block_input, const Tensor& cell_output,
-                                  bool g_tanh, bool h_tanh, bool need_dx) {
+// The weight gradients after the backward loop, written into the given tensors (the
+// native engine passes its gradient buffers; `lstm_backward` fresh ones).
+void lstm_backward_into(const Tensor& dY_in, const Tensor& x, const Tensor& W, const Tensor& R,
+                        const Tensor& p, const Tensor& scale, const Tensor& states, const Tensor& cells,
+                        const Tensor& block_input, const Tensor& cell_output, bool g_tanh, bool h_tanh,
+                        Tensor dW, Tensor dR, Tensor db, Tensor dp, std::optional<Tensor> dx) {
   const int64_t T = x.size(0), B = x.size(1), M = x.size(2), N = W.size(0) / 4, n_rec = R.size(1);
   const Tensor dY = dY_in.contiguous();
   Tensor dA = at::empty({T, B, 4 * N}, x.options());  // d loss / d pre-activations z, i, f, o
@@ -220,17 +264,124 @@ std::vector<Tensor> lstm_backward(const Tensor& dY_in, const Tensor& x, const Te
     });
   });
   const Tensor dA_flat = dA.view({T * B, 4 * N});
-  Tensor dx = need_dx ? at::mm(dA_flat, W).view({T, B, M}) : Tensor();
-  Tensor dW = at::mm(dA_flat.t(), x.reshape({T * B, M}));
-  Tensor dR = at::mm(dA_flat.t(), states.narrow(0, 0, T).narrow(2, 0, n_rec).reshape({T * B, n_rec}));
-  Tensor db = dA_flat.sum(0);
-  Tensor dp_if = (dA.narrow(2, N, 2 * N).reshape({T, B, 2, N}) * cells.narrow(0, 0, T).unsqueeze(2)).sum({0, 1});
-  Tensor dp_o = (dA.narrow(2, 3 * N, N) * cells.narrow(0, 1, T)).sum({0, 1});
-  Tensor dp = at::cat({dp_if.reshape({2 * N}), dp_o});
-  return {dx, dW, dR, db, dp};
+  if (dx.has_value() && dx->defined()) at::mm_out(*dx, dA_flat, W);
+  at::mm_out(dW, dA_flat.t(), x.reshape({T * B, M}));
+  at::mm_out(dR, dA_flat.t(), states.narrow(0, 0, T).narrow(2, 0, n_rec).reshape({T * B, n_rec}));
+  at::sum_out(db, dA_flat, {0});
+  if (dp.numel() > 0) {
+    Tensor dp_if = dp.narrow(0, 0, 2 * N).view({2, N}), dp_o = dp.narrow(0, 2 * N, N);
+    at::sum_out(dp_if, dA.narrow(2, N, 2 * N).reshape({T, B, 2, N}) * cells.narrow(0, 0, T).unsqueeze(2), {0, 1});
+    at::sum_out(dp_o, dA.narrow(2, 3 * N, N) * cells.narrow(0, 1, T), {0, 1});
+  }
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& x, const Tensor& W, const Tensor& R,
+                                  const Tensor& p, const Tensor& scale, const Tensor& states,
+                                  const Tensor& cells, const Tensor& block_input, const Tensor& cell_output,
+                                  bool g_tanh, bool h_tanh, bool need_dx) {
+  const int64_t T = x.size(0), B = x.size(1), M = x.size(2);
+  Tensor dx = need_dx ? at::empty({T * B, M}, x.options()) : Tensor();
+  Tensor dW = at::empty_like(W), dR = at::empty_like(R), db = at::empty({W.size(0)}, x.options());
+  Tensor dp = at::empty_like(p);
+  lstm_backward_into(dY, x, W, R, p, scale, states, cells, block_input, cell_output, g_tanh, h_tanh, dW, dR,
+                     db, dp, dx);
+  return {need_dx ? dx.view({T, B, M}) : dx, dW, dR, db, dp};
+}
+
+// -- the rest of a training step (harness.engine.native) -------------------------------
+
+// The read-out's backward: dY = dS Wout; gradients of Wout and bout into gW, gb.
+// Y (T, B, H), dS (T, B, K), Wout (K, H).
+Tensor readout_backward(const Tensor& Y, const Tensor& Wout, const Tensor& dS, Tensor gW, Tensor gb) {
+  const int64_t T = Y.size(0), B = Y.size(1), H = Y.size(2), K = Wout.size(0);
+  const Tensor Y2 = Y.reshape({T * B, H}), dS2 = dS.reshape({T * B, K});
+  at::mm_out(gW, dS2.t(), Y2);
+  at::sum_out(gb, dS2, {0});
+  return at::mm(dS2, Wout).view({T, B, H});
+}
+
+// Scores, loss (summed over real frames) and d loss / d scores of the closed-form tasks,
+// the same quantities as harness.tasks.loss: task 0 next_step (Bernoulli NLL of the
+// targets, from logits), 1 framewise (cross-entropy; target -100 is padding), 2
+// regression (squared error). `mask` (T, B) is 1 on real frames (an empty tensor: all).
+// Returns {loss (a 0-dim double tensor), dS}.
+std::vector<Tensor> readout_loss(const Tensor& Y, const Tensor& Wout, const Tensor& bout, const Tensor& target,
+                                 const Tensor& mask, int64_t task) {
+  const int64_t T = Y.size(0), B = Y.size(1), H = Y.size(2), K = Wout.size(0);
+  const Tensor S = at::addmm(bout, Y.reshape({T * B, H}), Wout.t());  // (T B, K)
+  Tensor loss, dS;
+  const bool masked = mask.defined() && mask.numel() > 0;
+  const Tensor row_mask = masked ? mask.reshape({T * B, 1}).to(S.scalar_type()) : Tensor();
+  if (task == 0) {
+    const Tensor y = target.reshape({T * B, K});
+    // softplus(s) - y s = -[y log sigma(s) + (1 - y) log(1 - sigma(s))]
+    Tensor per_value = at::softplus(S) - y * S;
+    dS = at::sigmoid(S) - y;
+    if (masked) {
+      per_value = per_value * row_mask;
+      dS = dS * row_mask;
+    }
+    loss = per_value.sum().to(at::kDouble);
+  } else if (task == 1) {
+    const Tensor labels = target.reshape({T * B});
+    const Tensor log_p = at::log_softmax(S, 1);
+    loss = at::nll_loss(log_p, labels, {}, at::Reduction::Sum, -100).to(at::kDouble);
+    dS = log_p.exp();
+    AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "readout_loss", [&] {
+      scalar_t* d = dS.data_ptr<scalar_t>();
+      const int64_t* l = labels.data_ptr<int64_t>();
+      for (int64_t r = 0; r < T * B; ++r) {
+        if (l[r] < 0) {
+          for (int64_t k = 0; k < K; ++k) d[r * K + k] = scalar_t(0);
+        } else {
+          d[r * K + l[r]] -= scalar_t(1);
+        }
+      }
+    });
+  } else if (task == 2) {
+    Tensor difference = S - target.reshape({T * B, K});
+    if (masked) difference = difference * row_mask;
+    loss = (difference * difference).sum().to(at::kDouble);
+    dS = difference * 2;
+  } else {
+    TORCH_CHECK(false, "readout_loss: unknown task ", task);
+  }
+  return {loss, dS.view({T, B, K})};
+}
+
+// Nesterov momentum for every tensor of a list, as torch.optim.SGD(nesterov=True):
+//   v <- mu v + g;   theta <- theta - lr (g + mu v)
+template <typename T>
+void nesterov_tensor(Tensor& param, const Tensor& grad, Tensor& buffer, T lr, T mu) {
+  T* __restrict w = param.data_ptr<T>();
+  const T* __restrict g = grad.data_ptr<T>();
+  T* __restrict v = buffer.data_ptr<T>();
+  const int64_t n = param.numel();
+  for (int64_t k = 0; k < n; ++k) {
+    const T vk = mu * v[k] + g[k];
+    v[k] = vk;
+    w[k] -= lr * (g[k] + mu * vk);
+  }
+}
+
+void nesterov_(std::vector<Tensor> params, const std::vector<Tensor>& grads, std::vector<Tensor> buffers,
+               double lr, double mu) {
+  TORCH_CHECK(params.size() == grads.size() && params.size() == buffers.size(), "nesterov_: list sizes differ");
+  for (size_t k = 0; k < params.size(); ++k) {
+    TORCH_CHECK(params[k].is_contiguous() && grads[k].is_contiguous() && buffers[k].is_contiguous(),
+                "nesterov_: tensors must be contiguous");
+    AT_DISPATCH_FLOATING_TYPES(params[k].scalar_type(), "nesterov_", [&] {
+      nesterov_tensor<scalar_t>(params[k], grads[k], buffers[k], static_cast<scalar_t>(lr),
+                                static_cast<scalar_t>(mu));
+    });
+  }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &lstm_forward, "LSTM time loop, forward");
   m.def("backward", &lstm_backward, "LSTM time loop, backward through time");
+  m.def("backward_into", &lstm_backward_into, "LSTM backward through time, gradients into given tensors");
+  m.def("readout_loss", &readout_loss, "read-out scores, loss and its gradient for the closed-form tasks");
+  m.def("readout_backward", &readout_backward, "read-out backward: dY, and Wout, bout gradients");
+  m.def("nesterov_", &nesterov_, "Nesterov momentum SGD update of a list of tensors, in place");
 }

@@ -1,0 +1,117 @@
+"""The native engine against the torch reference: same loss, same gradients of every
+weight, same weights after several Nesterov updates, for every LSTM variant and task.
+
+The reference is independent of the engine's step: autograd through the network's own
+forward (LSTMRecurrence.backward for the loops), harness.tasks.loss, and
+torch.optim.SGD(nesterov=True).
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from harness import kernels, tasks
+from harness.cells import LSTM_VARIANTS
+from harness.datasets import Sequence
+from harness.engine import NativeStep, TorchStep, make_step
+from harness.networks import SequenceNetwork
+
+pytestmark = pytest.mark.skipif(kernels.lstm() is None, reason="the compiled loops could not be built")
+
+M, N, K = 5, 4, 3  # inputs, blocks, outputs (CTC: K - 1 characters + blank)
+TASKS = {"next_step": False, "regression": False, "framewise": True, "ctc": True}  # task: bidirectional
+
+
+def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for T in lengths:
+        x = rng.normal(size=(T, M)).astype(np.float32)
+        if task == "next_step":
+            y = (rng.random((T, K)) < 0.3).astype(np.float32)
+        elif task == "regression":
+            y = rng.normal(size=(T, K)).astype(np.float32)
+        elif task == "framewise":
+            y = rng.integers(0, K, size=T)
+        else:
+            y = rng.integers(1, K, size=max(1, T // 3))
+        out.append(Sequence(x=x, y=y))
+    return out
+
+
+def networks(variant: str, task: str, dtype) -> tuple[SequenceNetwork, SequenceNetwork]:
+    torch.manual_seed(7)
+    network = SequenceNetwork(variant, M, N, K, bidirectional=TASKS[task], init_std=0.3).to(dtype)
+    return network, copy.deepcopy(network)
+
+
+def batch_of(group, task, dtype):
+    batch = tasks.make_batch(group, task)
+    batch.x = batch.x.to(dtype)
+    if batch.y.is_floating_point():
+        batch.y = batch.y.to(dtype)
+    return batch
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
+@pytest.mark.parametrize("lengths", [[7], [6, 9, 3]], ids=["one sequence", "padded batch"])
+def test_gradients_match_autograd(variant, task, lengths, monkeypatch):
+    """The reference runs the cells' Python loops, so it shares no compiled code."""
+    reference, native = networks(variant, task, torch.float64)
+    batch = batch_of(sequences(task, lengths, seed=1), task, torch.float64)
+    monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")
+    loss = tasks.loss(task, reference(batch.x, batch.lengths), batch)
+    loss.backward()
+    monkeypatch.delenv("ODYSSEY_PYTHON_LOOPS")
+    step = NativeStep(native, task, learning_rate=0.1, momentum=0.5)
+    native_loss = step(batch, batch.x)
+    assert float(native_loss) == pytest.approx(loss.item(), rel=1e-10)
+    for (name, p), g in zip(reference.named_parameters(), step.grads):
+        expected = p.grad if p.grad is not None else torch.zeros_like(p)
+        assert torch.allclose(g, expected, rtol=1e-8, atol=1e-10), name
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
+def test_weights_after_several_updates(variant, task):
+    """Five Nesterov updates, one sequence each, float32 as in training."""
+    reference, native = networks(variant, task, torch.float32)
+    torch_step = TorchStep(reference, task, learning_rate=0.05, momentum=0.9)
+    native_step = NativeStep(native, task, learning_rate=0.05, momentum=0.9)
+    for seq in sequences(task, [8, 5, 11, 6, 9], seed=2):
+        batch = batch_of([seq], task, torch.float32)
+        a, b = torch_step(batch, batch.x), native_step(batch, batch.x)
+        assert float(b) == pytest.approx(float(a), rel=1e-4)
+    for (name, p), q in zip(reference.named_parameters(), native.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+
+
+def test_momentum_zero_is_plain_sgd():
+    """momentum 0: theta <- theta - lr g, checked by hand on the read-out bias."""
+    _, native = networks("vanilla", "regression", torch.float64)
+    batch = batch_of(sequences("regression", [5], seed=3), "regression", torch.float64)
+    reference = copy.deepcopy(native)
+    loss = tasks.loss("regression", reference(batch.x, batch.lengths), batch)
+    (grad_b,) = torch.autograd.grad(loss, reference.readout.bias)
+    before = native.readout.bias.detach().clone()
+    NativeStep(native, "regression", learning_rate=0.2, momentum=0.0)(batch, batch.x)
+    assert torch.allclose(native.readout.bias, before - 0.2 * grad_b, rtol=1e-10)
+
+
+def test_nonfinite_loss_leaves_weights_alone():
+    _, native = networks("vanilla", "regression", torch.float32)
+    batch = batch_of(sequences("regression", [5], seed=4), "regression", torch.float32)
+    before = [p.detach().clone() for p in native.parameters()]
+    loss = NativeStep(native, "regression", learning_rate=0.1, momentum=0.9)(batch, batch.x * float("nan"))
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(p, q) for p, q in zip(native.parameters(), before))
+
+
+def test_models_outside_the_engine_train_on_the_torch_path():
+    torch.manual_seed(0)
+    messages = []
+    step = make_step("native", SequenceNetwork("gru", M, N, K), "next_step", 0.1, 0.9, log=messages.append)
+    assert isinstance(step, TorchStep) and "gru" in messages[0]
