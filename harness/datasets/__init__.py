@@ -4,7 +4,7 @@ A data set is chosen by a config in conf/dataset/ (or a user's `--config-dir`) w
 keys of shared/SPEC.md section 3:
 
     name: nottingham
-    format: pianoroll      # pianoroll | npz | midi | timit | iam_ondb | wav_textgrid
+    format: pianoroll      # pianoroll | npz | midi | timit | iam_ondb | wav_textgrid | inkml
     path: /data/Nottingham.pickle
     task: next_step        # next_step | framewise | regression | ctc
     bidirectional: false
@@ -34,7 +34,7 @@ import numpy as np
 from harness import project_root
 from harness.errors import UserError
 
-FORMATS = ("pianoroll", "npz", "midi", "timit", "iam_ondb", "wav_textgrid")
+FORMATS = ("pianoroll", "npz", "midi", "timit", "iam_ondb", "wav_textgrid", "inkml")
 TASKS = ("next_step", "framewise", "regression", "ctc")
 SPLITS = ("train", "valid", "test")
 
