@@ -85,9 +85,15 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _switch_error(message: str) -> Exception:
+def _switch_error(message: str, unknown_name: bool = False) -> Exception:
     from harness.errors import UserError  # a variant's switches come from the user's config
 
+    if unknown_name:  # a ValueError to Python callers, one line on the command line
+
+        class UnknownVariant(UserError, ValueError):
+            pass
+
+        return UnknownVariant(message)
     return UserError(message)
 
 
@@ -585,7 +591,12 @@ def variant_switches(variant, switches=None) -> LSTMSwitches | None:
     if hasattr(variant, "items"):
         return LSTMSwitches.from_switches(variant, where="make_layer's switches")
     if switches is not None:
-        cell = LSTMSwitches.from_switches(switches, where=f"variant '{variant}': switches")
+        try:
+            cell = LSTMSwitches.from_switches(switches, where=f"variant '{variant}': switches")
+        except Exception as error:  # an impossible combination: say which variant has it
+            if str(error).startswith("variant "):
+                raise
+            raise _switch_error(f"variant '{variant}': {error}") from None
         if variant in LSTM_VARIANTS and cell != LSTM_VARIANTS[variant]:
             raise _switch_error(f"variant '{variant}' is Greff's preset {PRESETS[variant] or 'vanilla'}, but its "
                                 f"config sets switches {dict(switches)}; give a variant of other switches a name "
@@ -598,8 +609,8 @@ def variant_switches(variant, switches=None) -> LSTMSwitches | None:
         return LSTM_VARIANTS[variant]
     if variant in VARIANTS:
         return None
-    raise ValueError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}, or give a variant "
-                     "config `switches:` (README, 'Your own data and your own variant')")
+    raise _switch_error(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}, or give its variant "
+                        "config `switches:` (README, 'Your own data and your own variant').", unknown_name=True)
 
 
 def make_layer(variant, input_size: int, hidden_size: int, switches=None, **options) -> nn.Module:

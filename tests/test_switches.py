@@ -164,6 +164,10 @@ def test_a_name_with_switches():
         make_layer("gru", M, N, switches={"peepholes": False})
     with pytest.raises(ValueError, match="switches"):
         make_layer("mine", M, N)  # neither a variant nor switches
+    with pytest.raises(UserError, match="unknown variant 'mine'"):  # one line on the command line
+        make_layer("mine", M, N)
+    with pytest.raises(UserError, match="variant 'odd': switches forget_gate: coupled"):
+        make_layer("odd", M, N, switches={"forget_gate": "coupled", "input_gate": False})
 
 
 def test_a_variant_config_with_switches_trains(compose_config, tmp_path):
