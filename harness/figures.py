@@ -1,7 +1,9 @@
 """Figures of the analysis stage, after Greff et al. (2017), Figs. 3-6.
 
 Each figure is written as PNG (for the report) and PDF (for papers). `draw_all`
-returns {name: file name of the PNG} for what it could draw.
+returns {name: file name of the PNG} for what it could draw. Figures only draw what
+harness.analysis computed (fractions with their bootstrap intervals, marginal curves,
+the interaction surface, the learning curves); nothing here imports the analysis.
 """
 
 from __future__ import annotations
@@ -69,6 +71,18 @@ def _slices(result) -> tuple[list[str], list[float]]:
     return terms, [max(fractions.get(t, 0.0), 0.0) for t in terms]
 
 
+def _with_interval(result, term) -> str:
+    """`learning rate 62 % [48-75]`: a slice's label with its bootstrap interval."""
+    row = next((r for r in result.rows if r["term"] == term), None)
+    if row is None:
+        return label(term)
+    text = f"{label(term)} {100 * row['fraction']:.0f} %"
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is not None and np.isfinite(low) and np.isfinite(high):
+        text += f" [{100 * max(low, 0):.0f}–{100 * high:.0f}]"
+    return text
+
+
 def _pie(ax, result, others, title):
     terms, sizes = _slices(result)
     colors = [_color(t, others) for t in terms]
@@ -88,13 +102,13 @@ def pie_pooled(out, result, dataset) -> str:
     wedges, terms = _pie(ax, result, others,
                          f"{dataset}: share of test-metric variance\n(fANOVA, all variants, "
                          f"{result.n_trials} trials)")
-    ax.legend(wedges, [label(t) for t in terms], loc="center left", bbox_to_anchor=(1.0, 0.5),
-              frameon=False)
+    ax.legend(wedges, [_with_interval(result, t) for t in terms], loc="center left",
+              bbox_to_anchor=(1.0, 0.5), frameon=False, title="share [95 % bootstrap interval]")
     return _save(fig, out, "fanova_pie")
 
 
 def pies_by_variant(out, results) -> str | None:
-    groups = [g for g, r in results.items() if g != "all" and r.model is not None]
+    groups = [g for g, r in results.items() if g != "all" and r.fitted]
     if not groups:
         return None
     columns = min(4, len(groups))
@@ -105,6 +119,9 @@ def pies_by_variant(out, results) -> str | None:
     for ax, group in zip(axes.flat, groups):
         wedges, terms = _pie(ax, results[group], others, f"{group} ({results[group].n_trials})")
         legend.update(zip(terms, wedges))
+    for ax, group in zip(axes.flat, groups):
+        top = max(results[group].rows, key=lambda r: r["fraction"] if ":" not in r["term"] else -1)
+        ax.set_xlabel(_with_interval(results[group], top["term"]), fontsize=8)
     for ax in axes.flat[len(groups):]:
         ax.axis("off")
     fig.legend(list(legend.values()), [label(t) for t in legend], loc="lower center",
@@ -113,7 +130,48 @@ def pies_by_variant(out, results) -> str | None:
     return _save(fig, out, "fanova_pies_by_variant")
 
 
-def boxplots(out, usable, top, variants, options, dataset) -> str | None:
+def bars(out, results, dataset) -> str | None:
+    """Every group's single-parameter fractions and higher order, with bootstrap intervals."""
+    groups = [g for g, r in results.items() if r.fitted]
+    if not groups:
+        return None
+    terms = []
+    for group in groups:
+        for t in [p.name for p in results[group].parameters] + ["higher_order"]:
+            if t not in terms:
+                terms.append(t)
+    terms = [t for t in terms if t != "higher_order"] + ["higher_order"]
+    width = 0.8 / len(terms)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(terms) / 3) + 2), 3.8))
+    others = []
+    for k, term in enumerate(terms):
+        xs, ys, low, high = [], [], [], []
+        for i, group in enumerate(groups):
+            row = next((r for r in results[group].rows if r["term"] == term), None)
+            if row is None:
+                continue
+            xs.append(i - 0.4 + width * (k + 0.5))
+            ys.append(row["fraction"])
+            lo, hi = row.get("ci_low", np.nan), row.get("ci_high", np.nan)
+            low.append(row["fraction"] - lo if np.isfinite(lo) else 0.0)
+            high.append(hi - row["fraction"] if np.isfinite(hi) else 0.0)
+        ax.bar(xs, ys, width=width * 0.95, color=_color(term, others), label=label(term),
+               yerr=[np.maximum(low, 0), np.maximum(high, 0)], capsize=2,
+               error_kw={"linewidth": 0.8})
+    ax.set_xticks(range(len(groups)), [f"{g}\n({results[g].n_trials})" for g in groups],
+                  rotation=45 if len(groups) > 6 else 0)
+    ax.set_ylabel("share of variance")
+    ax.set_ylim(0, 1.05)
+    ax.axhline(2 / 3, color="#444444", linewidth=0.8, linestyle=":")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.set_title(f"{dataset}: fANOVA fractions with 95 % bootstrap intervals (dotted: 2/3)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "fanova_bars")
+
+
+def boxplots(out, usable, top, variants, column, options, dataset) -> str | None:
     if usable.empty:
         return None
     reference = options["reference_variant"]
@@ -122,6 +180,7 @@ def boxplots(out, usable, top, variants, options, dataset) -> str | None:
         order.remove(reference)
         order.insert(0, reference)
     table = variants.set_index("variant")
+    metric_label = column.replace("_", " ")
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(order) + 3), 4.6), sharey=False)
     panels = [(usable, "all", "all trials"),
               (top, "top", f"best {options['top_fraction']:.0%} by validation")]
@@ -133,12 +192,26 @@ def boxplots(out, usable, top, variants, options, dataset) -> str | None:
         counts.tick_params(axis="y", colors="#888888")
         ax.set_zorder(counts.get_zorder() + 1)
         ax.patch.set_visible(False)
-        data = [frame[frame.variant == v]["test_metric"].astype(float).to_numpy() for v in order]
+        data = [frame[frame.variant == v][column].astype(float).to_numpy() for v in order]
+        notches = None
+        if key == "all":  # notches: the bootstrap interval of each median
+            notches = [[table.loc[v, "median_all_ci_low"], table.loc[v, "median_all_ci_high"]]
+                       if np.isfinite(table.loc[v, "median_all_ci_low"]) else None for v in order]
         boxes = ax.boxplot(data, positions=range(len(order)), widths=0.55, patch_artist=True,
-                           showmeans=True, showfliers=True,
+                           showmeans=True, showfliers=True, notch=notches is not None,
+                           conf_intervals=notches,
                            meanprops={"marker": "D", "markerfacecolor": "white",
                                       "markeredgecolor": "black", "markersize": 5},
                            medianprops={"color": "black", "linewidth": 1.5})
+        if key == "top":  # the best-fraction mean with its bootstrap interval
+            means = [table.loc[v, "mean_top"] for v in order]
+            low = [table.loc[v, "mean_top_ci_low"] for v in order]
+            high = [table.loc[v, "mean_top_ci_high"] for v in order]
+            ok = [i for i in range(len(order)) if np.isfinite(low[i])]
+            if ok:
+                ax.errorbar([i + 0.33 for i in ok], [means[i] for i in ok],
+                            yerr=[[means[i] - low[i] for i in ok], [high[i] - means[i] for i in ok]],
+                            fmt="none", ecolor="#c44e52", capsize=3, linewidth=1.2)
         for box, variant in zip(boxes["boxes"], order):
             differs = bool(table.loc[variant, f"differs_{key}"])
             box.set_facecolor("#4c72b0" if differs else ("#dddddd" if variant == reference
@@ -148,10 +221,11 @@ def boxplots(out, usable, top, variants, options, dataset) -> str | None:
             ax.set_yscale("log")  # a few runs far off the rest would flatten every box
             title += " (log scale)"
         ax.set_xticks(range(len(order)), order, rotation=45 if len(order) > 6 else 0)
-        ax.set_title(title)
-        ax.set_ylabel("test metric")
+        ax.set_title(title + (": notches = 95 % interval of the median" if key == "all"
+                              else ": red = 95 % interval of the mean"), fontsize=9)
+        ax.set_ylabel(metric_label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{dataset}: test metric per variant (blue: differs from {reference}, Welch's "
+    fig.suptitle(f"{dataset}: {metric_label} per variant (blue: differs from {reference}, Welch's "
                  f"t-test p < {options['alpha']}; ◇ mean, — median)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out, "boxplots")
@@ -163,42 +237,39 @@ def marginals(out, result, dataset) -> str | None:
         n for n in curves if n not in MARGINAL_ORDER)
     if not names:
         return None
-    by_name = {p.name: p for p in result.parameters}
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
-        curve, parameter = curves[name], by_name[name]
-        x = 10 ** curve["grid"] if parameter.log else curve["grid"]
+        curve = curves[name]
+        x = 10 ** curve["grid"] if curve["log"] else curve["grid"]
         color = COLORS.get(name, "#4c72b0")
         ax.plot(x, curve["mean"], color=color)
         ax.fill_between(x, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                         color=color, alpha=0.25, linewidth=0)
-        if parameter.log:
+        if curve["log"]:
             ax.set_xscale("log")
             _log_axis(ax.xaxis)
-        if parameter.choices is not None:
-            ax.set_xticks(range(len(parameter.choices)), [str(c) for c in parameter.choices])
+        if curve["choices"] is not None:
+            ax.set_xticks(range(len(curve["choices"])), [str(c) for c in curve["choices"]])
         ax.set_xlabel(label(name))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("predicted test metric")
-    fig.suptitle(f"{dataset}: predicted marginal test metric (all variants; mean ± std over "
+    axes[0][0].set_ylabel("predicted metric")
+    fig.suptitle(f"{dataset}: predicted marginal metric (all variants; mean ± std over "
                  f"trees)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out, "marginals")
 
 
-def interaction(out, result, pair, surface_data, dataset) -> str:
-    a, b = pair
-    grid_a, grid_b, surface = surface_data
-    by_name = {p.name: p for p in result.parameters}
-    xa = 10 ** grid_a if by_name[a].log else grid_a
-    xb = 10 ** grid_b if by_name[b].log else grid_b
+def interaction(out, pair, dataset) -> str:
+    a, b, grid_a, grid_b, surface, log_a, log_b = pair
+    xa = 10 ** grid_a if log_a else grid_a
+    xb = 10 ** grid_b if log_b else grid_b
     fig, ax = plt.subplots(figsize=(5.6, 4.4))
     mesh = ax.pcolormesh(xa, xb, surface.T, shading="nearest", cmap="viridis_r")
-    fig.colorbar(mesh, ax=ax, label="predicted test metric")
-    if by_name[a].log:
+    fig.colorbar(mesh, ax=ax, label="predicted metric")
+    if log_a:
         ax.set_xscale("log")
         _log_axis(ax.xaxis)
-    if by_name[b].log:
+    if log_b:
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
     ax.set_xlabel(label(a))
@@ -209,33 +280,44 @@ def interaction(out, result, pair, surface_data, dataset) -> str:
     return _save(fig, out, "interaction")
 
 
-def draw_all(out: Path, usable, top, variants, results, options) -> dict[str, str]:
-    from harness.analysis import pair_marginal
+def learning_curves(out, curves, dataset) -> str | None:
+    """Validation metric per epoch of each variant's best trials (trial.report values)."""
+    if not curves:
+        return None
+    groups = sorted(curves)
+    columns = min(4, len(groups))
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows + 0.4),
+                             squeeze=False, sharey=True)
+    for ax, group in zip(axes.flat, groups):
+        for rank, (number, epochs, values) in enumerate(curves[group]):
+            ax.plot(epochs, values, marker="." if len(epochs) < 20 else None,
+                    color=OTHER_COLORS[rank % len(OTHER_COLORS)], label=f"trial {number}")
+        ax.set_title(group, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation metric")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"{dataset}: learning curves of each variant's best trials", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "learning_curves")
 
+
+def draw_all(out: Path, usable, top, variants, results, curves, column, options) -> dict[str, str]:
     dataset = str(options["dataset"])
     drawn = {}
     pooled = results.get("all")
-    if pooled is not None and pooled.model is not None:
+    if pooled is not None and pooled.fitted:
         drawn["fanova_pie"] = pie_pooled(out, pooled, dataset)
         drawn["marginals"] = marginals(out, pooled, dataset)
-        pair = _interaction_pair(pooled)
-        if pair:
-            drawn["interaction"] = interaction(
-                out, pooled, pair, pair_marginal(pooled, *pair, options["grid_points"]), dataset)
-    by_variant = pies_by_variant(out, results)
-    if by_variant:
-        drawn["fanova_pies_by_variant"] = by_variant
-    boxes = boxplots(out, usable, top, variants, options, dataset)
-    if boxes:
-        drawn["boxplots"] = boxes
+        if pooled.pair:
+            drawn["interaction"] = interaction(out, pooled.pair, dataset)
+    drawn["fanova_pies_by_variant"] = pies_by_variant(out, results)
+    drawn["fanova_bars"] = bars(out, results, dataset)
+    drawn["boxplots"] = boxplots(out, usable, top, variants, column, options, dataset)
+    drawn["learning_curves"] = learning_curves(out, curves, dataset)
     return {k: v for k, v in drawn.items() if v}
-
-
-def _interaction_pair(result):
-    """Learning rate x hidden size as in the paper, else the strongest numeric pair."""
-    numeric = {p.name for p in result.parameters if p.choices is None}
-    if {"learning_rate", "hidden_size"} <= numeric:
-        return ("learning_rate", "hidden_size")
-    pairs = [(row["fraction"], row["term"].split(":")) for row in result.rows
-             if ":" in row["term"] and set(row["term"].split(":")) <= numeric]
-    return tuple(max(pairs)[1]) if pairs else None

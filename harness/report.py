@@ -1,5 +1,5 @@
 """report.md of the analysis stage: one Markdown page, figures beside it in the same
-directory, readable without the tool."""
+directory, readable without the tool. It writes what harness.analysis computed."""
 
 from __future__ import annotations
 
@@ -16,21 +16,57 @@ def _table(frame: pd.DataFrame, digits: int = 4) -> str:
             return "yes" if v else "no"
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else f"{v:.{digits}g}"
-        return str(v)
+        return str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
              "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
-def write(out: Path, *, dataset, storage, trials, variants, importance, results, figures,
-          options) -> Path:
+def _interval(row, value, low, high, digits=3):
+    v, lo, hi = row[value], row[low], row[high]
+    if not np.isfinite(v):
+        return ""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{v:.{digits}g}"
+    return f"{v:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+
+
+def _summary(card) -> list[str]:
+    applicable = card[card.verdict != "not applicable"]
+    counts = applicable.verdict.value_counts()
+    said = [f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "undecided")]
+    lines = [f"Of the paper's {len(card)} findings, {len(applicable)} apply to this study: "
+             + ", ".join(said) + "."]
+    for verdict, words in (("agrees", "It reproduces"), ("disagrees", "It contradicts"),
+                           ("undecided", "It cannot decide")):
+        found = list(applicable[applicable.verdict == verdict].finding)
+        if found:
+            lines.append(f"{words}: " + "; ".join(found) + ".")
+    return [" ".join(lines), ""]
+
+
+def write(out: Path, *, dataset, storage, trials, variants, importance, results, unscreened,
+          fences, scorecard, task, curves, figures, column, sign, options, seconds) -> Path:
     reference = options["reference_variant"]
+    better = "lower" if sign > 0 else "higher"
+    metric_words = "the test metric" if column == "test_metric" else "the objective value"
     lines = [f"# Analysis of `{dataset}`", "",
              f"Storage: `{storage}`. Studies: {trials.variant.nunique()} variants, "
-             f"{len(trials)} trials. Metric: lower is better; fANOVA and box plots use the "
-             f"test metric, the best {options['top_fraction']:.0%} are chosen by the "
-             "validation metric.", ""]
+             f"{len(trials)} trials. Analysed: {metric_words} ({better} is better); the best "
+             f"{options['top_fraction']:.0%} are chosen by the validation metric. Task: "
+             f"{task or 'unknown'}. Intervals are {options['ci_level']:.0%} percentile "
+             f"bootstrap intervals over trials ({options['n_bootstrap']} resamples).", ""]
+
+    lines += ["## What this study says about the paper", ""]
+    lines += _summary(scorecard)
+    lines += [_table(scorecard[["finding", "verdict", "evidence"]]), "",
+              f"Rules: significance is Welch's t-test on all trials with Holm's correction over "
+              f"the variants (p < {options['alpha']}); a finding of a difference that is not "
+              f"significant is *undecided* below {options['scorecard_min_trials']} usable trials "
+              "a variant and *disagrees* from there on; a claim about a fraction is decided only "
+              "when its whole bootstrap interval lies on one side of the threshold. Table: "
+              "`scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
     lines += ["## Trials", "", _table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     excluded = trials[trials.excluded != ""]
@@ -44,54 +80,124 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
             if len(part) == len(trials[trials.variant == variant]):
                 lines += [f"Variant `{variant}` has no usable trial.", ""]
     else:
-        lines += ["Every trial finished with a finite validation and test metric.", ""]
+        lines += ["Every trial finished with a finite validation and analysed metric.", ""]
+    flagged = trials[trials.diverged]
+    if options["diverged_rule"] == "none":
+        lines += ["The rule for diverged-but-finite trials is off (analysis.diverged_rule=none).", ""]
+    else:
+        lines += [f"Diverged but finite (rule: within a variant, more than "
+                  f"{options['diverged_k']:g} interquartile ranges beyond the bad quartile, on a "
+                  "log scale for positive metrics; docs/analysis.md): "
+                  f"{len(flagged)} trial(s) set aside"
+                  + (": " + ", ".join(f"{v} {len(p)} (fence {fences[v]:.4g}; values "
+                                      + ", ".join(f"{x:.4g}" for x in p[column]) + ")"
+                                      for v, p in flagged.groupby("variant")) if len(flagged) else "")
+                  + ".", ""]
+        if unscreened is not None and unscreened.fitted:
+            with_rule = {r["term"]: r["fraction"] for r in results["all"].rows} if "all" in results else {}
+            without = {r["term"]: r["fraction"] for r in unscreened.rows}
+            terms = [t for t in without if ":" not in t]
+            lines += ["Pooled fANOVA without the rule (all usable trials, "
+                      f"{unscreened.n_trials}) beside the headline with it:", "",
+                      _table(pd.DataFrame({"term": terms,
+                                           "without rule": [without[t] for t in terms],
+                                           "with rule": [with_rule.get(t, np.nan) for t in terms]}), 2),
+                      "", "Full table: `importance_without_rule.csv`.", ""]
 
     lines += ["## Variants", ""]
-    if reference not in set(trials[trials.excluded == ""].variant):
+    usable_variants = set(trials[(trials.excluded == "") & ~trials.diverged].variant)
+    if reference not in usable_variants:
         lines += [f"There is no usable `{reference}` study, so Welch's t-tests against it are "
                   "skipped (their columns are empty).", ""]
     else:
         for key, what in (("all", "all trials"), ("top", f"the best {options['top_fraction']:.0%}")):
             differ = list(variants[variants[f"differs_{key}"]].variant)
+            holm = list(variants[variants[f"differs_holm_{key}"]].variant)
             lines += [f"Differ from `{reference}` by Welch's t-test (p < {options['alpha']}), "
-                      f"{what}: {', '.join(differ) if differ else 'none'}."]
+                      f"{what}: {', '.join(differ) if differ else 'none'}; after Holm's "
+                      f"correction: {', '.join(holm) if holm else 'none'}."]
         lines += [""]
-    shown = ["variant", "n_trials", "n_usable", "n_failed", "mean_all", "median_all", "best_all",
-             "mean_top", "median_top", "welch_p_all", "differs_all", "welch_p_top",
-             "differs_top", "mean_n_params"]
-    table = variants[shown].copy()
-    table["mean_n_params"] = table["mean_n_params"].round().astype("Int64")  # not 7.8e+04
-    lines += [_table(table), "", "All columns: `variants.csv`.", ""]
+    shown = variants[["variant", "n_trials", "n_usable", "n_failed", "n_diverged"]].copy()
+    shown["median (all)"] = [_interval(r, "median_all", "median_all_ci_low", "median_all_ci_high")
+                             for _, r in variants.iterrows()]
+    shown[f"mean best {options['top_fraction']:.0%}"] = [
+        _interval(r, "mean_top", "mean_top_ci_low", "mean_top_ci_high") for _, r in variants.iterrows()]
+    shown[f"mean − {reference}"] = [
+        _interval(r, "mean_diff_all", "mean_diff_all_ci_low", "mean_diff_all_ci_high")
+        for _, r in variants.iterrows()]
+    for key in ("all", "top"):
+        shown[f"Welch p ({key})"] = variants[f"welch_p_{key}"]
+        shown[f"Holm p ({key})"] = variants[f"welch_holm_{key}"]
+    shown["parameters"] = variants["mean_n_params"].round().astype("Int64")
+    lines += [_table(shown, 3), "", "All columns: `variants.csv`.", ""]
     if "boxplots" in figures:
-        lines += [f"![Test metric per variant]({figures['boxplots']})", ""]
+        lines += [f"![Metric per variant]({figures['boxplots']})", ""]
 
     lines += ["## Hyperparameter importance (fANOVA)", "",
-              "Fraction of the variance of the test metric explained by each parameter alone, "
+              f"Fraction of the variance of {metric_words} explained by each parameter alone, "
               "by each pair's interaction (`a:b`), and by all interactions together "
               "(`higher_order` = 1 − the sum of the single fractions); `std` across the "
-              f"{options['n_trees']} trees. Log-sampled parameters are analysed as log10. "
-              "`optuna_fraction` is Optuna's FanovaImportanceEvaluator on the same data "
-              "(main effects only, its own forest, not normalised) as a cross-check.", ""]
+              f"{options['n_trees']} trees; `ci_low`–`ci_high` the bootstrap interval over trials "
+              f"({options['n_bootstrap']} resamples of {options['bootstrap_trees']} trees each). "
+              "Log-sampled parameters are analysed as log10. `optuna_fraction` is Optuna's "
+              "FanovaImportanceEvaluator on the same data (main effects only, its own forest, "
+              "not normalised) as a cross-check.", ""]
     for group, result in results.items():
-        if result.model is None:
+        if not result.fitted:
             lines += [f"- `{group}`: {result.note}"]
+        if result.left_out:
+            lines += [f"- `{group}`: analysed on the parameters every trial has; left out: "
+                      + ", ".join(f"`{k}` ({why})" for k, why in result.left_out.items())]
     lines += [""]
     if len(importance):
         pooled = importance[importance.variant == "all"]
         if len(pooled):
             lines += ["Pooled over all variants:", "", _table(pooled.drop(columns="variant"), 3), ""]
-        singles = importance[~importance.term.str.contains(":")]
-        wide = singles.pivot(index="variant", columns="term", values="fraction").reset_index()
-        lines += ["Single-parameter fractions per variant (full table: `importance.csv`):", "",
-                  _table(wide, 2), ""]
+        singles = importance[~importance.term.str.contains(":")].copy()
+        singles["cell"] = [f"{f:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else f"{f:.2f}"
+                           for f, lo, hi in zip(singles.fraction, singles.ci_low, singles.ci_high)]
+        wide = singles.pivot(index="variant", columns="term", values="cell").reset_index()
+        lines += ["Single-parameter fractions per variant with intervals (full table: "
+                  "`importance.csv`):", "", _table(wide), ""]
+    effects = results["all"].effects if "all" in results else {}
+    if effects:
+        words = {"noise_effect": "predicted metric at the largest minus the smallest input noise",
+                 "lr_shift": "decades the best learning rate moves from the smallest to the "
+                             "largest hidden size"}
+        lines += ["Effects from the pooled forest (bootstrap intervals): "
+                  + "; ".join(f"{words.get(k, k)}: {v:.3g} [{lo:.3g}, {hi:.3g}]"
+                              for k, (v, lo, hi) in effects.items()) + ".", ""]
+    cost = [(g, r.seconds, r.bootstrap_seconds, r.n_resamples) for g, r in results.items() if r.fitted]
+    if cost:
+        lines += ["Cost: " + "; ".join(f"`{g}` {a:.1f} s forest + {b:.1f} s for {n} resamples"
+                                       for g, a, b, n in cost)
+                  + f". The whole analysis took {seconds:.0f} s.", ""]
     for key, caption in (("fanova_pie", "fANOVA, all variants"),
+                         ("fanova_bars", "fANOVA fractions with intervals"),
                          ("fanova_pies_by_variant", "fANOVA per variant"),
-                         ("marginals", "Predicted marginal test metric"),
+                         ("marginals", "Predicted marginal metric"),
                          ("interaction", "Interaction")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", ""]
-    lines += ["Every figure is also saved as PDF beside this page. Tables: `trials.csv`, "
-              "`variants.csv`, `importance.csv`.", ""]
+
+    lines += ["## Learning curves", ""]
+    if "learning_curves" in figures:
+        lines += [f"Validation metric per epoch (the trials' reported intermediate values) of "
+                  f"each variant's best {options['curves_per_variant']} trials by validation.", "",
+                  f"![Learning curves]({figures['learning_curves']})", ""]
+    elif curves:
+        lines += ["The trials report per-epoch values (figures were not drawn).", ""]
+    else:
+        lines += ["The trials report no intermediate values, so there are no learning curves.", ""]
+
+    lines += ["## Reproducibility", "",
+              "The trials' parameters and seeds follow from the sweep's seed, the study and the "
+              "trial number; the analysis is seeded (`analysis.seed`). On another processor the "
+              "trained metrics may differ in the last digits, and so the forest's splits: "
+              "fractions may move by about 0.01-0.02 and interval ends by a few hundredths; "
+              "verdicts whose interval lies close to a threshold are the ones that could turn.",
+              "", "Every figure is also saved as PDF beside this page. Tables: `trials.csv`, "
+              "`variants.csv`, `importance.csv`, `scorecard.csv`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -14,7 +14,7 @@ from harness.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 D = optuna.distributions
-FAST = {"n_trees": 16, "grid_points": 6, "min_trials_for_fanova": 10, "seed": 0}
+FAST = {"n_trees": 16, "grid_points": 6, "min_trials_for_fanova": 10, "seed": 0, "n_bootstrap": 20}
 
 
 def _storage(tmp_path):
@@ -177,3 +177,49 @@ def test_user_errors(tmp_path):
         _run("notadatabase://nowhere", tmp_path / "out", "timit")
     with pytest.raises(UserError, match="analysis.dataset"):
         analysis.run({"dataset": None, "storage": url, "out": None})
+
+
+def _step_study(rng, n, diverged):
+    """Steps at 1/2 in x1, x2, x3 (a forest represents them exactly) plus noise, and
+    `diverged` trials whose metric blew up to about 3,000 but stayed finite.
+
+    With s_i = [x_i > 1/2] (Bernoulli 1/2, variance 1/4): f = 10 + 2 s1 + 1.2 s2 + 0.6 s3
+    + 1.6 (s1 - 1/2)(s2 - 1/2). Main-effect variances 1, 0.36, 0.09; the product has mean
+    zero given s1 or s2 alone, so it is pure interaction with variance 1.6^2 / 16 = 0.16."""
+    rows = []
+    for k, (x1, x2, x3) in enumerate(rng.uniform(size=(n, 3))):
+        s1, s2, s3 = x1 > 0.5, x2 > 0.5, x3 > 0.5
+        f = 10 + 2 * s1 + 1.2 * s2 + 0.6 * s3 + 1.6 * (s1 - 0.5) * (s2 - 0.5) + rng.normal(0, 0.05)
+        if k < diverged:
+            f = 3000 + 500 * rng.uniform()
+        rows.append(_complete({"x1": x1, "x2": x2, "x3": x3}, f))
+    return rows
+
+
+def test_known_decomposition_with_diverged_trials_fractions_and_intervals(tmp_path):
+    total = 1 + 0.36 + 0.09 + 0.16
+    truth = {"x1": 1 / total, "x2": 0.36 / total, "x3": 0.09 / total, "x1:x2": 0.16 / total,
+             "higher_order": 0.16 / total, "x1:x3": 0.0, "x2:x3": 0.0}
+    rng = np.random.default_rng(5)
+    distributions = {name: D.FloatDistribution(0, 1) for name in ("x1", "x2", "x3")}
+    url = _journal(tmp_path)
+    _study(url, "steps", "vanilla", _step_study(rng, 300, diverged=9), distributions)  # 3 %
+    report = _run(url, tmp_path / "out", "steps", n_bootstrap=40, figures=False, crosscheck=False)
+
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert trials.diverged.sum() == 9 and set(trials[trials.diverged].number) == set(range(9))
+    pooled = pd.read_csv(tmp_path / "out" / "importance.csv").query("variant == 'all'")
+    pooled = pooled.set_index("term")
+    for term, value in truth.items():
+        row = pooled.loc[term]
+        assert abs(row.fraction - value) < 0.1, term
+        # the interval holds the truth (0.01 of slack: a forest's splits never sit exactly
+        # at 1/2, so even a perfect fit is off by about that much)
+        assert row.ci_low - 0.01 <= value <= row.ci_high + 0.01, (term, row.ci_low, row.ci_high)
+        assert row.ci_low <= row.fraction <= row.ci_high, term
+    # without the rule the diverged trials make most of the variance: the headline is wrong
+    without = pd.read_csv(tmp_path / "out" / "importance_without_rule.csv").set_index("term")
+    assert abs(without.loc["x1", "fraction"] - truth["x1"]) > 0.2
+    text = report.read_text()
+    assert "9 trial(s) set aside" in text and "without the rule" in text
+    assert "40 resamples" in text

@@ -1,0 +1,177 @@
+"""Analysis stage: from the studies of one data set in an Optuna storage to tables,
+figures, a scorecard and a report (docs/analysis.md says why each step is as it is).
+
+    run(cfg) -> Path of report.md
+
+The steps, one module each; data flows one way, and figures.py / report.py only draw
+and write what these computed:
+
+    read.py          studies -> one row a trial (+ learning curves), which metric, which way
+    diverged.py      the rule for trials that diverged but stayed finite
+    statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
+    fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
+    scorecard.py     the paper's findings judged on this study
+
+cfg keys: conf/analysis/default.yaml.
+
+Which trials count. A trial is *usable* when its state is COMPLETE, it has no `failure`
+user attribute (our trainer sets one when the loss became NaN or inf), and its
+validation metric and analysed metric are finite. A usable trial that the diverged rule
+flags is listed (trials.csv column `diverged`) and counted, but left out of fANOVA, box
+plots and tests; the report gives the pooled fractions without the rule too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import harness
+from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
+from harness.analysis.fanova_compat import import_fanova  # noqa: F401  (public helper)
+from harness.analysis.read import open_storage  # noqa: F401  (public helper)
+from harness.errors import UserError
+
+DEFAULTS = {
+    "storage": "sqlite:///results/odyssey.db",
+    "out": None,
+    "metric": "auto",
+    "task": None,
+    "n_trees": 32,
+    "min_samples_leaf": 3,
+    "seed": 0,
+    "n_bootstrap": 100,
+    "bootstrap_trees": 4,
+    "ci_level": 0.95,
+    "diverged_rule": "iqr",
+    "diverged_k": 5.0,
+    "top_fraction": 0.1,
+    "min_trials_for_fanova": 20,
+    "alpha": 0.05,
+    "reference_variant": "vanilla",
+    "scorecard_min_trials": 50,
+    "negligible_fraction": 0.05,
+    "small_interactions": 0.15,
+    "lr_shift_tolerance": 0.5,
+    "curves_per_variant": 3,
+    "grid_points": 40,
+    "crosscheck": True,
+    "figures": True,
+}
+POOLED = "all"
+IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high", "optuna_fraction"]
+
+
+def _options(cfg) -> dict:
+    options = dict(DEFAULTS)
+    options.update({k: cfg[k] for k in cfg.keys()} if hasattr(cfg, "keys") else {})
+    if not options.get("dataset"):
+        raise UserError("analysis.dataset is not set: name the data set of the studies, "
+                        "e.g. `odyssey analyze analysis.dataset=jsb_chorales`.")
+    if not 0 < float(options["top_fraction"]) <= 1:
+        raise UserError("analysis.top_fraction must lie in (0, 1], e.g. 0.1 for the best 10 %.")
+    if not 0 < float(options["ci_level"]) < 1:
+        raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
+    if options["diverged_rule"] not in ("iqr", "none"):
+        raise UserError("analysis.diverged_rule must be iqr or none.")
+    for key in ("n_bootstrap", "bootstrap_trees", "n_trees"):
+        if int(options[key]) < (0 if key == "n_bootstrap" else 1):
+            raise UserError(f"analysis.{key} must be a positive integer (n_bootstrap may be 0).")
+    return options
+
+
+def run(cfg) -> Path:
+    """Analyse every study of cfg.dataset in cfg.storage; return the path of report.md."""
+    from harness import figures, report
+
+    options = _options(cfg)
+    dataset = str(options["dataset"])
+    out = Path(options["out"]) if options["out"] else (
+        harness.project_root() / "results" / "analysis" / dataset)
+    if not out.is_absolute():
+        out = harness.project_root() / out
+    started = time.time()
+    print(f"[analyze] reading studies of {dataset!r} from {options['storage']}")
+    studies = read.load(open_storage(options["storage"]), dataset, str(options["metric"]))
+    column, sign = studies.metric, studies.sign
+    out.mkdir(parents=True, exist_ok=True)
+    trials = studies.trials
+    print(f"[analyze] {len(trials)} trials in {trials.variant.nunique()} variants")
+
+    table = trials.rename(columns={c: c[len("param:"):] for c in trials.columns
+                                   if c.startswith("param:")})
+    usable = table[table.excluded == ""]
+    flags, fences = diverged.flag(usable, column, sign, str(options["diverged_rule"]),
+                                  float(options["diverged_k"]))
+    table["diverged"] = False
+    table.loc[flags.index, "diverged"] = flags
+    table.to_csv(out / "trials.csv", index=False)
+    usable = table[table.excluded == ""]
+    screened = usable[~usable.diverged].copy()
+    top = statistics.top_trials(screened, float(options["top_fraction"]), sign)
+    variants = statistics.variants_table(table, screened, top, column, sign, options)
+    variants.to_csv(out / "variants.csv", index=False)
+
+    groups = [POOLED] + sorted(screened.variant.unique())
+    results, rows = {}, []
+    for group in groups:
+        part = screened if group == POOLED else screened[screened.variant == group]
+        if group != POOLED and len(groups) == 2:  # a single variant: the pooled analysis
+            result = fanova_fit.FanovaResult(**{**vars(results[POOLED]), "group": group})
+            result.rows = [{**row, "variant": group} for row in results[POOLED].rows]
+        else:
+            print(f"[analyze] fANOVA of {group} ({len(part)} trials, "
+                  f"{options['n_bootstrap']} bootstrap resamples)", flush=True)
+            result = fanova_fit.analyse(group, part, column, studies.distributions, options)
+            if result.note:
+                print(f"[analyze]   {result.note}")
+        results[group] = result
+        rows += result.rows
+    importance = pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)
+    importance.to_csv(out / "importance.csv", index=False)
+
+    unscreened = None  # the headline without the rule, when the rule touched anything
+    if int(flags.sum()):
+        unscreened = fanova_fit.analyse(POOLED, usable, column, studies.distributions, options,
+                                        bootstrap=False)
+        pd.DataFrame(unscreened.rows, columns=IMPORTANCE_COLUMNS[:4]).to_csv(
+            out / "importance_without_rule.csv", index=False)
+
+    task = scorecard.infer_task(dataset, options.get("task"))
+    effects = results[POOLED].effects if POOLED in results else {}
+    card = scorecard.judge(dataset, task, variants, importance, effects, options, sign)
+    card.to_csv(out / "scorecard.csv", index=False)
+
+    curves = _best_curves(screened, studies.curves, int(options["curves_per_variant"]), sign)
+    drawn = {}
+    if options["figures"]:
+        print("[analyze] drawing figures")
+        drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options)
+    path = report.write(out, dataset=dataset, storage=options["storage"], trials=table,
+                        variants=variants, importance=importance, results=results,
+                        unscreened=unscreened, fences=fences, scorecard=card, task=task,
+                        curves=curves, figures=drawn, column=column, sign=sign, options=options,
+                        seconds=time.time() - started)
+    print(f"[analyze] done in {time.time() - started:.1f} s: {path}")
+    return path
+
+
+def _best_curves(screened, curves, per_variant, sign) -> dict:
+    """{variant: [(number, epochs, values), ...]}: the best trials' learning curves."""
+    chosen = {}
+    if not curves:
+        return chosen
+    for variant, group in screened.groupby("variant"):
+        order = np.argsort(sign * group["validation_metric"].to_numpy(dtype=float), kind="stable")
+        picked = []
+        for number in group["number"].to_numpy()[order]:
+            if (variant, int(number)) in curves:
+                picked.append((int(number), *curves[(variant, int(number))]))
+            if len(picked) == per_variant:
+                break
+        if picked:
+            chosen[variant] = picked
+    return chosen

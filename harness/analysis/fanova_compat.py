@@ -1,0 +1,78 @@
+"""The `fanova` package (Hutter, Hoos & Leyton-Brown 2014) made to work here.
+
+Two small steps of our own, both documented in docs/analysis.md:
+
+- fanova 2.0.19 writes `np.full(..., dtype=np.float)`; NumPy 2 removed that alias of
+  the builtin float. Restoring the alias is all it needs; we never pin NumPy below 2.
+- With pyrfr 0.9 built by SWIG 4, the per-tree statistics object that fanova reads
+  (`marginal_prediction_stat_of_tree`) comes back as an opaque SwigPyObject (a SWIG 4
+  typedef mismatch between pyrfr's two modules; fanova's README asks for SWIG 3.0.12,
+  which PyPI no longer has). We therefore fit one single-tree fANOVA per seed and join
+  them: each tree's marginal prediction comes from that tree's working
+  `marginal_mean_variance_prediction`, and fanova's own code does the variance
+  decomposition. The result is a forest of `n_trees` bootstrapped trees, as fanova
+  would build.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+
+def import_fanova():
+    """Import the `fanova` package, after giving NumPy 2 the `np.float` it still uses."""
+    if not hasattr(np, "float"):
+        np.float = float
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import fanova
+    logging.getLogger("fanova").setLevel(logging.WARNING)
+    return fanova
+
+
+class _TreeMarginal:
+    """Stands in for pyrfr's per-tree running statistic."""
+
+    def __init__(self, mean: float):
+        self._mean = mean
+
+    def mean(self) -> float:
+        return self._mean
+
+    def sum_of_weights(self) -> float:
+        return 1.0  # without cutoffs every marginal covers the whole space
+
+
+class _JoinedForest:
+    """A forest made of single-tree pyrfr forests, with the per-tree calls fanova makes."""
+
+    def __init__(self, forests):
+        self.forests = forests
+
+    def marginal_prediction_stat_of_tree(self, tree_index, sample):
+        return _TreeMarginal(self.forests[tree_index].marginal_mean_variance_prediction(sample)[0])
+
+    def marginal_mean_variance_prediction(self, sample):
+        means = [forest.marginal_mean_variance_prediction(sample)[0] for forest in self.forests]
+        return float(np.mean(means)), float(np.var(means))
+
+
+def forest(x, y, space, n_trees: int, seed: int, min_samples_leaf: int, max_features=None):
+    """A fanova.fANOVA of `n_trees` trees on x (DataFrame in the space's order) and y."""
+    fanova = import_fanova()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trees = [fanova.fANOVA(x, y, space, n_trees=1, seed=seed + k,
+                               min_samples_leaf=min_samples_leaf,
+                               max_features=max_features or x.shape[1])
+                 for k in range(n_trees)]
+    model = trees[0]
+    model.the_forest = _JoinedForest([tree.the_forest for tree in trees])
+    model.n_trees = len(trees)
+    model.all_midpoints = [tree.all_midpoints[0] for tree in trees]
+    model.all_sizes = [tree.all_sizes[0] for tree in trees]
+    model.trees_total_variance = [tree.trees_total_variance[0] for tree in trees]
+    return model

@@ -1,0 +1,195 @@
+"""Step 1: read the studies of a data set (or one named study) from an Optuna storage.
+
+A study belongs to `analysis.dataset` when its user attribute `dataset` says so, when
+its name is `<dataset>.<variant>`, or when its name *is* the given name (a study made
+elsewhere: its name is then both the data set and the variant). Any single-objective
+study with numeric or categorical parameters can be read; the metric analysed is the
+user attribute `test_metric` where the trials carry one, else the objective value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from harness import storage as storages
+from harness.errors import UserError
+
+ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
+
+
+@dataclass
+class Studies:
+    """What the analysis reads: one row a trial, and what belongs to the studies."""
+
+    trials: pd.DataFrame  # variant, number, state, excluded, failure, param:*, metrics, attrs
+    distributions: dict  # variant -> {parameter: optuna distribution}
+    curves: dict  # (variant, number) -> (epochs, values): the trial's intermediate values
+    sign: float  # +1 when lower is better (minimised studies), -1 when higher is
+    metric: str  # "test_metric" or "validation_metric": the column analysed
+    names: dict = field(default_factory=dict)  # variant -> study names
+
+
+def open_storage(url):
+    """The Optuna storage at `url` (never a new, empty one), or a UserError saying what to do."""
+    return storages.open_storage(url, key="analysis.storage", create=False)
+
+
+def _dataset_variant(summary) -> tuple[str | None, str]:
+    attrs = summary.user_attrs
+    name = summary.study_name
+    dataset = attrs.get("dataset", name.rsplit(".", 1)[0] if "." in name else None)
+    variant = attrs.get("variant", name.rsplit(".", 1)[1] if "." in name else name)
+    return dataset, str(variant)
+
+
+def load(storage, dataset: str, metric: str = "auto") -> Studies:
+    """Every trial of the studies of `dataset`; `metric` is auto, test or validation."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    found: dict[str, list] = {}
+    for summary in summaries:
+        their_dataset, variant = _dataset_variant(summary)
+        if their_dataset == dataset:
+            found.setdefault(variant, []).append(summary)
+        elif summary.study_name == dataset:
+            found.setdefault(summary.study_name, []).append(summary)
+    if not found:
+        others = sorted({str(_dataset_variant(s)[0]) for s in summaries}
+                        | {s.study_name for s in summaries})
+        listing = ", ".join(others) if others else "none (the storage holds no study)"
+        raise UserError(f"No study of data set {dataset!r} in this storage; the data sets and "
+                        f"studies there are: {listing}. Set analysis.dataset to one of them.")
+    directions = set()
+    for variant, group in found.items():
+        for summary in group:
+            if len(summary.directions) != 1:
+                raise UserError(f"study {summary.study_name!r} has {len(summary.directions)} "
+                                "objectives; analysis.dataset must name single-objective studies.")
+            directions.add(summary.directions[0])
+    if len(directions) > 1:
+        raise UserError(f"the studies of {dataset!r} mix minimised and maximised objectives; "
+                        "analyse them separately (set analysis.dataset to one study's name).")
+    sign = -1.0 if directions == {optuna.study.StudyDirection.MAXIMIZE} else 1.0
+
+    rows, distributions, curves, names = [], {}, {}, {}
+    frozen = []
+    for variant in sorted(found):
+        for summary in found[variant]:
+            names.setdefault(variant, []).append(summary.study_name)
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            for trial in study.get_trials(deepcopy=False):
+                frozen.append((variant, trial))
+                for name, distribution in trial.distributions.items():
+                    distributions.setdefault(variant, {}).setdefault(name, distribution)
+    has_test = any("test_metric" in t.user_attrs for _, t in frozen)
+    if metric == "auto":
+        metric = "test" if has_test else "validation"
+    if metric not in ("test", "validation"):
+        raise UserError(f"analysis.metric={metric!r}: use auto, test or validation.")
+    column = "test_metric" if metric == "test" else "validation_metric"
+    for variant, trial in frozen:
+        rows.append(_trial_row(variant, trial, column))
+        if trial.intermediate_values:
+            steps = sorted(trial.intermediate_values)
+            curves[(variant, trial.number)] = (
+                np.array(steps), np.array([trial.intermediate_values[s] for s in steps], dtype=float))
+    frame = pd.DataFrame(rows)
+    if not len(frame):
+        frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "failure",
+                                      "validation_metric", "test_metric", *ATTR_COLUMNS])
+    return Studies(frame, distributions, curves, sign, column, names)
+
+
+def _trial_row(variant, trial, column) -> dict:
+    attrs = trial.user_attrs
+    value = trial.value if trial.values else np.nan
+    test = attrs.get("test_metric", np.nan)
+    analysed = test if column == "test_metric" else value
+    failure = attrs.get("failure")
+    if trial.state == optuna.trial.TrialState.FAIL or failure:
+        excluded = "failed"
+    elif trial.state != optuna.trial.TrialState.COMPLETE:
+        excluded = "not finished"
+    elif not finite(value):
+        excluded = "failed"
+    elif not finite(analysed):
+        excluded = "no test metric" if "test_metric" not in attrs else "failed"
+    else:
+        excluded = ""
+    row = {"variant": variant, "number": trial.number, "state": trial.state.name,
+           "excluded": excluded, "failure": failure or ""}
+    row.update({f"param:{k}": v for k, v in trial.params.items()})
+    row["validation_metric"] = value
+    row["test_metric"] = test
+    row.update({k: attrs.get(k, np.nan) for k in ATTR_COLUMNS})
+    return row
+
+
+def finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass
+class Parameter:
+    """One searched parameter as the analysis sees it (log ones in log10 units)."""
+
+    name: str
+    log: bool
+    low: float  # bounds in analysis units, padded
+    high: float
+    choices: tuple | None = None  # categorical parameters only
+
+    def transform(self, values: pd.Series) -> np.ndarray:
+        if self.choices is not None:
+            index = {choice: i for i, choice in enumerate(self.choices)}
+            return values.map(index).to_numpy(dtype=float)
+        values = values.to_numpy(dtype=float)
+        return np.log10(values) if self.log else values
+
+
+def shared_parameters(frame: pd.DataFrame, distributions: dict) -> tuple[list[Parameter], dict]:
+    """The parameters every trial of `frame` has and that vary, and {name: why} for the rest.
+
+    `distributions` maps variant -> {name: distribution}; the first variant that has a
+    parameter gives its distribution (log scale, bounds, choices)."""
+    merged = {}
+    for variant in sorted(frame.variant.unique()):
+        for name, distribution in distributions.get(variant, {}).items():
+            merged.setdefault(name, distribution)
+    parameters, left_out = [], {}
+    n = len(frame)
+    for name, distribution in sorted(merged.items()):
+        values = frame[name] if name in frame.columns else pd.Series([np.nan] * n)
+        present = int(values.notna().sum())
+        if present < n:
+            left_out[name] = f"set in {present} of {n} trials"
+            continue
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            choices = tuple(distribution.choices)
+            if values.nunique() < 2:
+                left_out[name] = "the same in every trial"
+                continue
+            parameters.append(Parameter(name, False, 0, len(choices) - 1, choices))
+            continue
+        log = bool(getattr(distribution, "log", False))
+        numbers = values.to_numpy(dtype=float)
+        low = min(float(distribution.low), numbers.min())
+        high = max(float(distribution.high), numbers.max())
+        if np.ptp(numbers) == 0:
+            left_out[name] = "the same in every trial"
+            continue
+        if log:
+            low, high = math.log10(low), math.log10(high)
+        pad = 0.01 * (high - low)
+        parameters.append(Parameter(name, log, low - pad, high + pad))
+    return parameters, left_out
