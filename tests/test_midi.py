@@ -246,7 +246,8 @@ def test_a_midi_folder_and_a_user_variant_go_through_sweep_and_analyze(tmp_path,
     (conf / "variant").mkdir()
     (conf / "dataset" / "bach_midi.yaml").write_text(
         f"name: bach_midi\nformat: midi\npath: {songs}\ntask: next_step\ncache_dir: {tmp_path / 'cache'}\n")
-    (conf / "variant" / "cifg_np.yaml").write_text("name: cifg_np\nswitches: {forget_gate: coupled, peepholes: false}\n")
+    (conf / "variant" / "cifg_np.yaml").write_text(  # the README's two-line variant file
+        "name: cifg_np\nswitches: {forget_gate: coupled, peepholes: false}\n")
     (conf / "variant" / "typo.yaml").write_text("name: typo\nswitches: {peephole: false}\n")
     storage = f"sqlite:///{tmp_path}/studies.db"
 

@@ -47,17 +47,14 @@ cached.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 
 import mido
 import numpy as np
 
-from harness import project_root
-from harness.datasets import SPLITS, DataSplits, Sequence, _get, resolve_path
+from harness.datasets import SPLITS, DataSplits, Sequence, _get
+from harness.datasets.cache import cache_file, cached
 from harness.errors import UserError
 
 SUFFIXES = (".mid", ".midi")
@@ -169,19 +166,6 @@ def find_pieces(root: Path) -> dict[str, list[Path]]:
     return pieces
 
 
-def _cache_file(cfg, name: str, settings: dict, pieces: dict[str, list[Path]], root: Path) -> Path:
-    listing = []
-    for split in SPLITS:
-        for file in pieces[split]:
-            stat = file.stat()
-            listing.append([split, str(file.relative_to(root)), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"version": CACHE_VERSION, "settings": settings, "files": listing}, sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cache_dir = _get(cfg, "cache_dir")
-    base = resolve_path(cache_dir) if cache_dir else project_root() / "results" / "cache"
-    return base / name / f"midi-{digest}.npz"
-
-
 def parse_all(pieces: dict[str, list[Path]], settings: dict, root: Path) -> dict[str, np.ndarray]:
     """Every piece's roll, as the arrays the cache holds: rolls uint8 (sum T, keys), lengths,
     split (index into SPLITS) and names of each piece, and the notes dropped in each."""
@@ -199,29 +183,6 @@ def parse_all(pieces: dict[str, list[Path]], settings: dict, root: Path) -> dict
             "dropped": np.array(dropped, dtype=np.int64)}
 
 
-def cached_rolls(cfg, name: str, settings: dict, pieces: dict[str, list[Path]], root: Path) -> tuple[dict, Path, bool]:
-    """parse_all through the on-disk cache; returns (arrays, cache file, whether it was a hit)."""
-    path = _cache_file(cfg, name, settings, pieces, root)
-    wanted = [str(f.relative_to(root)) for split in SPLITS for f in pieces[split]]
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {key: stored[key] for key in stored.files}
-            if list(arrays["names"]) == wanted:
-                return arrays, path, True
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is parsed again
-    arrays = parse_all(pieces, settings, root)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")  # workers may write at once
-        np.savez_compressed(partial, **arrays)
-        partial.replace(path)  # a crash mid-write never leaves a half cache under the real name
-    except OSError:
-        pass  # a read-only cache folder only costs the next run a parse
-    return arrays, path, False
-
-
 def read(cfg, path) -> DataSplits:
     """Read the MIDI folder at `path` as configured by `cfg` (keys in the module docstring)."""
     name = str(_get(cfg, "name", "midi"))
@@ -237,7 +198,10 @@ def read(cfg, path) -> DataSplits:
     root = Path(path)
     pieces = find_pieces(root)
     started = time.time()
-    arrays, cache_path, hit = cached_rolls(cfg, name, settings, pieces, root)
+    files = [file for split in SPLITS for file in pieces[split]]
+    cache_path = cache_file(cfg, name, "midi", {"version": CACHE_VERSION, **settings}, files, root)
+    arrays, hit = cached(cache_path, [str(file.relative_to(root)) for file in files],
+                         lambda: parse_all(pieces, settings, root))
     seconds = time.time() - started
 
     rolls = arrays["rolls"].astype(np.float32)

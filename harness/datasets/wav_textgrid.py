@@ -43,9 +43,6 @@ classes and normalisation are applied after the cache.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
 import time
 from math import gcd
@@ -56,8 +53,8 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from harness import project_root
-from harness.datasets import SPLITS, DataSplits, Sequence, _get, resolve_path
+from harness.datasets import SPLITS, DataSplits, Sequence, _get
+from harness.datasets.cache import cache_file, cached
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
 
@@ -188,39 +185,6 @@ def compute_features(recordings, settings: FeatureSettings, tier: str, silence: 
             "names": np.array([name for name, _, _ in recordings], dtype=str)}
 
 
-def cached_features(cfg, name: str, settings: FeatureSettings, tier: str, silence: str, recordings,
-                    root: Path) -> tuple[dict, Path, bool]:
-    """compute_features through the on-disk cache; returns (arrays, cache file, whether it was a hit)."""
-    listing = []
-    for _, wav, grid in recordings:
-        for file in (wav, grid):
-            stat = file.stat()
-            listing.append([str(file.relative_to(root)), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"version": CACHE_VERSION, "settings": settings.as_dict(), "tier": tier, "silence": silence,
-                       "files": listing}, sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cache_dir = _get(cfg, "cache_dir")
-    path = (resolve_path(cache_dir) if cache_dir else project_root() / "results" / "cache") / name / \
-        f"wav_textgrid-{digest}.npz"
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {key: stored[key] for key in stored.files}
-            if list(arrays["names"]) == [n for n, _, _ in recordings]:
-                return arrays, path, True
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is recomputed
-    arrays = compute_features(recordings, settings, tier, silence, label=name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")  # workers may write at once
-        np.savez(partial, **arrays)
-        partial.replace(path)  # a crash mid-write never leaves a half cache under the real name
-    except OSError:
-        pass  # a read-only cache folder only costs the next run the features
-    return arrays, path, False
-
-
 def read(cfg, path) -> DataSplits:
     """Read the WAV + TextGrid folder at `path` as configured by `cfg` (keys in the module docstring)."""
     name = str(_get(cfg, "name", "wav_textgrid"))
@@ -233,7 +197,11 @@ def read(cfg, path) -> DataSplits:
     by_split = find_recordings(root)
     recordings = [r for split in SPLITS for r in by_split[split]]
     started = time.time()
-    arrays, cache_path, hit = cached_features(cfg, name, settings, tier, silence, recordings, root)
+    key = {"version": CACHE_VERSION, "features": settings.as_dict(), "tier": tier, "silence": silence}
+    files = [file for _, wav, grid in recordings for file in (wav, grid)]
+    cache_path = cache_file(cfg, name, "wav_textgrid", key, files, root)
+    arrays, hit = cached(cache_path, [n for n, _, _ in recordings],
+                         lambda: compute_features(recordings, settings, tier, silence, label=name))
     feature_seconds = time.time() - started
 
     labels = [str(label) for label in arrays["labels"]]
