@@ -52,6 +52,8 @@ import torch
 from torch import nn
 
 from harness import kernels
+from harness.gated_feedback import GatedFeedbackRNN
+from harness.weights import import_into
 
 # Rows of the fused pre-activation, and the gates (the last three of them).
 BLOCKS = ("z", "i", "f", "o")
@@ -435,22 +437,7 @@ class LSTMLayer(nn.Module):
         return {key: view.detach().clone() for key, view in self._views().items()}
 
     def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        _import_into(self._views(), weights, type(self).__name__)
-
-
-def _import_into(views: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], owner: str) -> None:
-    """Copy `weights` into parameter views; refuse missing or extra keys and wrong shapes."""
-    missing = sorted(set(views) - set(weights))
-    extra = sorted(set(weights) - set(views))
-    if missing or extra:
-        raise KeyError(f"{owner}.import_weights: missing keys {missing}, unexpected keys {extra}")
-    with torch.no_grad():
-        for key, view in views.items():
-            value = torch.as_tensor(weights[key])
-            if value.shape != view.shape:
-                raise ValueError(f"{owner}.import_weights: {key} has shape {tuple(value.shape)}, "
-                                 f"expected {tuple(view.shape)}")
-            view.copy_(value)
+        import_into(self._views(), weights, type(self).__name__)
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -459,11 +446,19 @@ class GRURecurrence(torch.autograd.Function):
     Inputs: x (T, B, M); W (3N, M), R (3N, N) and b (3N), rows z, r, h. Returns h (T, B, N).
     Like `LSTMRecurrence`: the input projection of all frames is one product, each step
     works on views made once before the loop (`unbind`) and writes in place (`out=`),
-    and the weight gradients are one product each after the backward loop.
+    and the weight gradients are one product each after the backward loop; and the same
+    loops run compiled from harness/kernels/gru.cpp when it could be built (these Python
+    loops remain the reference and the fallback, and the tests compare the two).
     """
 
     @staticmethod
     def forward(ctx, x, W, R, b):
+        compiled = kernels.gru()
+        ctx.compiled = compiled
+        if compiled is not None:  # the same loops in C++ (harness/kernels/gru.cpp)
+            h, *saved = compiled.forward(x, W, R, b)
+            ctx.save_for_backward(x, W, R, *saved, None)
+            return h
         T, B, M = x.shape
         N = W.shape[0] // 3
         R_zr_t, R_h_t = R[: 2 * N].t(), R[2 * N :].t()
@@ -491,6 +486,10 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dY):
         x, W, R, states, gates, candidate, reset_state, step = ctx.saved_tensors
+        if ctx.compiled is not None:
+            dx, dW, dR, db = ctx.compiled.backward(dY, x, W, R, states, gates, candidate, reset_state,
+                                                   ctx.needs_input_grad[0])
+            return dx if ctx.needs_input_grad[0] else None, dW, dR, db
         T, B, M = x.shape
         N = W.shape[0] // 3
         R_zr, R_h = R[: 2 * N], R[2 * N :]
@@ -570,7 +569,7 @@ class GRULayer(nn.Module):
         return {key: view.detach().clone() for key, view in self._views().items()}
 
     def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        _import_into(self._views(), weights, type(self).__name__)
+        import_into(self._views(), weights, type(self).__name__)
 
 
 # One layer with the weight contract of shared/SPEC.md; then the gated-feedback stacks
@@ -629,8 +628,6 @@ def make_layer(variant, input_size: int, hidden_size: int, switches=None, **opti
     if variant == "gru":
         options.pop("forget_bias", None)
         return GRULayer(input_size, hidden_size, **options)
-    from harness.gated_feedback import GatedFeedbackRNN  # it builds on this module
-
     if variant == "gfgru":
         options.pop("forget_bias", None)
     return GatedFeedbackRNN(variant, input_size, hidden_size, **options)

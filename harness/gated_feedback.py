@@ -49,8 +49,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.cells import _import_into
+from harness import kernels
 from harness.errors import UserError
+from harness.weights import import_into
 
 # The unit-wise gates of each cell (from below and the layer's own state), then the candidate.
 CELLS = {
@@ -80,11 +81,19 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
     all layers. Returns (T, B, L N) or (T, B, N).
 
     As in harness.cells: per-step views made once (`_steps`, `unbind`), results written in
-    place (`out=`), and the weight gradients one product each after the backward loop.
+    place (`out=`), and the weight gradients one product each after the backward loop. The
+    same equations run compiled from harness/kernels/gated_feedback.cpp when it could be
+    built (these Python loops remain the reference and the fallback; the tests compare them).
     """
 
     @staticmethod
     def forward(ctx, x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat):
+        ctx.lstm, ctx.concat = lstm, concat
+        ctx.compiled = compiled = kernels.gated_feedback()
+        if compiled is not None:  # the same loops in C++ (harness/kernels/gated_feedback.cpp)
+            y, *saved = compiled.forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
+            ctx.save_for_backward(x, W_first, W_upper, fixed, *saved)
+            return y
         T, B, M = x.shape
         L, LN, N = feedback.shape
         K = W_first.shape[0]
@@ -145,12 +154,16 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
                     torch.addcmul(h[j][t], first[j][t], h_step[j][t], out=h[j][t + 1])
         ctx.save_for_backward(x, W_first, W_upper, recurrent, feedback, fixed, pre, states, cells, cell_out,
                               scaled, fed_back, step)
-        ctx.lstm, ctx.concat = lstm, concat
         outputs = states[1:].view(T, B, LN)
         return outputs.clone() if concat else outputs[..., (L - 1) * N :].clone()
 
     @staticmethod
     def backward(ctx, dY):
+        if ctx.compiled is not None:
+            x, W_first, W_upper, fixed, *saved = ctx.saved_tensors
+            grads = ctx.compiled.backward(dY, x, W_first, W_upper, fixed, *saved, ctx.lstm, ctx.concat,
+                                          ctx.needs_input_grad[0])
+            return (grads[0] if ctx.needs_input_grad[0] else None, *grads[1:], None, None, None)
         (x, W_first, W_upper, recurrent, feedback, fixed, pre, states, cells, cell_out,
          scaled, fed_back, step) = ctx.saved_tensors
         lstm = ctx.lstm
@@ -368,4 +381,4 @@ class GatedFeedbackRNN(nn.Module):
         return {key: view.detach().clone() for key, view in self._views().items()}
 
     def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        _import_into(self._views(), weights, type(self).__name__)
+        import_into(self._views(), weights, type(self).__name__)

@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 
+from harness import kernels
 from harness.cells import make_layer
 from harness.datasets import DataSplits, load_dataset
 from harness.errors import UserError
-from harness.gated_feedback import GatedFeedbackRNN
+from harness.gated_feedback import GatedFeedbackRecurrence, GatedFeedbackRNN
 from harness.networks import SequenceNetwork, count_parameters
 from harness.train import train
 
@@ -173,9 +174,12 @@ def test_gradcheck(variant, layers):
 
 @pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
 @pytest.mark.parametrize("concat_layers,fixed", [(False, False), (True, False), (False, True)])
-def test_hand_written_backward_matches_autograd(variant, concat_layers, fixed):
-    """`forward` (GatedFeedbackRecurrence) against `_forward_autograd`, the same equations
-    through autograd: outputs and every gradient, with learned or fixed global gates."""
+@pytest.mark.parametrize("python_loops", ["0", "1"])
+def test_hand_written_backward_matches_autograd(variant, concat_layers, fixed, python_loops, monkeypatch):
+    """`forward` (GatedFeedbackRecurrence, compiled or its Python loops) against
+    `_forward_autograd`, the same equations through autograd: outputs and every gradient,
+    with learned or fixed global gates."""
+    monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", python_loops)
     stack = random_stack(variant, seed=5, concat_layers=concat_layers)
     if fixed:
         stack.fixed_global_gates = torch.rand(L, L)
@@ -187,6 +191,80 @@ def test_hand_written_backward_matches_autograd(variant, concat_layers, fixed):
     for d_ours, d_reference in zip(torch.autograd.grad((ours * weight).sum(), leaves),
                                    torch.autograd.grad((reference * weight).sum(), leaves)):
         assert torch.allclose(d_ours, d_reference, atol=1e-11, rtol=0)
+
+
+TOLERANCE = {torch.float64: dict(atol=1e-10, rtol=0), torch.float32: dict(atol=2e-5, rtol=1e-4)}
+
+
+@pytest.fixture
+def compiled_loops():
+    module = kernels.gated_feedback()
+    if module is None:
+        pytest.skip("the compiled gated-feedback loops could not be built here (scripts/setup.sh builds them)")
+    return module
+
+
+def stack_results(monkeypatch, python_loops, variant, dtype, layers, concat_layers, fixed, m, n, steps, batch):
+    """The output and the gradients of x and of every parameter, random weights."""
+    monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1" if python_loops else "0")
+    generator = torch.Generator().manual_seed(11)
+    stack = make_layer(variant, m, n, layers=layers, concat_layers=concat_layers).to(dtype)
+    stack.import_weights({k: torch.randn(v.shape, generator=generator, dtype=dtype) * 0.6
+                          for k, v in stack.export_weights().items()})
+    if fixed:
+        stack.fixed_global_gates = torch.rand(layers, layers, generator=generator, dtype=dtype)
+    x = torch.randn(steps, batch, m, generator=generator, dtype=dtype, requires_grad=True)
+    weight = torch.randn(steps, batch, stack.output_size, generator=generator, dtype=dtype)
+    y = stack(x)
+    return [y, *torch.autograd.grad((y * weight).sum(), [x, *stack.parameters()])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("layers,concat_layers,fixed,m,n,steps,batch", [
+    (2, False, False, 5, 4, 6, 1),
+    (3, True, False, 3, 7, 5, 3),
+    (3, False, True, 6, 5, 4, 6),
+    (2, True, False, 88, 9, 8, 1),
+    (4, False, False, 2, 3, 3, 2),
+])
+def test_compiled_loops_equal_the_python_loops(compiled_loops, monkeypatch, dtype, variant, layers, concat_layers,
+                                               fixed, m, n, steps, batch):
+    """harness/kernels/gated_feedback.cpp against GatedFeedbackRecurrence's Python loops
+    (the reference; they are held to autograd above): batch sizes on both sides of the
+    small-batch products of harness/kernels/loops.h, learned and fixed global gates."""
+    options = (variant, dtype, layers, concat_layers, fixed, m, n, steps, batch)
+    compiled = stack_results(monkeypatch, False, *options)
+    python = stack_results(monkeypatch, True, *options)
+    assert compiled[1].abs().max() > 1e-3  # the gradients are not trivially zero
+    for k, (ours, reference) in enumerate(zip(compiled, python)):
+        assert ours.dtype == dtype and ours.shape == reference.shape
+        assert torch.allclose(ours, reference, **TOLERANCE[dtype]), f"result {k}"
+
+
+@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+def test_plain_functions_without_autograd(compiled_loops, monkeypatch, variant):
+    """forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
+    -> [y, *saved] and backward(dY, x, W_first, W_upper, fixed, *saved, lstm, concat, need_dx)
+    -> the gradients of the eight tensors (the kernels module docstring), called directly,
+    against GatedFeedbackRecurrence's Python loops."""
+    stack = random_stack(variant, seed=3, concat_layers=True)
+    x = torch.randn(T, B, M, requires_grad=True)
+    dY = torch.randn(T, B, stack.output_size)
+    feedback, bias = stack._step_weights()
+    weights = [stack.weight_below[0], bias[0], torch.stack(tuple(stack.weight_below[1:])), torch.stack(bias[1:]),
+               torch.stack(tuple(stack.weight_recurrent)), stack.global_gate_recurrent, feedback]
+    lstm = variant == "gfrnn"
+    monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")
+    expected = torch.autograd.grad(GatedFeedbackRecurrence.apply(x, *weights, None, lstm, True), [x, *weights], dY)
+    with torch.no_grad():
+        plain = [w.detach() for w in weights]
+        y, *saved = compiled_loops.forward(x.detach(), *plain, None, lstm, True)
+        grads = compiled_loops.backward(dY, x.detach(), plain[0], plain[2], None, *saved, lstm, True, True)
+    assert torch.allclose(y, stack._forward_autograd(x), atol=1e-12, rtol=0)
+    assert len(grads) == len(expected)
+    for ours, reference in zip(grads, expected):
+        assert ours.shape == reference.shape and torch.allclose(ours, reference, atol=1e-11, rtol=0)
 
 
 def parameter_formula(variant, m, n, layers):
@@ -264,6 +342,13 @@ def test_forget_bias_shifts_the_gf_lstm_forget_gates_and_gfgru_accepts_it():
 def test_weights_start_normal_with_deviation_init_std():
     values = torch.cat([p.detach().flatten() for p in make_layer("gfrnn", 88, 150, init_std=0.1).parameters()])
     assert abs(values.std().item() - 0.1) < 0.002 and abs(values.mean().item()) < 0.002
+
+
+def test_gated_feedback_does_not_import_the_cell_module():
+    """No import cycle: cells -> gated_feedback -> weights, never back to cells."""
+    code = "import sys, harness.gated_feedback; print('harness.cells' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False"
 
 
 def test_one_layer_is_refused_with_a_message_naming_the_key():

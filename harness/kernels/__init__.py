@@ -1,10 +1,30 @@
 """Compiled time loops for the cells (harness/kernels/*.cpp), built once with torch's
 C++ extension tools and cached (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR).
 
-The C++ mirrors the Python loops of harness/cells.py operation for operation; it exists
-because at Greff et al.'s sizes (batch 1, N <= 200) Python's cost per call is most of
-the time. `python -m harness.kernels` (run by scripts/setup.sh) builds it (about a minute); if it cannot be built, or
+The C++ mirrors the Python loops of harness/cells.py and harness/gated_feedback.py
+equation for equation; it exists because at Greff et al.'s sizes (batch 1, N <= 200)
+Python's cost per call is most of the time. `python -m harness.kernels` (run by
+scripts/setup.sh) builds them (about a minute each); if they cannot be built, or
 ODYSSEY_PYTHON_LOOPS=1 is set, the cells run their Python loops, with the same results.
+
+Each module is also a pair of plain functions, usable without autograd (tensors
+contiguous, float32 or float64; `saved` is whatever forward returned after y, passed
+back unchanged and in order; dx is None unless need_dx):
+
+`gru()` (gru.cpp), the GRU of cells.GRULayer; W (3N, M), R (3N, N), b (3N), rows z, r, h:
+    forward(x (T, B, M), W, R, b) -> [h (T, B, N), *saved]
+    backward(dY (T, B, N), x, W, R, *saved, need_dx) -> [dx, dW, dR, db]
+
+`gated_feedback()` (gated_feedback.cpp), GF-LSTM (lstm=True) and GF-GRU; the arguments
+of gated_feedback.GatedFeedbackRecurrence (its docstring gives the layouts; the
+module's `_step_weights` builds them from the parameters):
+    forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
+        -> [y (T, B, L N) if concat else (T, B, N), *saved]
+    backward(dY, x, W_first, W_upper, fixed, *saved, lstm, concat, need_dx)
+        -> [dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback]
+    (`fixed` is the (L, B, L) fixed global gates or None, as in forward.)
+
+`lstm()` (lstm.cpp): see cells.LSTMRecurrence.
 """
 
 from __future__ import annotations

@@ -2,4 +2,5 @@
 
 from harness import kernels
 
-print("compiled LSTM loops:", "ready" if kernels.lstm() is not None else "unavailable (Python loops in use)")
+for name, build in (("LSTM", kernels.lstm), ("GRU", kernels.gru), ("gated-feedback", kernels.gated_feedback)):
+    print(f"compiled {name} loops:", "ready" if build() is not None else "unavailable (Python loops in use)")
