@@ -5,6 +5,7 @@ the impossible combinations, and a variant config with `switches:` through train
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -186,3 +187,32 @@ def test_a_variant_config_with_switches_trains(compose_config, tmp_path):
     cell = 3 * (n * m + n * n + n)  # z, i, o: W, R, b; no forget gate of its own, no peepholes
     assert result["variant"] == "cifg_np" and result["n_params"] == cell + (n * 88 + 88)
     assert math.isfinite(result["val_metric"])
+
+
+@pytest.mark.parametrize("name", ["cifg_without_peepholes", "fgr_linear_input", "no_gates_at_all"])
+def test_composed_cells_train_alike_on_both_engines(name):
+    """The native engine reads a cell's flags itself: after a few updates its weights are
+    the torch path's (autograd through the cell, torch's SGD)."""
+    from harness import tasks
+    from harness.datasets import Sequence
+    from harness.engine import make_step
+    from harness.networks import SequenceNetwork
+
+    rng = np.random.default_rng(0)
+    sequences = [Sequence(x=(rng.random((9, 6)) > 0.5).astype(np.float32),
+                          y=(rng.random((9, 6)) > 0.5).astype(np.float32)) for _ in range(3)]
+    networks = []
+    for engine in ("native", "torch"):
+        torch.manual_seed(0)
+        network = SequenceNetwork(name, 6, 5, 6, switches=COMBINATIONS[name], init_std=0.3)
+        initial = network.forward_layer.weight_input.detach().clone()
+        step = make_step(engine, network, "next_step", 0.05, 0.9, log=lambda line: None)
+        for sequence in sequences * 2:
+            batch = tasks.make_batch([sequence], "next_step")
+            step(batch, batch.x)
+        networks.append(dict(network.named_parameters()))
+    native, reference = networks
+    assert native.keys() == reference.keys()
+    for key in native:
+        assert torch.allclose(native[key], reference[key], atol=1e-6), key
+    assert (native["forward_layer.weight_input"] - initial).abs().max() > 1e-3  # the cell's weights moved
