@@ -60,6 +60,7 @@ from harness import project_root
 from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.launchers import launch
 from harness.storage import open_storage
 from harness.train import train
 
@@ -366,6 +367,8 @@ def sweep(cfg: DictConfig) -> list[str]:
     workers = int(search.workers)
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
+    if (launched := launch(cfg, variants)) is not None:  # search.launcher=slurm: an array job
+        return launched
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
