@@ -1,4 +1,4 @@
-"""Training one configuration: the recipe of Greff et al. (2017), shared/SPEC.md section 4.
+"""Training one configuration: the recipe of Greff et al. (2017) (docs/science.md, training).
 
 - SGD with Nesterov momentum; the step is learning_rate * (1 - momentum), so that the
   learning rate is the size of a step whatever the momentum;
@@ -9,6 +9,10 @@
   validation metric improves, so the reported test figure is the one at the best
   validation epoch; early stopping after `patience` (15) epochs without improvement,
   at most `max_epochs` (150).
+
+How a step is computed is the engine's business (harness.engine, `train.engine`: the
+native compiled step by default, torch autograd as the reference); denormal floats are
+flushed to zero unless `train.flush_denormal=false`.
 
 A loss that becomes NaN or infinite stops the run; the result then carries `failure`
 (the reason) and the best figures reached before it (harness.sweep records such a trial
@@ -54,6 +58,35 @@ def check_hyperparameters(cfg) -> None:
 
 def batches(sequences: list[Sequence], size: int, order: np.ndarray) -> list[list[Sequence]]:
     return [[sequences[k] for k in order[start : start + size]] for start in range(0, len(order), size)]
+
+
+class EpochRunner:
+    """The training part of an epoch: shuffled batches, input noise, one step a batch.
+
+    `run(epoch) -> (summed loss, frames, failure)`; failure is None, or the reason the
+    epoch stopped (a non-finite loss: the weights are left as they were before it).
+    One sequence a step (batch_size 1), the batches are made once, not again each epoch.
+    """
+
+    def __init__(self, step, data: DataSplits, batch_size: int, noise_std: float, rng: np.random.Generator):
+        self.step, self.data, self.batch_size, self.noise_std, self.rng = step, data, batch_size, noise_std, rng
+        self.single = [tasks.make_batch([s], data.task) for s in data.train] if batch_size == 1 else None
+
+    def run(self, epoch: int) -> tuple[float, int, str | None]:
+        order = self.rng.permutation(len(self.data.train))
+        if self.single:
+            epoch_batches = (self.single[k] for k in order)
+        else:
+            epoch_batches = (tasks.make_batch(group, self.data.task)
+                             for group in batches(self.data.train, self.batch_size, order))
+        total_loss, frames = 0.0, 0
+        for batch in epoch_batches:
+            x = batch.x + self.noise_std * torch.randn_like(batch.x) if self.noise_std > 0 else batch.x
+            loss = self.step(batch, x).item()
+            if not math.isfinite(loss):
+                return total_loss, frames, f"training loss became {loss} in epoch {epoch}"
+            total_loss, frames = total_loss + loss, frames + batch.frames
+        return total_loss, frames, None
 
 
 def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int) -> float:
@@ -108,8 +141,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
                      momentum, log=log)
     noise_std = float(cfg.input_noise_std)
     batch_size = int(options.get("batch_size", 1))
-    # One sequence a step: every batch is made once, not again each epoch.
-    single = [tasks.make_batch([s], data.task) for s in data.train] if batch_size == 1 else None
+    epochs = EpochRunner(step, data, batch_size, noise_std, rng)
     eval_batch_size = int(options.get("eval_batch_size", 32))
     max_epochs, patience = int(cfg.max_epochs), int(cfg.patience)
     metric = tasks.METRICS[data.task]
@@ -123,17 +155,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     failure = None
     for epoch in range(1, max_epochs + 1):
         network.train()
-        total_loss, frames = 0.0, 0
-        order = rng.permutation(len(data.train))
-        epoch_batches = ([single[k] for k in order] if single else
-                         (tasks.make_batch(group, data.task) for group in batches(data.train, batch_size, order)))
-        for batch in epoch_batches:
-            x = batch.x + noise_std * torch.randn_like(batch.x) if noise_std > 0 else batch.x
-            loss = step(batch, x).item()
-            if not math.isfinite(loss):
-                failure = f"training loss became {loss} in epoch {epoch}"
-                break
-            total_loss, frames = total_loss + loss, frames + batch.frames
+        total_loss, frames, failure = epochs.run(epoch)
         if failure:
             log(f"  stopped: {failure}")
             break
