@@ -3,19 +3,45 @@
     sqlite:///results/odyssey.db      one machine; a relative path starts at the project root
     journal:/shared/odyssey.log       Optuna's JournalStorage on a file (also journal:///abs,
                                       or any path ending .log / .journal / .jsonl)
-    postgresql://user:pw@host/db      many machines (any SQLAlchemy URL)
+    postgresql://user:pw@host/db      many machines (any SQLAlchemy URL; psycopg 3 is installed)
+
+Opening is safe when several processes start on a new, empty storage at the same moment:
+the race on creating the schema (or the study, see `create_study`) is retried.
+
+Liveness (`Liveness`): a running trial's worker proves it is alive every
+`search.heartbeat_seconds`; a trial silent for twice that, or whose worker process on this
+host is gone, is failed and retried (Optuna's RetryHeartbeatStaleTrialCallback enqueues it
+again with the same parameters and user attributes, up to MAX_RETRY times). On an RDB
+storage (SQLite, PostgreSQL) these are Optuna's own heartbeats: RDBStorage(heartbeat_interval,
+grace_period, heartbeat_stale_trial_callback) and optuna.storages.fail_stale_trials. Optuna 5's
+JournalStorage has no heartbeat, so for a journal file the same is done here with a trial
+system attribute (clocks of the machines sharing the file must agree to within seconds).
+A trial failed as stale whose worker was in fact alive keeps its result when it finishes
+(`Liveness.keep_late_result`).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.trial import TrialState
 
 from harness import project_root
 from harness.errors import UserError
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+MAX_RETRY = 3           # times a trial failed as stale is enqueued again
+WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
+RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
 
 
 def _local_path(text: str) -> Path:
@@ -23,9 +49,48 @@ def _local_path(text: str) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
-def open_storage(url: str, key: str = "search.storage", create: bool = True) -> optuna.storages.BaseStorage:
+def _is_creation_race(error: Exception) -> bool:
+    """An error of a process that lost the race to create a schema or a study to another."""
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, DuplicatedStudyError) or any(words in text for words in (
+        "already exists", "duplicate key", "uniqueviolation", "unique constraint", "integrityerror",
+        "database is locked"))
+
+
+def retry_race(make, attempts: int = RACE_ATTEMPTS):
+    """make() again, after a short random pause, while it fails because another process is
+    creating the same schema or study at the same moment."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as error:
+            if attempt == attempts - 1 or not _is_creation_race(error):
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+
+
+def create_study(storage, **kwargs) -> optuna.Study:
+    """optuna.create_study(load_if_exists=True) that survives other processes creating the
+    same study at the same moment."""
+    return retry_race(lambda: optuna.create_study(storage=storage, load_if_exists=True, **kwargs))
+
+
+def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def heartbeat_interval(seconds: float) -> int:
+    """Optuna's RDB heartbeat takes whole seconds."""
+    return max(1, int(round(float(seconds))))
+
+
+def open_storage(url: str, key: str = "search.storage", create: bool = True,
+                 heartbeat_seconds: float | None = None) -> optuna.storages.BaseStorage:
     """The storage at `url`; `key` names the config key in messages. With create=False a
-    missing SQLite or journal file is an error instead of a new, empty storage."""
+    missing SQLite or journal file is an error instead of a new, empty storage. With
+    heartbeat_seconds an RDB storage has Optuna's heartbeat on (see the module docstring)."""
     example = "e.g. sqlite:///results/odyssey.db, journal:/shared/odyssey.log or postgresql://user@host/db"
     if not isinstance(url, str) or not url.strip():
         raise UserError(f"{key} is empty; set it to a storage URL, {example}.")
@@ -39,15 +104,157 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True) -> 
             raise UserError(f"{key}: there is no study storage at {path}; run `odyssey sweep` first "
                             f"or set {key} to the URL your sweep used.")
         path.parent.mkdir(parents=True, exist_ok=True)
+    beat = {}
+    if heartbeat_seconds is not None:
+        beat = {"heartbeat_interval": heartbeat_interval(heartbeat_seconds),
+                "heartbeat_stale_trial_callback": retry_callback()}
     try:
         if journal:
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            # Several processes write one file: wait for its lock rather than fail.
-            return optuna.storages.RDBStorage(f"sqlite:///{path}",
-                                              engine_kwargs={"connect_args": {"timeout": 120}})
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            if url.startswith("sqlite:///"):
+                # Several processes write one file: wait for its lock rather than fail.
+                return retry_race(lambda: optuna.storages.RDBStorage(
+                    f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 120}}, **beat))
+            return retry_race(lambda: optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, **beat))
     except Exception as error:  # sqlalchemy and driver errors: unreachable host, bad URL, no driver
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise UserError(f"{key}: cannot open storage '{url}' ({reason}); check the URL and that the "
                         "database server is running and reachable.") from None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Liveness:
+    """Heartbeats and stale-trial checks of the trials of one storage (module docstring).
+
+    Only public Optuna interfaces: the storage's own methods (record_heartbeat,
+    set_trial_state_values, set_trial_system_attr, ...), fail_stale_trials, the retry callback.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, heartbeat_seconds: float):
+        self.storage = storage
+        self.rdb = isinstance(storage, optuna.storages.RDBStorage)
+        self.interval = heartbeat_interval(heartbeat_seconds) if self.rdb else max(float(heartbeat_seconds), 0.05)
+        self.grace = 2 * self.interval
+        self.retry = retry_callback()
+        self.host = socket.gethostname()
+
+    def trial_id(self, study: optuna.Study, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def state(self, study: optuna.Study, number: int) -> TrialState:
+        return self.storage.get_trial(self.trial_id(study, number)).state
+
+    def _beat(self, trial_id: int, number: int) -> None:
+        if self.rdb:
+            self.storage.record_heartbeat(trial_id)
+        else:
+            self.storage.set_trial_system_attr(trial_id, BEAT_ATTR, {"trial": number, "time": time.time()})
+
+    @contextmanager
+    def alive(self, study: optuna.Study, number: int):
+        """While the block runs, trial `number` is stamped as alive every interval."""
+        trial_id = self.trial_id(study, number)
+        self.storage.set_trial_system_attr(trial_id, WORKER_ATTR,
+                                           {"host": self.host, "pid": os.getpid(), "trial": number})
+        self._beat(trial_id, number)
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.interval):
+                try:
+                    self._beat(trial_id, number)
+                except Exception:  # a passing storage hiccup: the next beat tries again
+                    pass
+
+        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{number}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _dead(self, trial: optuna.trial.FrozenTrial, now: float) -> bool:
+        # Attributes a retry inherited from the trial it retries are not its own: check "trial".
+        worker = trial.system_attrs.get(WORKER_ATTR) or {}
+        if worker.get("trial") == trial.number and worker.get("host") == self.host \
+                and not _process_alive(int(worker.get("pid", -1))):
+            return True
+        if self.rdb:
+            return False  # silence is Optuna's to judge (fail_stale_trials)
+        stamp = trial.system_attrs.get(BEAT_ATTR) or {}
+        last = stamp.get("time") if stamp.get("trial") == trial.number else None
+        if last is None and trial.datetime_start is not None:
+            last = trial.datetime_start.timestamp()
+        return last is not None and now - last > self.grace
+
+    def fail_stale(self, study: optuna.Study) -> list[int]:
+        """Fail (and enqueue again) every RUNNING trial whose worker is gone or silent; the
+        numbers failed by this call."""
+        failed, now = [], time.time()
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in running:
+            if not self._dead(trial, now):
+                continue
+            trial_id = self.trial_id(study, trial.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    failed.append(trial.number)
+                    self.retry(study, self.storage.get_trial(trial_id))
+            except UpdateFinishedTrialError:
+                pass  # it finished, or another worker failed it first
+        if self.rdb:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+            failed += [t.number for t in running
+                       if t.number not in failed and states.get(t.number) == TrialState.FAIL]
+        return failed
+
+    def keep_late_result(self, study: optuna.Study, number: int, state: TrialState,
+                         value: float | None, user_attrs: dict) -> int | None:
+        """Record the result of trial `number`, which was failed as stale while its worker
+        was in fact alive: in its retry if that is still waiting (the retry is claimed, so it
+        never runs), else as a trial of its own (`late_result_of`; `duplicate_of` when its
+        retry runs or ran elsewhere: then it does not count). Returns the retry's number, or
+        None for a trial of its own."""
+        trials = study.get_trials(deepcopy=False)
+        original = next(t for t in trials if t.number == number)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            retries = [t for t in trials if (self.retry.retry_history(t) or [None])[-1] == number]
+        attrs = {**user_attrs, "late_result_of": number}
+        values = None if value is None else [value]
+        for retry in retries:
+            if retry.state != TrialState.WAITING:
+                continue
+            retry_id = self.trial_id(study, retry.number)
+            try:
+                claimed = self.storage.set_trial_state_values(retry_id, TrialState.RUNNING)
+            except UpdateFinishedTrialError:
+                claimed = False
+            if claimed:
+                for key, item in attrs.items():
+                    self.storage.set_trial_user_attr(retry_id, key, item)
+                self.storage.set_trial_state_values(retry_id, state, values)
+                return retry.number
+        if retries:
+            attrs["duplicate_of"] = retries[0].number
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params=original.params, distributions=original.distributions,
+            value=value, user_attrs=attrs))
+        return None

@@ -13,13 +13,24 @@
   tops a study up and never repeats work. A trial counts when it is COMPLETE, or FAIL
   with a `failure` reason (its loss became NaN or infinite: the configuration was tried
   and diverged; the analysis leaves such trials out of fANOVA and box plots and reports
-  them). A trial whose worker died or was stopped (user attribute `lost`) or that was
-  started past the target by a racing worker (`surplus`) is FAIL and does not count.
-- Liveness: while a trial runs, a heartbeat thread stamps it every
-  `search.heartbeat_seconds`. Before asking for a trial, a worker fails every RUNNING
-  trial whose stamp is older than twice that, or whose worker process (same host) is
-  gone, so a sweep killed with SIGKILL and started again resumes at once.
-- `search.workers=N` starts N processes here, each with one torch thread.
+  them). A trial that was stopped (Ctrl-C, SIGTERM: user attribute `lost`), whose worker
+  died or went silent (FAIL, retried: see Liveness), that was started past the target by
+  a racing worker (`surplus`), or that duplicates a retry (`duplicate_of`) does not count.
+- Liveness (harness.storage.Liveness): while a trial runs its worker records a heartbeat
+  every `search.heartbeat_seconds` (on SQLite and PostgreSQL Optuna's own RDB heartbeat).
+  Before asking for a trial, a worker fails every RUNNING trial silent for twice that, or
+  whose worker process on this host is gone (so a sweep killed with SIGKILL and started
+  again resumes at once), and enqueues it again with the same parameters and seed
+  (Optuna's RetryHeartbeatStaleTrialCallback, up to 3 times). A trial failed so while its
+  worker was alive after all keeps its result: it goes into the waiting retry (user
+  attribute `late_result_of`), or, when the retry already runs elsewhere, into a trial of
+  its own marked `duplicate_of` (recorded, not counted).
+- `search.workers=N` starts N processes here (at most one a core: more are capped with
+  a warning), each with max(1, cores // N) torch threads unless `train.threads` is set.
+  SIGTERM or Ctrl-C stops them all within seconds, each releasing its trial (`lost`).
+  Exit status: 0 when every study reached n_trials with at least one complete trial; 3
+  when a study has no complete trial (all diverged); 4 when a worker process died (its
+  exit code or signal is printed); 2 a user error; 130 stopped.
 - Reproducible studies (TrialNumberSampler): a trial's parameters and its training seed
   (user attribute `seed`) follow from `seed`, the study's name and the trial's number
   alone, never from the host or the worker, so the same command gives the same study on
@@ -42,11 +53,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
+import multiprocessing.connection
 import signal
-import socket
-import threading
+import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -60,13 +71,13 @@ from harness import project_root
 from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
-from harness.launchers import launch
-from harness.storage import open_storage
+from harness.resources import cap_workers, torch_threads
+from harness.storage import Liveness, create_study, open_storage
 from harness.train import train
 
 # The searched parameters and the top-level config key each one sets.
 PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
-HEARTBEAT_ATTR, WORKER_ATTR = "odyssey_heartbeat", "odyssey_worker"
+EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (module docstring)
 
 
 # -- configuration checks ---------------------------------------------------------------
@@ -111,66 +122,12 @@ def storage_label(url: str) -> str:
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward n_trials (see the module docstring)."""
+    if trial.user_attrs.get("duplicate_of") is not None:
+        return False
     return trial.state == TrialState.COMPLETE or (
         trial.state == TrialState.FAIL and trial.user_attrs.get("failure") is not None)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_dead_trials(study: optuna.Study, heartbeat_seconds: float) -> int:
-    """Mark FAIL (user attribute `lost`) every RUNNING trial whose worker is gone."""
-    now, host, failed = time.time(), socket.gethostname(), 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.system_attrs.get(WORKER_ATTR) or {}
-        stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
-        if stamp is None and trial.datetime_start is not None:
-            stamp = trial.datetime_start.timestamp()
-        silent = stamp is not None and now - stamp > 2 * heartbeat_seconds
-        gone = worker.get("host") == host and not _process_alive(int(worker.get("pid", -1)))
-        if silent or gone:
-            reason = "its worker process ended" if gone else f"no heartbeat for {now - stamp:.0f} s"
-            try:
-                study._storage.set_trial_user_attr(trial._trial_id, "lost", reason)
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                failed += 1
-            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                pass  # another worker got there first
-    return failed
-
-
-class Heartbeat:
-    """Stamps a running trial every `seconds` from a background thread."""
-
-    def __init__(self, storage, trial_id: int, seconds: float):
-        self.storage, self.trial_id, self.seconds = storage, trial_id, seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self):
-        while not self._stop.wait(self.seconds):
-            try:
-                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
-            except Exception:  # a finished trial or a passing storage hiccup: try again later
-                pass
-
-    def __enter__(self):
-        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
-        self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR,
-                                           {"host": socket.gethostname(), "pid": os.getpid()})
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # -- one study --------------------------------------------------------------------------
@@ -180,9 +137,8 @@ def study_name(dataset: str, variant: str) -> str:
 
 
 def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
-    study = optuna.create_study(study_name=study_name(dataset, variant), storage=storage,
-                                direction="minimize", load_if_exists=True,
-                                sampler=TrialNumberSampler(seed))
+    study = create_study(storage, study_name=study_name(dataset, variant), direction="minimize",
+                         sampler=TrialNumberSampler(seed))
     if study.user_attrs.get("dataset") != dataset:
         study.set_user_attr("dataset", dataset)
     if study.user_attrs.get("variant") != variant:
@@ -250,13 +206,39 @@ def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
 
 def release(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted)."""
-    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+    try:
         trial.set_user_attr("lost", reason)
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # already failed as stale by another worker, or finished
+
+
+def _report(trial: optuna.Trial, value: float, epoch: int) -> None:
+    try:
+        trial.report(value, epoch)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed as stale by another worker: train on, the result is kept at the end
+
+
+def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, state: TrialState,
+                 value: float | None, user_attrs: dict) -> None:
+    """Tell the study; a trial failed as stale meanwhile keeps its result (Liveness.keep_late_result)."""
+    if liveness.state(study, trial.number) == TrialState.RUNNING:
+        try:
+            for key, item in user_attrs.items():
+                trial.set_user_attr(key, item)
+            study.tell(trial, value, state=state)
+            return
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if liveness.state(study, trial.number) == TrialState.RUNNING:
+                raise
+    kept = liveness.keep_late_result(study, trial.number, state, value, user_attrs)
+    print(f"[{study.study_name}] trial {trial.number} was taken for dead while it ran; its result is kept "
+          + (f"in its retry, trial {kept}" if kept is not None else "as a trial of its own"), flush=True)
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, out_dir: Path,
-              target: int, heartbeat_seconds: float) -> dict | None:
+              target: int, liveness: Liveness) -> dict | None:
     """Train the trial's configuration and tell the study; None if the trial was surplus."""
     ahead = sum(1 for t in study.get_trials(deepcopy=False)
                 if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
@@ -269,38 +251,39 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
     with open_dict(trial_cfg):
         trial_cfg.seed = seed
     trial.set_user_attr("seed", seed)
-    with Heartbeat(study._storage, trial._trial_id, heartbeat_seconds):
-        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
-                       on_epoch=lambda epoch, value: trial.report(value, epoch))
-    for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure"):
-        trial.set_user_attr(key, result[key])
-    trial.set_user_attr("momentum", float(trial_cfg.momentum))
-    trial.set_user_attr("metrics", str(out_dir / "metrics.json"))
+    result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
+                   on_epoch=lambda epoch, value: _report(trial, value, epoch))
+    attrs = {key: result[key] for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure")}
+    attrs.update(seed=seed, momentum=float(trial_cfg.momentum), metrics=str(out_dir / "metrics.json"))
     if result["failure"] or result["val_metric"] is None:
-        trial.set_user_attr("failure", result["failure"] or "no finite validation metric")
-        study.tell(trial, state=TrialState.FAIL)
+        attrs["failure"] = result["failure"] or "no finite validation metric"
+        finish_trial(study, trial, liveness, TrialState.FAIL, None, attrs)
     else:
-        study.tell(trial, result["val_metric"])
+        finish_trial(study, trial, liveness, TrialState.COMPLETE, result["val_metric"], attrs)
     return result
 
 
-def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> None:
-    """Ask, train and tell until the study has search.n_trials counted trials."""
+def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
+    """Ask, train and tell until the study has search.n_trials counted trials; one of
+    `local_workers` processes on this machine (for its torch threads)."""
     search = cfg.search
     dataset = cfg.dataset.name
     if cfg.variant.name != variant:  # variant=all: this variant's own config
         with open_dict(cfg):
             cfg.variant = OmegaConf.load(project_root() / "conf" / "variant" / f"{variant}.yaml")
     space = search_space(search.space)
-    storage = open_storage(search.storage)
-    target, beat = int(search.n_trials), float(search.heartbeat_seconds)
+    with open_dict(cfg):  # train.threads: auto -> this worker's share of the cores
+        cfg.train.threads = torch_threads(cfg.train.get("threads"), local_workers)
+    storage = open_storage(search.storage, heartbeat_seconds=float(search.heartbeat_seconds))
+    liveness = Liveness(storage, float(search.heartbeat_seconds))
+    target, beat = int(search.n_trials), liveness.interval
     study = open_study(storage, dataset, variant, seed=int(cfg.seed))
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
     started, done_here = time.time(), 0
     while True:
-        fail_dead_trials(study, beat)
+        liveness.fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         counted = sum(counts(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -309,9 +292,15 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None) -> Non
         if counted + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
             continue
-        trial = study.ask(space)
+        with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask(space)
         try:
-            result = run_trial(study, trial, cfg, data, out_root / f"trial_{trial.number:04d}", target, beat)
+            with liveness.alive(study, trial.number):  # from the start: a trial without beats looks dead
+                result = run_trial(study, trial, cfg, data, out_root / f"trial_{trial.number:04d}", target, liveness)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale before it began: its retry runs it
+            print(f"{tag} trial {trial.number} was taken for dead before it began; its retry runs it", flush=True)
+            continue
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the trial is lost, not counted
             release(study, trial, f"stopped: {type(error).__name__}")
             raise
@@ -333,20 +322,66 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _worker_process(cfg_container: dict, variant: str, worker: int) -> None:
-    """Entry point of a worker process: one torch thread; SIGTERM stops it like Ctrl-C."""
-    import torch
-
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
+    """Entry point of a worker process; SIGTERM stops it like Ctrl-C (its trial is released)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        run_worker(OmegaConf.create(cfg_container), variant, worker)
+        run_worker(OmegaConf.create(cfg_container), variant, worker, local_workers=workers)
     except KeyboardInterrupt:
         pass
     except UserError as error:
         print(f"[worker {worker}] error: {error}", flush=True)
         raise SystemExit(2)
+
+
+def _ending(process) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _stop(processes, grace: float = 5.0) -> None:
+    """SIGTERM every worker (each releases its trial), then SIGKILL what is left after `grace`."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.time() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.time()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def run_processes(cfg: DictConfig, variant: str, workers: int) -> list[str]:
+    """`workers` worker processes on one study; returns a line for each that died."""
+    context = multiprocessing.get_context("spawn")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    processes = [context.Process(target=_worker_process, args=(container, variant, k, workers), daemon=False)
+                 for k in range(workers)]
+    died = []
+    try:
+        for process in processes:
+            process.start()
+        waiting = list(processes)
+        while waiting:
+            multiprocessing.connection.wait([p.sentinel for p in waiting], timeout=1.0)
+            for process in [p for p in waiting if not p.is_alive()]:
+                waiting.remove(process)
+                process.join()
+                if process.exitcode != 0:
+                    died.append(f"worker {processes.index(process)} (pid {process.pid}) {_ending(process)}")
+                    print(f"odyssey sweep: {died[-1]}; the other workers go on", file=sys.stderr, flush=True)
+    except BaseException:  # Ctrl-C, SIGTERM: stop every worker within seconds
+        _stop(processes)
+        raise
+    return died
 
 
 def sweep(cfg: DictConfig) -> list[str]:
@@ -367,13 +402,13 @@ def sweep(cfg: DictConfig) -> list[str]:
     workers = int(search.workers)
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
-    if (launched := launch(cfg, variants)) is not None:  # search.launcher=slurm: an array job
-        return launched
+    torch_threads(cfg.train.get("threads"))  # a bad train.threads fails here, before any work
+    workers = cap_workers(workers)
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
-    names = []
+    names, died, without_complete = [], [], []
     for name in variants:
         study = open_study(storage, cfg.dataset.name, name, seed=0)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
@@ -381,20 +416,8 @@ def sweep(cfg: DictConfig) -> list[str]:
         if workers == 1:
             run_worker(cfg.copy(), name, 0, data=data)
         else:
-            context = multiprocessing.get_context("spawn")
-            container = OmegaConf.to_container(cfg, resolve=True)
-            processes = [context.Process(target=_worker_process, args=(container, name, k)) for k in range(workers)]
-            for process in processes:
-                process.start()
-            try:
-                for process in processes:
-                    process.join()
-            except KeyboardInterrupt:
-                for process in processes:
-                    process.terminate()
-                for process in processes:
-                    process.join()
-                raise
+            died += run_processes(cfg, name, workers)
+            Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)  # a dead worker's trial
         study = open_study(storage, cfg.dataset.name, name, seed=0)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -403,5 +426,15 @@ def sweep(cfg: DictConfig) -> list[str]:
               f"({len(complete)} complete, {sum(counts(t) for t in trials) - len(complete)} diverged)"
               + (f", best val {best.value:.4f} / test {best.user_attrs.get('test_metric'):.4f}" if best else ""),
               flush=True)
+        if not complete:
+            without_complete.append(study.study_name)
         names.append(study.study_name)
+    if died:
+        print(f"odyssey sweep: error: {len(died)} worker(s) died: {'; '.join(died)}. Finished trials are kept; "
+              "run the same command to top the studies up.", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_WORKER_DIED)
+    if without_complete:
+        print(f"odyssey sweep: no trial completed in {', '.join(without_complete)} (every trial diverged or was "
+              "lost); try a smaller search.space.learning_rate range.", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_NO_COMPLETE)
     return names

@@ -1,0 +1,190 @@
+"""Load test of the sweep's storage layer: many concurrent stub workers on one study.
+
+    .venv/bin/python scripts/load_test.py                      # 64 workers, PostgreSQL and journal
+    .venv/bin/python scripts/load_test.py --workers 16 --trials 64 --storages journal
+    .venv/bin/python scripts/load_test.py --url postgresql://user@host/db   # a storage of yours
+
+Every worker is the sweep's own loop (harness.sweep.run_worker: liveness checks, ask,
+surplus check, heartbeats, tell) in a process of its own, with the training replaced by a
+stub that sleeps `--sleep` seconds and returns a value known from the parameters. Before the
+workers start, `--enqueue` trials are enqueued with given parameters. Afterwards the study is
+read back and checked: exactly `--trials` trials counted, no trial lost or left RUNNING or
+WAITING, no trial trained twice, every counted trial's value the one its parameters give,
+every enqueued trial run exactly once. Prints a table and writes JSON to
+results/load_test/load_test_<time>.json. For PostgreSQL without --url the script starts a
+server of its own (tests/postgres_server.py: Debian's postgresql, initdb + pg_ctl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def known_value(params: dict) -> float:
+    """The stub's validation metric: a fixed function of the parameters."""
+    return math.log10(params["learning_rate"]) + params["hidden_size"] / 1000.0 + params["input_noise_std"]
+
+
+def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_dir: str):
+    import harness.sweep as sweep
+    from omegaconf import OmegaConf
+
+    trained = open(os.path.join(log_dir, f"worker_{worker}.txt"), "w")
+
+    def stub_train(trial_cfg, data=None, out_dir=None, log=None, on_epoch=None):
+        params = {"learning_rate": float(trial_cfg.learning_rate), "hidden_size": int(trial_cfg.hidden_size),
+                  "input_noise_std": float(trial_cfg.input_noise_std)}
+        trained.write(f"{out_dir.name}\n")
+        trained.flush()
+        time.sleep(sleep)
+        value = known_value(params)
+        on_epoch(1, value)
+        return {"val_metric": value, "test_metric": value, "n_params": 1, "seconds": sleep, "epochs": 1,
+                "best_epoch": 1, "failure": None}
+
+    sweep.train = stub_train
+    cfg = OmegaConf.create(cfg_container)
+    sys.stdout = open(os.devnull, "w")  # one progress line a trial and worker: too many to show
+    sweep.run_worker(cfg, "vanilla", worker, data="stub", local_workers=workers)
+
+
+def _config(url: str, n_trials: int, heartbeat: float) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "command=sweep", "dataset=jsb_chorales", "variant=vanilla", f"search.storage={url}",
+            f"search.n_trials={n_trials}", f"search.heartbeat_seconds={heartbeat}"])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep: float, heartbeat: float) -> dict:
+    """Run the workers on the storage at `url` and check the study; the figures as a dict."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from harness.storage import create_study, open_storage
+    from harness.sweep import counts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    study = create_study(storage, study_name="jsb_chorales.vanilla", direction="minimize")
+    enqueued = []
+    for k in range(n_enqueue):
+        params = {"hidden_size": 20 + k, "learning_rate": 1e-4, "one_minus_momentum": 0.1,
+                  "input_noise_std": k / max(1, n_enqueue)}
+        study.enqueue_trial(params, user_attrs={"enqueued": k})
+        enqueued.append(params)
+    log_dir = tempfile.mkdtemp(prefix="odyssey-load-")
+    context = multiprocessing.get_context("fork")  # workers share the imported modules' pages
+    import harness.sweep  # noqa: F401 (imported once, before the fork)
+
+    cfg = _config(url, n_trials, heartbeat)
+    processes = [context.Process(target=_worker, args=(cfg, sleep, k, workers, log_dir))
+                 for k in range(workers)]
+    started = time.time()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    wall = time.time() - started
+
+    trials = optuna.load_study(study_name="jsb_chorales.vanilla", storage=open_storage(url)).get_trials()
+    trained = []
+    for k in range(workers):
+        trained += [int(line.split("_")[1]) for line in open(os.path.join(log_dir, f"worker_{k}.txt")).read().split()]
+    counted = [t for t in trials if counts(t)]
+    by_state = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    wrong_values = [t.number for t in counted if t.state == TrialState.COMPLETE
+                    and not math.isclose(t.value, known_value(t.params), rel_tol=1e-12, abs_tol=1e-12)]
+    enqueued_runs = [sum(1 for t in counted if t.user_attrs.get("enqueued") == k
+                         and all(math.isclose(t.params[p], v) for p, v in enqueued[k].items()))
+                     for k in range(n_enqueue)]
+    # No worker dies here, so a trial failed as stale was taken for dead while it ran (a heartbeat
+    # too short for the load); its result must still be kept, and its retry must not run again.
+    taken_for_dead = [t.number for t in trials if t.state == TrialState.FAIL
+                      and not t.user_attrs.get("surplus") and not t.user_attrs.get("lost")]
+    kept = {t.number for t in trials if t.state == TrialState.COMPLETE}
+    kept |= {t.user_attrs["late_result_of"] for t in trials if "late_result_of" in t.user_attrs}
+    retries = {t.number for t in trials if "failed_trial" in t.system_attrs}
+    result = {
+        "storage": kind, "workers": workers, "n_trials": n_trials, "enqueued": n_enqueue, "sleep_s": sleep,
+        "wall_s": round(wall, 2), "trials_per_s": round(len(counted) / wall, 2),
+        "ideal_trials_per_s": round(workers / sleep, 2),
+        "overhead_s_per_trial": round(max(0.0, wall * workers / max(1, len(counted)) - sleep), 4),
+        "counted": len(counted), "states": by_state, "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
+        "taken_for_dead": len(taken_for_dead), "lost": len(set(trained) - kept),
+        "trained_twice": len(trained) - len(set(trained)) + len(retries & set(trained)),
+        "counted_not_trained_once": sum(trained.count(t.number) + ("late_result_of" in t.user_attrs) != 1
+                                        for t in counted),
+        "wrong_values": len(wrong_values), "enqueued_not_run_once": sum(n != 1 for n in enqueued_runs),
+        "worker_exit_codes": sorted({p.exitcode for p in processes}),
+    }
+    result["ok"] = (result["counted"] == n_trials and not result["lost"] and not result["trained_twice"]
+                    and not result["counted_not_trained_once"] and not result["wrong_values"]
+                    and not result["enqueued_not_run_once"] and by_state["RUNNING"] == 0
+                    and by_state["WAITING"] == 0 and result["worker_exit_codes"] == [0])
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=None, help="n_trials (default: 8 a worker)")
+    parser.add_argument("--enqueue", type=int, default=32)
+    parser.add_argument("--sleep", type=float, default=0.5, help="seconds a stub trial takes")
+    parser.add_argument("--heartbeat", type=float, default=10.0, help="search.heartbeat_seconds")
+    parser.add_argument("--storages", default="postgresql,journal")
+    parser.add_argument("--url", default=None, help="use this storage (must hold no study yet) instead")
+    parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
+    args = parser.parse_args(argv)
+    n_trials = args.trials or 8 * args.workers
+    results, servers = [], []
+    try:
+        targets = [(args.url.split(":")[0], args.url)] if args.url else []
+        for kind in ([] if args.url else args.storages.split(",")):
+            if kind == "journal":
+                targets.append((kind, f"journal:{tempfile.mkdtemp(prefix='odyssey-load-')}/load.log"))
+            elif kind == "postgresql":
+                from postgres_server import PostgresServer
+
+                servers.append(PostgresServer())
+                targets.append((kind, servers[-1].database()))
+            else:
+                raise SystemExit(f"unknown storage kind {kind!r}: use postgresql and/or journal")
+        for kind, url in targets:
+            print(f"[load] {kind}: {args.workers} workers, {n_trials} trials ({args.enqueue} enqueued), "
+                  f"{args.sleep} s a trial", flush=True)
+            results.append(run(url, kind, args.workers, n_trials, args.enqueue, args.sleep, args.heartbeat))
+    finally:
+        for server in servers:
+            server.stop()
+    columns = ("storage", "workers", "counted", "wall_s", "trials_per_s", "ideal_trials_per_s",
+               "overhead_s_per_trial", "surplus", "taken_for_dead", "lost", "trained_twice",
+               "enqueued_not_run_once", "ok")
+    print(" | ".join(columns))
+    for result in results:
+        print(" | ".join(str(result[c]) for c in columns))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"load_test_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"cores": len(os.sched_getaffinity(0)), "results": results}, indent=2))
+    print(f"[load] {path}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

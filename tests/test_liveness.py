@@ -1,0 +1,209 @@
+"""Liveness of sweep workers (harness.storage.Liveness, harness.sweep): dead and silent workers'
+trials are failed and retried, a trial wrongly taken for dead keeps its result, concurrent
+starts on an empty storage, workers and cores, SIGTERM, a worker that dies, exit statuses."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+import harness.sweep as sweep_module
+from harness.resources import cores, torch_threads
+from harness.storage import WORKER_ATTR, Liveness, create_study, open_storage
+from harness.sweep import EXIT_WORKER_DIED, counts, run_worker
+from storage_race import race_on_empty_storage
+from test_sweep import finish, odyssey, study_trials, tiny_music
+
+
+def storage_url(tmp_path, kind):
+    return f"journal:{tmp_path}/s.log" if kind == "journal" else f"sqlite:///{tmp_path}/s.db"
+
+
+def stub_result(value):
+    return {"val_metric": value, "test_metric": value + 1.0, "n_params": 10, "seconds": 0.1,
+            "epochs": 1, "best_epoch": 1, "failure": None}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_dead_or_silent_worker_is_failed_and_its_trial_retried(tmp_path, kind):
+    url = storage_url(tmp_path, kind)
+    storage = open_storage(url, heartbeat_seconds=1)
+    liveness = Liveness(storage, 1)
+    study = create_study(storage, study_name="x.vanilla")
+    x = FloatDistribution(0.0, 1.0)
+    trial = study.ask({"x": x})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    trial_id = liveness.trial_id(study, trial.number)
+    storage.set_trial_system_attr(trial_id, WORKER_ATTR, {"host": os.uname().nodename, "pid": dead.pid,
+                                                         "trial": trial.number})
+    assert liveness.fail_stale(study) == [0]
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL and not counts(first)
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    # the retry runs next, with the same parameters; its inherited worker attribute is not its own
+    again = study.ask({"x": x})
+    assert again.number == 1 and again.params == first.params
+    assert liveness.fail_stale(study) == []
+    # a live worker that beats is left alone, one silent for more than twice the beat is not
+    with liveness.alive(study, again.number):
+        time.sleep(2.5 * liveness.interval)
+        assert liveness.fail_stale(study) == []
+    time.sleep(3.5 * liveness.interval)  # SQLite keeps the heartbeat's time in whole seconds
+    assert liveness.fail_stale(study) == [1]
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_trial_taken_for_dead_keeps_its_result(tmp_path, kind, compose_config, monkeypatch):
+    """heartbeat_seconds=1 and a worker that stops beating while it trains (as a stopped or
+    overloaded machine would): another worker fails the trial and enqueues a retry; when the
+    training ends, its result goes into the retry, which therefore never runs again."""
+    url = storage_url(tmp_path, kind)
+    cfg = compose_config([f"search.storage={url}", "search.n_trials=2", "search.heartbeat_seconds=1"],
+                         command="sweep")
+    values = iter([0.25, 0.5, 0.75])
+    calls = []
+
+    def silent_beat(self, trial_id, number):  # this worker's heartbeats stop reaching the storage
+        if getattr(self, "mute", False):
+            return
+        original_beat(self, trial_id, number)
+
+    original_beat = Liveness._beat
+    monkeypatch.setattr(Liveness, "_beat", silent_beat)
+
+    def stub_train(trial_cfg, data=None, out_dir=None, log=None, on_epoch=None):
+        calls.append(trial_cfg.seed)
+        value = next(values)
+        if len(calls) == 1:  # the first training: go silent, and be judged by another worker
+            Liveness.mute = True
+            time.sleep(3.5)  # more than the grace period of 2 s (SQLite: whole seconds)
+            other = Liveness(open_storage(url, heartbeat_seconds=1), 1)
+            other_study = optuna.load_study(study_name="jsb_chorales.vanilla", storage=other.storage)
+            assert other.fail_stale(other_study) == [0]
+            Liveness.mute = False
+        on_epoch(1, value)  # reporting to a trial failed meanwhile must not end the training
+        return stub_result(value)
+
+    monkeypatch.setattr(sweep_module, "train", stub_train)
+    monkeypatch.setattr(Liveness, "mute", False, raising=False)
+    run_worker(cfg, "vanilla", data="stub")
+    _, trials = study_trials(url, "jsb_chorales.vanilla")
+    assert len(calls) == 2  # the retry was not trained again
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].value == 0.25 and trials[1].user_attrs["late_result_of"] == 0
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["test_metric"] == 1.25
+    assert trials[2].value == 0.5
+    assert sum(counts(t) for t in trials) == 2
+
+
+def test_a_late_result_whose_retry_runs_elsewhere_is_recorded_as_a_duplicate(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/d.db", heartbeat_seconds=1)
+    liveness = Liveness(storage, 1)
+    study = create_study(storage, study_name="x.vanilla")
+    trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
+    storage.set_trial_state_values(liveness.trial_id(study, 0), TrialState.FAIL)
+    liveness.retry(study, study.get_trials()[0])
+    elsewhere = study.ask()  # another worker took the retry
+    assert elsewhere.number == 1
+    assert liveness.keep_late_result(study, 0, TrialState.COMPLETE, 0.5, {"test_metric": 0.6}) is None
+    first, retry, late = study.get_trials()
+    assert retry.state == TrialState.RUNNING
+    assert late.state == TrialState.COMPLETE and late.value == 0.5 and late.params == trial.params
+    assert late.user_attrs == {"test_metric": 0.6, "late_result_of": 0, "duplicate_of": 1}
+    assert not counts(late)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_processes_opening_an_empty_storage_at_the_same_moment_all_succeed(tmp_path, kind):
+    race_on_empty_storage(storage_url(tmp_path, kind))
+
+
+def test_threads_per_worker_share_the_cores(tmp_path, compose_config, monkeypatch):
+    n = len(os.sched_getaffinity(0))
+    assert cores() == n
+    assert torch_threads("auto", 1) == n and torch_threads(None, 2) == max(1, n // 2)
+    assert torch_threads("auto", 10 * n) == 1 and torch_threads(3, 2) == 3
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(Exception, match="train.threads"):
+            torch_threads(bad, 1)
+    seen = []
+    monkeypatch.setattr(sweep_module, "train", lambda c, **k: seen.append(c.train.threads) or stub_result(0.1))
+    cfg = compose_config([f"search.storage=sqlite:///{tmp_path}/t.db", "search.n_trials=1", "train.threads=auto"],
+                         command="sweep")
+    run_worker(cfg, "vanilla", data="stub", local_workers=2)
+    assert seen == [max(1, n // 2)]
+
+
+def _sweep_args(conf, url, *extra):
+    return ("sweep", "--config-dir", str(conf), "dataset=tiny", "variant=vanilla", f"search.storage={url}",
+            "search.heartbeat_seconds=2", *extra)
+
+
+def wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = predicate()
+        except Exception:
+            found = None
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_worker_and_leaves_no_running_trial(tmp_path):
+    """More workers than cores are capped with a warning; SIGTERM to the sweep stops them all
+    within seconds, each trial released as lost."""
+    conf = tiny_music(tmp_path)
+    url = f"sqlite:///{tmp_path}/term.db"
+    workers = cores() + 2
+    process = odyssey(*_sweep_args(conf, url, f"search.workers={workers}", "search.n_trials=50",
+                                   "max_epochs=100000", "patience=100000"))
+    wait_for(lambda: len(study_trials(url, "tiny.vanilla")[1]) >= min(2, cores()))
+    time.sleep(1.0)
+    started = time.time()
+    process.send_signal(signal.SIGTERM)
+    code, out, err = finish(process, timeout=60)
+    assert time.time() - started < 10, err
+    assert code == 130, err
+    assert f"search.workers={workers} is more than the {cores()} cores" in err
+    _, trials = study_trials(url, "tiny.vanilla")
+    assert trials and not any(t.state == TrialState.RUNNING for t in trials)
+    assert all(t.state == TrialState.FAIL and "stopped" in t.user_attrs["lost"] for t in trials)
+    assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in trials}) <= cores()
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_reported_and_the_study_still_ends_right(tmp_path):
+    conf = tiny_music(tmp_path)
+    url = f"sqlite:///{tmp_path}/died.db"
+    process = odyssey(*_sweep_args(conf, url, "search.workers=2", "search.n_trials=6", "max_epochs=3"))
+
+    def running_worker():
+        trials = study_trials(url, "tiny.vanilla")[1]
+        return next((t.system_attrs[WORKER_ATTR]["pid"] for t in trials
+                     if t.state == TrialState.RUNNING and WORKER_ATTR in t.system_attrs), None)
+
+    victim = wait_for(running_worker)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(process, timeout=600)
+    assert code == EXIT_WORKER_DIED, err
+    assert f"(pid {victim}) was killed by signal SIGKILL" in err
+    _, trials = study_trials(url, "tiny.vanilla")
+    assert sum(counts(t) for t in trials) == 6
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    killed = [t for t in trials if t.system_attrs.get(WORKER_ATTR, {}).get("pid") == victim
+              and t.state == TrialState.FAIL]
+    assert killed, "the killed worker's trial is failed"
