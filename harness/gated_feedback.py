@@ -72,28 +72,61 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
     through time (the equations in the module docstring; `GatedFeedbackRNN._forward_autograd`
     is the same computation through autograd, the reference of the tests).
 
-    Inputs, with K = G N + L + N the rows a layer gets from below (the G unit-wise gates, the
-    L global gates, the candidate): x (T, B, M); W_first (K, M) and b_first (K) of layer 1;
-    W_upper (L-1, K, N) and b_upper (L-1, K) of layers 2..L; R (L, G N, N) the gates' weights
-    on the layer's own state; u_g (L, L, L N), [i, j] = u_g^{i->j}; feedback (L, L N, N):
-    [U^{1->j} ... U^{L->j}] transposed; fixed (L, B, L)
-    fixed global gates [j, b, i] or None; lstm: GF-LSTM (True) or GF-GRU; concat: output
-    all layers. Returns (T, B, L N) or (T, B, N).
+    Inputs: x (T, B, M); feedback (L, L, N, N), [i, j] = U^{i->j}; global_gate_recurrent
+    (L, L, L N), [i, j] = u_g^{i->j}; fixed (L, B, L) fixed global gates [j, b, i] or None;
+    lstm: GF-LSTM (True) or GF-GRU; concat: output all layers; then the parameters of each
+    layer as `GatedFeedbackRNN` stores them: weight_below[1..L], bias[1..L],
+    weight_recurrent[1..L]. Returns (T, B, L N) or (T, B, N).
 
-    As in harness.cells: per-step views made once (`_steps`, `unbind`), results written in
-    place (`out=`), and the weight gradients one product each after the backward loop. The
-    same equations run compiled from harness/kernels/gated_feedback.cpp when it could be
-    built (these Python loops remain the reference and the fallback; the tests compare them).
+    It runs compiled from harness/kernels/gated_feedback.cpp when that could be built, else
+    the Python loops below (`python_forward`, `python_backward`: the reference and the
+    fallback; the tests compare the two), which take the layers fused (`fused_weights`).
     """
 
     @staticmethod
-    def forward(ctx, x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat):
-        ctx.lstm, ctx.concat = lstm, concat
+    def forward(ctx, x, feedback, global_gate_recurrent, fixed, lstm, concat, *layers):
+        L = feedback.shape[0]
+        weight_below, bias, weight_recurrent = layers[:L], layers[L : 2 * L], layers[2 * L :]
+        ctx.lstm, ctx.concat, ctx.layers = lstm, concat, L
         ctx.compiled = compiled = kernels.gated_feedback()
         if compiled is not None:  # the same loops in C++ (harness/kernels/gated_feedback.cpp)
-            y, *saved = compiled.forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
-            ctx.save_for_backward(x, W_first, W_upper, fixed, *saved)
+            y, *saved = compiled.forward(x, weight_below, bias, weight_recurrent, feedback, global_gate_recurrent,
+                                         fixed, lstm, concat)
+            ctx.save_for_backward(x, fixed, *weight_below, *saved)
             return y
+        W_first, b_first, W_upper, b_upper, R, fused_feedback = fused_weights(weight_below, bias, weight_recurrent,
+                                                                              feedback)
+        return GatedFeedbackRecurrence.python_forward(ctx, x, W_first, b_first, W_upper, b_upper, R,
+                                                      global_gate_recurrent, fused_feedback, fixed, lstm, concat)
+
+    @staticmethod
+    def backward(ctx, dY):
+        L = ctx.layers
+        if ctx.compiled is not None:
+            x, fixed, *rest = ctx.saved_tensors
+            dx, d_feedback, d_global, *d_layers = ctx.compiled.backward(
+                dY, x, rest[:L], fixed, *rest[L:], ctx.lstm, ctx.concat, ctx.needs_input_grad[0])
+        else:
+            dx, dW_first, db_first, dW_upper, db_upper, dR, d_global, d_fused = GatedFeedbackRecurrence.python_backward(
+                ctx, dY)
+            G_N = dR.shape[1]
+            d_bias = [torch.cat((d[:G_N], d[G_N + L :])) for d in (db_first, *db_upper)]
+            d_layers = [dW_first, *dW_upper, *d_bias, *dR]
+            N = dR.shape[2]
+            d_feedback = d_fused.view(L, L, N, N).permute(1, 0, 3, 2)  # back to [i, j] = U^{i->j}
+        return (dx if ctx.needs_input_grad[0] else None, d_feedback, d_global, None, None, None, *d_layers)
+
+    @staticmethod
+    def python_forward(ctx, x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat):
+        """The Python loops, on the fused weights: K = G N + L + N the rows a layer gets
+        from below (the G unit-wise gates, the L global gates, the candidate); W_first (K, M)
+        and b_first (K) of layer 1; W_upper (L-1, K, N) and b_upper (L-1, K) of layers 2..L;
+        R (L, G N, N) the gates' weights on the layer's own state; u_g (L, L, L N), [i, j] =
+        u_g^{i->j}; feedback (L, L N, N): [U^{1->j} ... U^{L->j}] transposed.
+
+        As in harness.cells: per-step views made once (`_steps`, `unbind`), results written
+        in place (`out=`), and the weight gradients one product each after the backward loop.
+        """
         T, B, M = x.shape
         L, LN, N = feedback.shape
         K = W_first.shape[0]
@@ -158,12 +191,8 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
         return outputs.clone() if concat else outputs[..., (L - 1) * N :].clone()
 
     @staticmethod
-    def backward(ctx, dY):
-        if ctx.compiled is not None:
-            x, W_first, W_upper, fixed, *saved = ctx.saved_tensors
-            grads = ctx.compiled.backward(dY, x, W_first, W_upper, fixed, *saved, ctx.lstm, ctx.concat,
-                                          ctx.needs_input_grad[0])
-            return (grads[0] if ctx.needs_input_grad[0] else None, *grads[1:], None, None, None)
+    def python_backward(ctx, dY):
+        """The Python loops backward: the gradients of python_forward's x and weights."""
         (x, W_first, W_upper, recurrent, feedback, fixed, pre, states, cells, cell_out,
          scaled, fed_back, step) = ctx.saved_tensors
         lstm = ctx.lstm
@@ -247,7 +276,19 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
         d_u_g = d_u_g.view(L, L, LN).transpose(0, 1)  # [j, i] -> [i, j]
         d_feedback = torch.bmm(scaled.permute(2, 3, 0, 1).reshape(L, LN, T * B),
                                d_fed_back.permute(2, 0, 1, 3).reshape(L, T * B, N))
-        return dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback, None, None, None
+        return dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback
+
+
+def fused_weights(weight_below, bias, weight_recurrent, feedback):
+    """The layers' parameters as `GatedFeedbackRecurrence.python_forward` takes them:
+    W_first, b_first, W_upper, b_upper (the biases with 0 for the global gates, which have
+    none), R and the feedback (L, L N, N), [j] = [U^{1->j} ... U^{L->j}]^T."""
+    L, _, N, _ = feedback.shape
+    G_N = weight_recurrent[0].shape[0]
+    zeros = bias[0].new_zeros(L)
+    full_bias = [torch.cat((b[:G_N], zeros, b[G_N:])) for b in bias]
+    return (weight_below[0], full_bias[0], torch.stack(tuple(weight_below[1:])), torch.stack(full_bias[1:]),
+            torch.stack(tuple(weight_recurrent)), feedback.permute(1, 0, 3, 2).reshape(L, L * N, N))
 
 
 class GatedFeedbackRNN(nn.Module):
@@ -309,11 +350,9 @@ class GatedFeedbackRNN(nn.Module):
         return self.fixed_global_gates.to(dtype).t().unsqueeze(1).expand(L, batch, L).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feedback, bias = self._step_weights()
         return GatedFeedbackRecurrence.apply(
-            x, self.weight_below[0], bias[0], torch.stack(tuple(self.weight_below[1:])), torch.stack(bias[1:]),
-            torch.stack(tuple(self.weight_recurrent)), self.global_gate_recurrent, feedback,
-            self._fixed_gates(x.shape[1], x.dtype), self.cell == "gfrnn", self.concat_layers)
+            x, self.feedback, self.global_gate_recurrent, self._fixed_gates(x.shape[1], x.dtype),
+            self.cell == "gfrnn", self.concat_layers, *self.weight_below, *self.bias, *self.weight_recurrent)
 
     def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The same computation as `forward` through autograd: the reference of the tests."""

@@ -13,7 +13,7 @@ from harness import kernels
 from harness.cells import make_layer
 from harness.datasets import DataSplits, load_dataset
 from harness.errors import UserError
-from harness.gated_feedback import GatedFeedbackRecurrence, GatedFeedbackRNN
+from harness.gated_feedback import GatedFeedbackRNN
 from harness.networks import SequenceNetwork, count_parameters
 from harness.train import train
 
@@ -244,23 +244,25 @@ def test_compiled_loops_equal_the_python_loops(compiled_loops, monkeypatch, dtyp
 
 @pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
 def test_plain_functions_without_autograd(compiled_loops, monkeypatch, variant):
-    """forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
-    -> [y, *saved] and backward(dY, x, W_first, W_upper, fixed, *saved, lstm, concat, need_dx)
-    -> the gradients of the eight tensors (the kernels module docstring), called directly,
-    against GatedFeedbackRecurrence's Python loops."""
+    """forward(x, weight_below, bias, weight_recurrent, feedback, global_gate_recurrent, fixed,
+    lstm, concat) -> [y, *saved] and backward(dY, x, weight_below, fixed, *saved, lstm, concat,
+    need_dx) -> [dx, d feedback, d global_gate_recurrent, d weight_below..., d bias...,
+    d weight_recurrent...] (the kernels module docstring), called directly on the module's
+    parameters, against autograd of the Python loops."""
     stack = random_stack(variant, seed=3, concat_layers=True)
     x = torch.randn(T, B, M, requires_grad=True)
     dY = torch.randn(T, B, stack.output_size)
-    feedback, bias = stack._step_weights()
-    weights = [stack.weight_below[0], bias[0], torch.stack(tuple(stack.weight_below[1:])), torch.stack(bias[1:]),
-               torch.stack(tuple(stack.weight_recurrent)), stack.global_gate_recurrent, feedback]
-    lstm = variant == "gfrnn"
+    parameters = [stack.feedback, stack.global_gate_recurrent, *stack.weight_below, *stack.bias,
+                  *stack.weight_recurrent]
     monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")
-    expected = torch.autograd.grad(GatedFeedbackRecurrence.apply(x, *weights, None, lstm, True), [x, *weights], dY)
+    expected = torch.autograd.grad(stack(x), [x, *parameters], dY)
+    lstm = variant == "gfrnn"
     with torch.no_grad():
-        plain = [w.detach() for w in weights]
-        y, *saved = compiled_loops.forward(x.detach(), *plain, None, lstm, True)
-        grads = compiled_loops.backward(dY, x.detach(), plain[0], plain[2], None, *saved, lstm, True, True)
+        below = [w.detach() for w in stack.weight_below]
+        y, *saved = compiled_loops.forward(x.detach(), below, [b.detach() for b in stack.bias],
+                                           [w.detach() for w in stack.weight_recurrent], stack.feedback.detach(),
+                                           stack.global_gate_recurrent.detach(), None, lstm, True)
+        grads = compiled_loops.backward(dY, x.detach(), below, None, *saved, lstm, True, True)
     assert torch.allclose(y, stack._forward_autograd(x), atol=1e-12, rtol=0)
     assert len(grads) == len(expected)
     for ours, reference in zip(grads, expected):

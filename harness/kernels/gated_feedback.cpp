@@ -140,18 +140,16 @@ void gru_backward_row(int64_t N, const T* __restrict z_in, const T* __restrict r
 }
 
 template <typename T, bool lstm>
-void forward_loop(const Shape& s, const Tensor& A0, const Tensor& W_upper, const Tensor& b_upper,
-                  const Tensor& big, const T* fixed, Tensor& act, Tensor& P, Tensor& states, Tensor& aux1,
-                  Tensor& aux2) {
+void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& below_t,
+                  const std::vector<Tensor>& bias, const Tensor& big, const T* fixed, Tensor& act, Tensor& P,
+                  Tensor& states, Tensor& aux1, Tensor& aux2) {
   const int64_t B = s.B, L = s.L, N = s.N, K = s.K, C = s.C, GN = s.GN(), LL = s.LL();
   Tensor below = at::empty({B, K}, A0.options());  // layer j's pre-activation from below, j > 1
   Tensor fb_scratch = at::empty({N}, A0.options());
-  const auto W_upper_t = W_upper.transpose(1, 2).contiguous().unbind(0);  // (N, K) each
   const auto big_s = big.unbind(0);
   std::vector<std::vector<Tensor>> state_layers, P_layers;
   for (const auto& st : states.unbind(0)) state_layers.push_back(st.unbind(0));
   for (const auto& p : P.unbind(0)) P_layers.push_back(p.unbind(0));
-  const T* BU = b_upper.data_ptr<T>();
   const T* A = A0.data_ptr<T>();
   T* BELOW = below.data_ptr<T>();
   T* ACT = act.data_ptr<T>();
@@ -168,8 +166,8 @@ void forward_loop(const Shape& s, const Tensor& A0, const Tensor& W_upper, const
     for (int64_t j = 0; j < L; ++j) {
       const T* pre_rows = A + t * B * K;
       if (j > 0) {  // b_j + W_j h_t^{j-1}
-        for (int64_t b = 0; b < B; ++b) std::memcpy(BELOW + b * K, BU + (j - 1) * K, sizeof(T) * K);
-        product<T>(state_layers[t + 1][j - 1], W_upper_t[j - 1], below, true);
+        for (int64_t b = 0; b < B; ++b) std::memcpy(BELOW + b * K, bias[j].data_ptr<T>(), sizeof(T) * K);
+        product<T>(state_layers[t + 1][j - 1], below_t[j], below, true);
         pre_rows = BELOW;
       }
       for (int64_t b = 0; b < B; ++b) {
@@ -201,7 +199,7 @@ void forward_loop(const Shape& s, const Tensor& A0, const Tensor& W_upper, const
 }
 
 template <typename T, bool lstm>
-void backward_loop(const Shape& s, const Tensor& dY, bool concat, const Tensor& W_upper, const Tensor& big,
+void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vector<Tensor>& W_below, const Tensor& big,
                    const T* fixed, const Tensor& act, const Tensor& P, const Tensor& states, const Tensor& aux1,
                    const Tensor& aux2, Tensor& dA, Tensor& dP) {
   const int64_t B = s.B, L = s.L, N = s.N, K = s.K, C = s.C, GN = s.GN(), LL = s.LL();
@@ -211,7 +209,6 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const Tensor& 
   Tensor dc = at::zeros({L, B, N}, dY.options());  // GF-LSTM: d loss / d c*_t through step t + 1
   Tensor d_fb_scratch = at::empty({N}, dY.options());
   const auto big_t = big.transpose(1, 2).contiguous().unbind(0);  // (C, N) each
-  const auto W_up = W_upper.unbind(0);
   const auto dh_layers = dh.unbind(0);
   const auto dh_next_layers = dh_next.unbind(0);
   std::vector<std::vector<Tensor>> dA_layers, dP_layers;
@@ -262,71 +259,91 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const Tensor& 
           scaled_copy<T>(N, g, DFB, dPt + (i * B + b) * C + GN + LL + j * N);  // d V^{i->j}
         }
       }
-      if (j > 0) product<T>(dA_layers[t][j], W_up[j - 1], dh_layers[j - 1], true);
+      if (j > 0) product<T>(dA_layers[t][j], W_below[j], dh_layers[j - 1], true);
     }
     // d loss / d h*_{t-1}: the direct path (GF-GRU, written above) and everything through P
     for (int64_t src = 0; src < L; ++src) product<T>(dP_layers[t][src], big_t[src], dh_next_layers[src], !lstm);
   }
 }
 
-Shape shape_of(const Tensor& x, const Tensor& W_first, const Tensor& feedback, bool lstm) {
+Shape shape_of(const Tensor& x, const Tensor& feedback, bool lstm) {
   Shape s;
   s.steps = x.size(0);
   s.B = x.size(1);
   s.L = feedback.size(0);
   s.N = feedback.size(2);
   s.G = lstm ? 3 : 2;
-  s.K = W_first.size(0);
+  s.K = s.G * s.N + s.L + s.N;
   s.C = s.G * s.N + s.L * s.L + s.L * s.N;
-  TORCH_CHECK(s.K == s.G * s.N + s.L + s.N, "gated_feedback: W_first has ", s.K, " rows, expected ",
-              s.G * s.N + s.L + s.N);
   return s;
+}
+
+// (G + 1) N biases -> K, with zeros for the global gates (which have none)
+Tensor full_bias(const Tensor& bias, int64_t GN, int64_t L) {
+  return at::cat({bias.narrow(0, 0, GN), at::zeros({L}, bias.options()), bias.narrow(0, GN, bias.size(0) - GN)});
 }
 
 }  // namespace
 
-// Arguments as GatedFeedbackRecurrence takes them: x (T, B, M); W_first (K, M), b_first (K);
-// W_upper (L-1, K, N), b_upper (L-1, K); R (L, G N, N); u_g (L, L, L N), [i, j] = u_g^{i->j};
-// feedback (L, L N, N), feedback[j] = [U^{1->j} ... U^{L->j}]^T; fixed (L, B, L) [j, b, i]
-// or None; lstm: GF-LSTM (else GF-GRU); concat: output all layers. Returns [y (T, B, L N)
-// or (T, B, N), then what backward needs: big (L, N, C), act (T, L, B, K) the activations,
+// The parameters as harness.gated_feedback.GatedFeedbackRNN stores them, layer j = 1..L at
+// index j - 1, K = G N + L + N:
+//   weight_below[j] (K, M_j), M_1 = M, else N: rows W of the gates, w_g^{i->j} for i = 1..L,
+//     W of the candidate;
+//   bias[j] ((G + 1) N): b of the gates, then of the candidate (the global gates have none);
+//   weight_recurrent[j] (G N, N): R of the gates on the layer's own state;
+//   feedback (L, L, N, N): [i, j] = U^{i->j};  global_gate_recurrent (L, L, L N): [i, j] = u_g^{i->j};
+//   fixed (L, B, L): [j, b, i] = a fixed g^{i->j} for sequence b, or None (learned gates).
+// lstm: GF-LSTM (else GF-GRU); concat: output all layers. Returns [y (T, B, L N) or
+// (T, B, N), then what backward needs: big (L, N, C), act (T, L, B, K) the activations,
 // P (T, L, B, C) the products of big, states (T+1, L, B, N) h*_0..h*_T, aux1 and aux2
-// (GF-LSTM: cells (T+1, L, B, N) and tanh of them (T, L, B, N); GF-GRU: the gated feedback
-// before r (T, L, B, N) and an empty tensor)].
-std::vector<Tensor> gf_forward(const Tensor& x, const Tensor& W_first, const Tensor& b_first,
-                               const Tensor& W_upper, const Tensor& b_upper, const Tensor& R, const Tensor& u_g,
-                               const Tensor& feedback, const c10::optional<Tensor>& fixed_in, bool lstm,
-                               bool concat) {
-  const Shape s = shape_of(x, W_first, feedback, lstm);
-  const int64_t T = s.steps, B = s.B, L = s.L, N = s.N, K = s.K, M = x.size(2);
-  const Tensor big = at::cat({R.transpose(1, 2), u_g.reshape({L, L, L, N}).permute({2, 3, 1, 0}).reshape({L, N, L * L}),
-                              feedback.reshape({L, L, N, N}).permute({1, 2, 0, 3}).reshape({L, N, L * N})},
+// (GF-LSTM: cells (T+1, L, B, N) and tanh of them (T, L, B, N); GF-GRU: the gated
+// feedback before r (T, L, B, N) and an empty tensor)].
+std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weight_below,
+                               const std::vector<Tensor>& bias, const std::vector<Tensor>& weight_recurrent,
+                               const Tensor& feedback, const Tensor& global_gate_recurrent,
+                               const c10::optional<Tensor>& fixed_in, bool lstm, bool concat) {
+  const Shape s = shape_of(x, feedback, lstm);
+  const int64_t T = s.steps, B = s.B, L = s.L, N = s.N, K = s.K, M = x.size(2), GN = s.GN();
+  TORCH_CHECK(static_cast<int64_t>(weight_below.size()) == L && static_cast<int64_t>(bias.size()) == L &&
+                  static_cast<int64_t>(weight_recurrent.size()) == L,
+              "gated_feedback.forward: give weight_below, bias and weight_recurrent of each of the ", L, " layers");
+  TORCH_CHECK(weight_below[0].size(0) == K, "gated_feedback.forward: weight_below[0] has ", weight_below[0].size(0),
+              " rows, expected ", K);
+  // big[s] = [R_s^T | u_g^{i->j}[block s] at column j L + i | U^{s->j}^T for j]  (N, C)
+  const Tensor big = at::cat({at::stack(weight_recurrent).transpose(1, 2),
+                              global_gate_recurrent.reshape({L, L, L, N}).permute({2, 3, 1, 0}).reshape({L, N, L * L}),
+                              feedback.permute({0, 3, 1, 2}).reshape({L, N, L * N})},
                              2).contiguous();
-  const Tensor A0 = at::addmm(b_first, x.reshape({T * B, M}), W_first.t()).view({T, B, K});  // layer 1, all frames
+  std::vector<Tensor> bias_full, below_t;  // below_t[j] = weight_below[j]^T (N, K), j > 1
+  for (int64_t j = 0; j < L; ++j) {
+    bias_full.push_back(full_bias(bias[j], GN, L));
+    below_t.push_back(j == 0 ? Tensor() : weight_below[j].t().contiguous());
+  }
+  const Tensor A0 = at::addmm(bias_full[0], x.reshape({T * B, M}), weight_below[0].t()).view({T, B, K});
   Tensor act = at::empty({T, L, B, K}, x.options());
   Tensor P = at::empty({T, L, B, s.C}, x.options());
   Tensor states = at::zeros({T + 1, L, B, N}, x.options());
   Tensor aux1 = lstm ? at::zeros({T + 1, L, B, N}, x.options()) : at::empty({T, L, B, N}, x.options());
   Tensor aux2 = lstm ? at::empty({T, L, B, N}, x.options()) : at::empty({0}, x.options());
-  const Tensor W_up = W_upper.contiguous(), b_up = b_upper.contiguous();
   const Tensor fixed = fixed_in.has_value() && fixed_in->defined() ? fixed_in->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gf_forward", [&] {
     const scalar_t* fx = fixed.defined() ? fixed.data_ptr<scalar_t>() : nullptr;
-    if (lstm) forward_loop<scalar_t, true>(s, A0, W_up, b_up, big, fx, act, P, states, aux1, aux2);
-    else forward_loop<scalar_t, false>(s, A0, W_up, b_up, big, fx, act, P, states, aux1, aux2);
+    if (lstm) forward_loop<scalar_t, true>(s, A0, below_t, bias_full, big, fx, act, P, states, aux1, aux2);
+    else forward_loop<scalar_t, false>(s, A0, below_t, bias_full, big, fx, act, P, states, aux1, aux2);
   });
   const Tensor out = states.narrow(0, 1, T);  // (T, L, B, N)
   Tensor y = concat ? out.permute({0, 2, 1, 3}).reshape({T, B, L * N}).clone() : out.select(1, L - 1).clone();
   return {y, big, act, P, states, aux1, aux2};
 }
 
-// dY (T, B, L N) or (T, B, N) and the saved tensors -> [dx (T, B, M) or undefined (None)
-// without need_dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback], each
-// the shape of its weight in gf_forward.
-std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const Tensor& W_first,
-                                const Tensor& W_upper, const c10::optional<Tensor>& fixed_in, const Tensor& big,
-                                const Tensor& act, const Tensor& P, const Tensor& states, const Tensor& aux1,
-                                const Tensor& aux2, bool lstm, bool concat, bool need_dx) {
+// dY (T, B, L N) or (T, B, N), and x, weight_below, fixed and the saved tensors of
+// gf_forward -> [dx (T, B, M) or undefined (None) without need_dx, d feedback,
+// d global_gate_recurrent, d weight_below[1..L], d bias[1..L], d weight_recurrent[1..L]],
+// each the shape of its parameter.
+std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std::vector<Tensor>& weight_below,
+                                const c10::optional<Tensor>& fixed_in, const Tensor& big, const Tensor& act,
+                                const Tensor& P, const Tensor& states, const Tensor& aux1, const Tensor& aux2,
+                                bool lstm, bool concat, bool need_dx) {
   const int64_t L = big.size(0), N = big.size(1);
   Shape s;
   s.steps = x.size(0);
@@ -334,33 +351,38 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const Tens
   s.L = L;
   s.N = N;
   s.G = lstm ? 3 : 2;
-  s.K = W_first.size(0);
+  s.K = s.G * N + L + N;
   s.C = big.size(2);
   const int64_t T = s.steps, B = s.B, K = s.K, C = s.C, M = x.size(2), GN = s.GN(), LL = s.LL();
   const Tensor dY = dY_in.contiguous();
   Tensor dA = at::empty({T, L, B, K}, x.options());  // d loss / d pre-activations from below
   Tensor dP = at::empty({T, L, B, C}, x.options());  // d loss / d P
-  const Tensor W_up = W_upper.contiguous();
+  std::vector<Tensor> below;
+  for (const auto& w : weight_below) below.push_back(w.contiguous());
   const Tensor fixed = fixed_in.has_value() && fixed_in->defined() ? fixed_in->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gf_backward", [&] {
     const scalar_t* fx = fixed.defined() ? fixed.data_ptr<scalar_t>() : nullptr;
-    if (lstm) backward_loop<scalar_t, true>(s, dY, concat, W_up, big, fx, act, P, states, aux1, aux2, dA, dP);
-    else backward_loop<scalar_t, false>(s, dY, concat, W_up, big, fx, act, P, states, aux1, aux2, dA, dP);
+    if (lstm) backward_loop<scalar_t, true>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
+    else backward_loop<scalar_t, false>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
   });
   const Tensor d_first = dA.select(1, 0).reshape({T * B, K});
-  Tensor dx = need_dx ? at::mm(d_first, W_first).view({T, B, M}) : Tensor();
-  Tensor dW_first = at::mm(d_first.t(), x.reshape({T * B, M}));
-  Tensor db_first = d_first.sum(0);
-  const Tensor d_upper = dA.narrow(1, 1, L - 1).permute({1, 0, 2, 3}).reshape({L - 1, T * B, K});
-  const Tensor below = states.narrow(0, 1, T).narrow(1, 0, L - 1).permute({1, 0, 2, 3}).reshape({L - 1, T * B, N});
-  Tensor dW_upper = at::bmm(d_upper.transpose(1, 2), below);
-  Tensor db_upper = d_upper.sum(1);
-  const Tensor h_previous = states.narrow(0, 0, T).permute({1, 0, 2, 3}).reshape({L, T * B, N});
-  const Tensor d_big = at::bmm(h_previous.transpose(1, 2), dP.permute({1, 0, 2, 3}).reshape({L, T * B, C}));
-  Tensor dR = d_big.narrow(2, 0, GN).transpose(1, 2).contiguous();
-  Tensor d_u_g = d_big.narrow(2, GN, LL).reshape({L, N, L, L}).permute({3, 2, 0, 1}).reshape({L, L, L * N});
-  Tensor d_feedback = d_big.narrow(2, GN + LL, L * N).reshape({L, N, L, N}).permute({2, 0, 1, 3}).reshape({L, L * N, N});
-  return {dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback};
+  Tensor dx = need_dx ? at::mm(d_first, below[0]).view({T, B, M}) : Tensor();
+  const Tensor d_big = at::bmm(states.narrow(0, 0, T).permute({1, 3, 0, 2}).reshape({L, N, T * B}),
+                               dP.permute({1, 0, 2, 3}).reshape({L, T * B, C}));
+  std::vector<Tensor> grads = {
+      dx, d_big.narrow(2, GN + LL, L * N).reshape({L, N, L, N}).permute({0, 2, 3, 1}).contiguous(),
+      d_big.narrow(2, GN, LL).reshape({L, N, L, L}).permute({3, 2, 0, 1}).reshape({L, L, L * N})};
+  std::vector<Tensor> d_bias;
+  for (int64_t j = 0; j < L; ++j) {
+    const Tensor d = j == 0 ? d_first : dA.select(1, j).reshape({T * B, K});
+    const Tensor input = j == 0 ? x.reshape({T * B, M}) : states.narrow(0, 1, T).select(1, j - 1).reshape({T * B, N});
+    grads.push_back(at::mm(d.t(), input));
+    const Tensor db = d.sum(0);
+    d_bias.push_back(at::cat({db.narrow(0, 0, GN), db.narrow(0, GN + L, N)}));
+  }
+  grads.insert(grads.end(), d_bias.begin(), d_bias.end());
+  for (int64_t j = 0; j < L; ++j) grads.push_back(d_big[j].narrow(1, 0, GN).t().contiguous());
+  return grads;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
