@@ -41,9 +41,13 @@ def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
     return out
 
 
+MODELS = [*LSTM_VARIANTS, "gru", "gfrnn", "gfgru"]
+
+
 def networks(variant: str, task: str, dtype) -> tuple[SequenceNetwork, SequenceNetwork]:
     torch.manual_seed(7)
-    network = SequenceNetwork(variant, M, N, K, bidirectional=TASKS[task], init_std=0.3).to(dtype)
+    options = {"layers": 2} if variant.startswith("gf") else {}
+    network = SequenceNetwork(variant, M, N, K, bidirectional=TASKS[task], init_std=0.3, **options).to(dtype)
     return network, copy.deepcopy(network)
 
 
@@ -56,7 +60,7 @@ def batch_of(group, task, dtype):
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
+@pytest.mark.parametrize("variant", MODELS)
 @pytest.mark.parametrize("lengths", [[7], [6, 9, 3]], ids=["one sequence", "padded batch"])
 def test_gradients_match_autograd(variant, task, lengths, monkeypatch):
     """The reference runs the cells' Python loops, so it shares no compiled code."""
@@ -75,7 +79,7 @@ def test_gradients_match_autograd(variant, task, lengths, monkeypatch):
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
+@pytest.mark.parametrize("variant", MODELS)
 def test_weights_after_several_updates(variant, task):
     """Five Nesterov updates, one sequence each, float32 as in training."""
     reference, native = networks(variant, task, torch.float32)
@@ -110,8 +114,12 @@ def test_nonfinite_loss_leaves_weights_alone():
     assert all(torch.equal(p, q) for p, q in zip(native.parameters(), before))
 
 
-def test_models_outside_the_engine_train_on_the_torch_path():
+def test_make_step_chooses_the_engine(monkeypatch):
     torch.manual_seed(0)
+    network = SequenceNetwork("gru", M, N, K)
+    assert isinstance(make_step("native", network, "next_step", 0.1, 0.9), NativeStep)
+    assert isinstance(make_step("torch", network, "next_step", 0.1, 0.9), TorchStep)
+    monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")  # no compiled loops: the torch path, said once
     messages = []
-    step = make_step("native", SequenceNetwork("gru", M, N, K), "next_step", 0.1, 0.9, log=messages.append)
-    assert isinstance(step, TorchStep) and "gru" in messages[0]
+    assert isinstance(make_step("native", network, "next_step", 0.1, 0.9, log=messages.append), TorchStep)
+    assert "compiled loops" in messages[0]

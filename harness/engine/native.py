@@ -15,7 +15,9 @@ harness/kernels/lstm.cpp:
 
 The layer keeps its parameters (and so the weight contract and evaluation through
 `network(x)`); the step reads them, and writes its gradients into buffers of the same
-shapes. A variant that stores fewer blocks than z, i, f, o (NIG, NFG, NOG, CIFG) or
+shapes. The GRU and the GF-RNN stacks run their own compiled loops through their autograd
+functions (GRURecurrence, GatedFeedbackRecurrence: a one-node graph a layer), with the
+read-out, loss and update as above. A variant that stores fewer blocks than z, i, f, o (NIG, NFG, NOG, CIFG) or
 peepholes than three is mapped to the full layout with the layer's own fixed maps
 (`block_map`, `peephole_map`) before the loop, and the gradients back through the
 transposed maps; FGR's recurrent matrix gets the gate-recurrence columns appended.
@@ -37,15 +39,35 @@ def native_supports(network: SequenceNetwork, task: str) -> str | None:
     """None if the native step can train this network on this task, else what it lacks."""
     if kernels.lstm() is None:
         return "this machine (the compiled loops could not be built)"
-    for layer in (network.forward_layer, network.backward_layer):
-        if layer is not None and not isinstance(layer, LSTMLayer):
-            return f"the {network.variant} cells"
     if task not in TASKS:
         return f"the task {task}"
     return None
 
 
-class _LayerPlan:
+class _AutogradLayerPlan:
+    """A layer that is not an LSTMLayer: its own autograd function (compiled loops inside)."""
+
+    def __init__(self, layer, grads: dict[torch.Tensor, torch.Tensor]):
+        self.layer = layer
+        self.params = [p for p in layer.parameters() if p.requires_grad]
+        self.grads = [grads[p] for p in self.params]
+
+    def forward(self, x: torch.Tensor):
+        with torch.enable_grad():
+            y = self.layer(x)
+        return y.detach(), y
+
+    def backward(self, dY: torch.Tensor, y) -> None:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(y, self.params, dY, allow_unused=True)
+        for buffer, grad in zip(self.grads, grads):
+            if grad is None:
+                buffer.zero_()
+            else:
+                buffer.copy_(grad)
+
+
+class _LSTMLayerPlan:
     """How one LSTMLayer's stored parameters map to the compiled loop's full layout."""
 
     def __init__(self, layer: LSTMLayer, grads: dict[torch.Tensor, torch.Tensor]):
@@ -97,6 +119,17 @@ class _LayerPlan:
             p = (layer.peephole_map @ layer.peephole.view(self.P, N)).view(3 * N)
         return W, R, b, p
 
+    def forward(self, x: torch.Tensor):
+        W, R, b, p = self.weights()
+        y, *saved = kernels.lstm().forward(x, W, R, b, p, self.scale, self.shift, self.g_tanh, self.h_tanh)
+        return y, (x, W, R, p, saved)
+
+    def backward(self, dY: torch.Tensor, context) -> None:
+        x, W, R, p, saved = context
+        kernels.lstm().backward_into(dY, x, W, R, p, self.scale, *saved, self.g_tanh, self.h_tanh,
+                                     self.gW_full, self.gR_full, self.gb_full, self.gp_full, None)
+        self.gradients_to_parameters()
+
     def gradients_to_parameters(self) -> None:
         """Map the full-layout gradients back onto the stored parameters' gradient buffers."""
         layer, N, M, K = self.layer, self.N, self.M, self.K
@@ -115,8 +148,12 @@ class _LayerPlan:
             torch.mm(layer.peephole_map.t(), self.gp_full.view(3, N), out=self.grad_p.view(self.P, N))
 
 
+def _plan_for(layer, grads: dict[torch.Tensor, torch.Tensor]):
+    return (_LSTMLayerPlan if isinstance(layer, LSTMLayer) else _AutogradLayerPlan)(layer, grads)
+
+
 class NativeStep:
-    """One update of Greff et al.'s recipe through the compiled LSTM loops (no autograd).
+    """One update of Greff et al.'s recipe through the compiled loops (see the module docstring).
 
     `step(batch, x)` trains on `batch` with inputs `x` (noise added by the caller) and
     returns the loss (summed over frames) as a 0-dim tensor; a non-finite loss is
@@ -134,9 +171,8 @@ class NativeStep:
         self.grads = [torch.zeros_like(p) for p in self.params]
         self.buffers = [torch.zeros_like(p) for p in self.params]
         by_param = dict(zip(self.params, self.grads))
-        self.plans = [_LayerPlan(network.forward_layer, by_param)]
-        if network.backward_layer is not None:
-            self.plans.append(_LayerPlan(network.backward_layer, by_param))
+        self.plans = [_plan_for(layer, by_param) for layer in (network.forward_layer, network.backward_layer)
+                      if layer is not None]
         self.grad_readout_W = by_param[network.readout.weight]
         self.grad_readout_b = by_param[network.readout.bias]
 
@@ -145,15 +181,11 @@ class NativeStep:
         compiled, network = self.kernels, self.network
         single = x.shape[1] == 1  # one sequence: no padding, no mask
         inputs = [x] if len(self.plans) == 1 else [x, reverse_within_lengths(x, batch.lengths)]
-        runs = []
-        for plan, x_in in zip(self.plans, inputs):
-            W, R, b, p = plan.weights()
-            y, *saved = compiled.forward(x_in, W, R, b, p, plan.scale, plan.shift, plan.g_tanh, plan.h_tanh)
-            runs.append((plan, x_in, W, R, p, saved, y))
+        runs = [plan.forward(x_in) for plan, x_in in zip(self.plans, inputs)]  # (y, context)
         if len(runs) == 1:
-            Y = runs[0][-1]
+            Y = runs[0][0]
         else:
-            Y = torch.cat((runs[0][-1], reverse_within_lengths(runs[1][-1], batch.lengths)), dim=2)  # (T, B, 2N)
+            Y = torch.cat((runs[0][0], reverse_within_lengths(runs[1][0], batch.lengths)), dim=2)  # (T, B, 2H)
         Wout, bout = network.readout.weight, network.readout.bias
         if self.task in CLOSED_FORM_TASKS:
             mask = torch.empty(0) if single else batch.mask
@@ -168,13 +200,11 @@ class NativeStep:
         if not torch.isfinite(loss):
             return loss
         dY = compiled.readout_backward(Y, Wout, dS, self.grad_readout_W, self.grad_readout_b)
-        N = self.plans[0].N
-        for k, (plan, x_in, W, R, p, saved, _) in enumerate(runs):
-            dY_layer = dY if len(runs) == 1 else dY[..., k * N : (k + 1) * N]
+        width = runs[0][0].shape[2]
+        for k, (plan, (_, context)) in enumerate(zip(self.plans, runs)):
+            dY_layer = dY if len(runs) == 1 else dY[..., k * width : (k + 1) * width]
             if k == 1:
                 dY_layer = reverse_within_lengths(dY_layer, batch.lengths)
-            compiled.backward_into(dY_layer, x_in, W, R, p, plan.scale, *saved, plan.g_tanh, plan.h_tanh,
-                                   plan.gW_full, plan.gR_full, plan.gb_full, plan.gp_full, None)
-            plan.gradients_to_parameters()
+            plan.backward(dY_layer.contiguous(), context)
         compiled.nesterov_(self.params, self.grads, self.buffers, self.step_size, self.momentum)
         return loss
