@@ -13,6 +13,7 @@ the composed config. A user error ends with one line on stderr and exit status 2
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -57,12 +58,37 @@ def _dispatch(cfg: DictConfig) -> None:
         bench(cfg)
 
 
+# The command line as main() split it, for the checks of the composed config.
+_ARGUMENTS: dict = {"overrides": [], "directories": None}
+# A storage or output that cannot be written: one line, not the library's traceback.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+SQLITE_WRITE_ERRORS = ("readonly database", "disk is full", "unable to open database file", "disk I/O error")
+
+
 @hydra.main(config_path=str(project_root() / "conf"), config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
     try:
+        from harness.validate import check_config
+
+        check_config(cfg, _ARGUMENTS["overrides"], _ARGUMENTS["directories"])
         _dispatch(cfg)
     except UserError as error:
         print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        print(f"odyssey {cfg.command}: error: cannot write {error.filename or 'a file'} ({error.strerror}); free "
+              "some space or choose a writable place (finished trials are kept).", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:  # SQLAlchemy's OperationalError of a read-only or full SQLite file
+        text = str(error)
+        if type(error).__name__ != "OperationalError" or not any(words in text for words in SQLITE_WRITE_ERRORS):
+            raise
+        reason = next(words for words in SQLITE_WRITE_ERRORS if words in text)
+        print(f"odyssey {cfg.command}: error: the storage cannot be written ({reason}); free some space, or make "
+              "the storage file and its directory writable, or choose another storage (finished trials are kept).",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         again = " (finished trials are kept: run the same command to resume)" if cfg.command == "sweep" else ""
@@ -88,7 +114,7 @@ def split_arguments(arguments: list[str]) -> tuple[list[str], list[str], list[st
             options.append(argument)
             if HYDRA_OPTIONS[flag] and "=" not in argument:
                 options.append(next(rest, ""))
-        elif "=" in argument:
+        elif "=" in argument or argument.startswith("~"):  # ~key: Hydra's removal of a key
             overrides.append(argument)
         else:
             words.append(argument)
@@ -145,6 +171,14 @@ def main(argv: list[str] | None = None) -> None:
               f"see `odyssey --help`.", file=sys.stderr)
         sys.exit(2)
     check_choices(options, overrides)
+    from harness.validate import check_arguments, config_dirs
+
+    try:
+        check_arguments(command, options, overrides)
+    except UserError as error:
+        print(f"odyssey {command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    _ARGUMENTS.update(overrides=list(overrides), directories=config_dirs(options, overrides))
     listed = any(o.startswith("variant=") and "," in o for o in overrides)
     if command == "sweep" and listed and not {"-m", "--multirun"} & set(options):
         options.append("--multirun")  # variant=a,b: one sweep per variant

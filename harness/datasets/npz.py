@@ -29,8 +29,9 @@ Targets `y` by `task`:
 - ctc: int labels of all sequences concatenated, `y_lengths` saying how many belong to
   each sequence. Labels are 1 .. C; 0 is the blank and must not appear. C is `n_classes`
   from the config if given, otherwise the largest label; the network has C + 1 outputs.
-  A label sequence may be empty; one longer than its input has no alignment and adds
-  nothing to the loss. Metric: label error rate (best-path decoding).
+  A label sequence may be empty; one that needs more frames than its input has (a frame a
+  label, and a blank between equal neighbours) cannot be aligned and is an error.
+  Metric: label error rate (best-path decoding).
 
 Dataset config keys (besides name, format: npz, path, task, bidirectional):
 
@@ -52,6 +53,7 @@ split, a sequence of length zero) is a UserError naming the file and the array.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,8 @@ import numpy as np
 from harness.datasets import SPLITS, TASKS, DataSplits, Sequence
 from harness.errors import UserError
 
+# Reader options besides the common keys, with their kinds (harness.validate checks them).
+CONFIG_KEYS = {"normalise": "bool", "n_classes": "int", "class_names": "list"}
 TARGETS = {"framewise": ["y"], "regression": ["y"], "ctc": ["y", "y_lengths"], "next_step": []}  # y optional
 NORMALISED_BY_DEFAULT = {"framewise": True, "regression": True, "ctc": True, "next_step": False}
 
@@ -81,9 +85,11 @@ def load_archive(file: Path, task: str) -> dict[str, np.ndarray]:
     if not file.is_file():
         raise UserError(f"{file} is missing; the npz format needs train.npz, valid.npz and test.npz in "
                         f"{file.parent} (see examples/own_dataset/).")
+    if file.stat().st_size == 0:
+        raise UserError(f"{file} is empty (0 bytes); write it again with numpy.savez.")
     try:
         archive = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"{file} is not a NumPy .npz archive ({error}); write it with numpy.savez.") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UserError(f"{file} holds a single array, not an .npz archive; write x, lengths and y with "
@@ -98,9 +104,15 @@ def load_archive(file: Path, task: str) -> dict[str, np.ndarray]:
                                 f"needs {', '.join(wanted)}.")
             try:
                 arrays[key] = archive[key]
-            except ValueError:
+            except ValueError as error:
+                if "pickle" not in str(error).lower():
+                    raise UserError(f"{file}: array '{key}' cannot be read ({error}); the file is damaged or "
+                                    "truncated: write it again with numpy.savez.") from None
                 raise UserError(f"{file}: array '{key}' is an object array, which is refused (no pickles); "
                                 "save it as a plain numeric array.") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                raise UserError(f"{file}: array '{key}' cannot be read ({error}); the file is damaged or "
+                                "truncated: write it again with numpy.savez.") from None
 
     def wrong(key: str, wanted_form: str):
         array = arrays[key]

@@ -8,7 +8,9 @@ lists, tuples, dicts, numbers and strings, so a pickle that would run code is re
 
 Config keys: `path` (the file), `lowest_note` (default 21, A0) and `keys` (default 88, the
 piano range 21..108). The task is `next_step`: x is frames 0..T-2, y frames 1..T-1, each a
-(T-1, keys) float32 array of zeros and ones; a note outside the range is an error.
+(T-1, keys) float32 array of zeros and ones; a note that is not a whole number 0..127, or
+outside the range, is an error. A sequence of fewer than 2 frames has nothing to predict:
+it is left out, and a line on stderr says which.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from harness.datasets import SPLITS, DataSplits, Sequence
 from harness.errors import UserError
+
+
+# Reader options besides the common keys, with their kinds (harness.validate checks them).
+CONFIG_KEYS = {"lowest_note": "int", "keys": "int"}
 
 
 class _NumericDType:
@@ -96,6 +103,12 @@ def to_roll(sequence, lowest_note: int, keys: int, path: Path, where: str) -> np
     roll = np.zeros((len(sequence), keys), dtype=np.float32)
     for t, frame in enumerate(sequence):
         for note in frame:
+            whole = isinstance(note, (int, np.integer)) or (isinstance(note, (float, np.floating))
+                                                            and float(note).is_integer())
+            if isinstance(note, bool) or not whole or not 0 <= note <= 127:
+                raise UserError(f"{path}: note {note!r} in {where}, frame {t} is not a MIDI note number; "
+                                "notes are whole numbers 0..127 (60 is middle C), so convert names such as 'C4' "
+                                "and round or fix fractional values.")
             key = int(note) - lowest_note
             if not 0 <= key < keys:
                 raise UserError(f"{path}: note {note} in {where}, frame {t} is outside MIDI "
@@ -114,7 +127,7 @@ def read(cfg, path: Path) -> DataSplits:
     if not isinstance(rolls, dict) or any(split not in rolls for split in SPLITS):
         found = sorted(rolls) if isinstance(rolls, dict) else type(rolls).__name__
         raise UserError(f"{path} must hold the splits {list(SPLITS)}; found {found}.")
-    splits = {}
+    splits, short = {}, {}
     for split in SPLITS:
         sequences = []
         for n, raw in enumerate(rolls[split]):
@@ -123,6 +136,14 @@ def read(cfg, path: Path) -> DataSplits:
             roll = to_roll(raw, lowest_note, keys, path, f"{split} sequence {n}")
             if len(roll) >= 2:  # next-step prediction needs at least one target frame
                 sequences.append(Sequence(x=roll[:-1], y=roll[1:], name=f"{split}/{n}"))
+            else:
+                short.setdefault(split, []).append(n)
         splits[split] = sequences
+    if short:  # said, not silent: these sequences have no frame to predict
+        listed = "; ".join(f"{split} {', '.join(map(str, numbers[:5]))}{' ...' if len(numbers) > 5 else ''}"
+                           for split, numbers in short.items())
+        print(f"dataset '{cfg.get('name')}': left out {sum(map(len, short.values()))} sequence(s) of {path} with "
+              f"fewer than 2 frames (nothing to predict): {listed}", file=sys.stderr, flush=True)
+    info = {"file": str(path)} | ({"left_out_short": {k: len(v) for k, v in short.items()}} if short else {})
     return DataSplits(name=str(cfg.get("name")), task="next_step", input_dim=keys, n_outputs=keys,
-                      bidirectional=False, info={"file": str(path)}, **splits)
+                      bidirectional=False, info=info, **splits)
