@@ -78,8 +78,10 @@ def _hydra_entry(cfg: DictConfig) -> None:
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
-        print(f"odyssey {cfg.command}: error: cannot write {error.filename or 'a file'} ({error.strerror}); free "
-              "some space or choose a writable place (finished trials are kept).", file=sys.stderr)
+        kept = " (finished trials are kept: run the same command to resume)" if cfg.command == "sweep" else ""
+        what = f" {error.filename}" if error.filename else ""
+        print(f"odyssey {cfg.command}: error: cannot write{what} ({error.strerror}); free some space or choose a "
+              f"writable place (hydra.run.dir, search.storage){kept}.", file=sys.stderr)
         sys.exit(2)
     except Exception as error:  # SQLAlchemy's OperationalError of a read-only or full SQLite file
         text = str(error)
@@ -87,8 +89,8 @@ def _hydra_entry(cfg: DictConfig) -> None:
             raise
         reason = next(words for words in SQLITE_WRITE_ERRORS if words in text)
         print(f"odyssey {cfg.command}: error: the storage cannot be written ({reason}); free some space, or make "
-              "the storage file and its directory writable, or choose another storage (finished trials are kept).",
-              file=sys.stderr)
+              "the storage file and its directory writable, or choose another search.storage (finished trials "
+              "are kept: run the same command to resume).", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         again = " (finished trials are kept: run the same command to resume)" if cfg.command == "sweep" else ""

@@ -215,6 +215,19 @@ def test_sqlite_is_refused_with_a_clear_message(tmp_path):
     assert not (tmp_path / "x.db").exists()  # refused before anything was made
 
 
+def test_no_slurm_here_and_an_unknown_launcher(tmp_path):
+    def run(*more, env=None):
+        return subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "search.n_trials=1",
+                               f"search.storage=journal:{tmp_path}/s.log", *more], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=env)
+
+    no_slurm = run("search.launcher=slurm", env={**os.environ, "PATH": str(tmp_path)})  # no sbatch on PATH
+    assert no_slurm.returncode == 2 and len(no_slurm.stderr.strip().splitlines()) == 1, no_slurm.stderr
+    assert "sbatch" in no_slurm.stderr and "search.launcher=local" in no_slurm.stderr
+    unknown = run("search.launcher=pbs")
+    assert unknown.returncode == 2 and "search.launcher='pbs' is unknown" in unknown.stderr, unknown.stderr
+
+
 @pytest.mark.slow
 def test_a_sweep_runs_as_an_array_job_and_a_rerun_tops_it_up(cluster, tmp_path):
     run = odyssey(cluster, *sweep_arguments(tmp_path, "search.workers=2", "search.n_trials=4", "max_epochs=1",

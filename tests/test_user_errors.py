@@ -272,6 +272,17 @@ def test_a_full_disk(capsys, tmp_path, run_dir, small_disk):
             words=("search.storage", "No space left on device"))
 
 
+def test_a_disk_that_fills_while_the_command_runs(capsys, tmp_path, small_disk):
+    """The run directory on a full disk: training runs, writing metrics.json fails: one line."""
+    rolls = {split: [[[60 + t % 3, 67] for t in range(6)]] * 2 for split in ("train", "valid", "test")}
+    conf = pianoroll_config(tmp_path, rolls)
+    disk = small_disk(128 << 10)
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=4096"], capture_output=True)  # until full
+    refused(capsys, "train", "--config-dir", str(conf), "dataset=songs", "max_epochs=1", "hidden_size=4",
+            f"hydra.run.dir={disk}/run", "hydra.output_subdir=null",
+            words=("cannot write", "No space left on device", "hydra.run.dir"))
+
+
 def test_a_storage_directory_that_does_not_exist_is_created_and_said(capsys, tmp_path, run_dir):
     rolls = {split: [[[60 + t % 3, 67] for t in range(6)]] * 2 for split in ("train", "valid", "test")}
     conf = pianoroll_config(tmp_path, rolls)

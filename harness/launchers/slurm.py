@@ -301,11 +301,15 @@ def launch(cfg, variants: list[str]) -> list[str]:
     folder = Path(str(options.get("folder") or "results/slurm")).expanduser()
     folder = folder if folder.is_absolute() else project_root() / folder
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=0)
+    parameters = executor_parameters(options, tasks, f"odyssey-{cfg.dataset.name}")
     try:
-        executor.update_parameters(**executor_parameters(options, tasks, f"odyssey-{cfg.dataset.name}"))
+        executor.update_parameters(**parameters)
     except ValueError as error:
         raise UserError(f"search.slurm: {str(error).splitlines()[0]}") from None
     container = OmegaConf.to_container(cfg, resolve=True)
+    threads = container.get("train", {}).get("threads")
+    if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
+        container["train"]["threads"] = parameters["cpus_per_task"]  # a task's torch threads: the CPUs it has
     try:
         jobs = executor.map_array(array_task, [container] * tasks, [list(variants)] * tasks, list(range(tasks)))
     except Exception as error:  # sbatch refused the job: a partition, limit or option it does not know
