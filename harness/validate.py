@@ -179,7 +179,7 @@ def check_arguments(command: str, options: list[str], overrides: list[str]) -> N
         if key.split("@")[0].split("/")[0] in groups:
             value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else None
             chosen.append(text if value is None else f"{text.split('=', 1)[0]}={value}")
-        elif not (key == "hydra" or key.startswith("hydra.") or key == "command" or "@" in key):
+        elif not (key == "hydra" or key.startswith(("hydra.", "hydra/")) or key == "command" or "@" in key):
             keyed.append((text, override))
     try:
         baseline = _compose(directories, _config_name(options), [*chosen, f"command={command}"])
@@ -187,7 +187,13 @@ def check_arguments(command: str, options: list[str], overrides: list[str]) -> N
         raise UserError(_yaml_error(directories) or "a config file is not valid YAML; fix it.") from None
     except Exception as error:  # Hydra's own composition errors: one line of them
         bad_yaml = _yaml_error(directories)
-        raise UserError(bad_yaml or (str(error).strip().splitlines() or [type(error).__name__])[0]) from None
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        group = next((text for text in chosen if "No match in the defaults list" in message
+                      and f"'{text.split('=', 1)[0]}'" in message), None)
+        if group is not None and not bad_yaml:
+            raise UserError(f"{group}: the config group '{group.split('=', 1)[0]}' is not part of the defaults; "
+                            f"add it with +{group}.") from None
+        raise UserError(bad_yaml or message) from None
     known = _flat_keys(baseline)
     listing = f"`odyssey {command} --cfg job` prints every key"
     for text, override in keyed:
