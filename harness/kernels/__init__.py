@@ -48,23 +48,25 @@ def lstm():
 
 def gru():
     """The compiled GRU loops (gru.cpp), or None (then cells.py uses its Python loops)."""
-    return _module("gru", "odyssey_gru_v1", "gru.cpp")
+    return _module("gru", "odyssey_gru_v2", "gru.cpp")
 
 
 def gated_feedback():
     """The compiled GF-LSTM / GF-GRU loops (gated_feedback.cpp), or None (Python loops)."""
-    return _module("gated_feedback", "odyssey_gated_feedback_v2", "gated_feedback.cpp")
+    return _module("gated_feedback", "odyssey_gated_feedback_v3", "gated_feedback.cpp")
 
 
 def _module(key: str, name: str, source: str):
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if key not in _loaded:
-        _loaded[key] = _build(name, source)
+        # -fno-trapping-math: without it GCC keeps the clamp in fast_exp (loops.h) a branch
+        # and leaves every loop with an exp in it scalar; values are the same either way.
+        _loaded[key] = _build(name, source, ["-fno-trapping-math"])
     return _loaded[key]
 
 
-def _build(name: str, source: str):
+def _build(name: str, source: str, flags: list[str] = ()):
     # The build needs the virtualenv's `ninja`; the same PATH every time also keeps ninja
     # from rebuilding because the environment differs between processes.
     bin_dir = os.path.dirname(sys.executable)
@@ -74,7 +76,7 @@ def _build(name: str, source: str):
         from torch.utils import cpp_extension
 
         return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
-                                  extra_cflags=["-O3", "-march=native"], verbose=False)
+                                  extra_cflags=["-O3", "-march=native", *flags], verbose=False)
     except Exception as error:  # no compiler, no ninja: fall back to Python, and say so once
         warnings.warn(f"the compiled cell loops could not be built ({str(error).splitlines()[0][:160]}); "
                       "using the Python loops (same results, slower). Run scripts/setup.sh to see why.")
