@@ -1,5 +1,5 @@
 """Compiled time loops for the cells (harness/kernels/*.cpp), built once with torch's
-C++ extension tools and cached (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR).
+C++ extension tools and cached in the virtualenv (.venv/torch_extensions, or $TORCH_EXTENSIONS_DIR).
 
 The C++ mirrors the Python loops of harness/cells.py and harness/gated_feedback.py
 equation for equation; it exists because at Greff et al.'s sizes (batch 1, N <= 200)
@@ -75,8 +75,14 @@ def _build(name: str, source: str, flags: list[str] = ()):
     try:
         from torch.utils import cpp_extension
 
+        # One build folder a virtualenv (unless TORCH_EXTENSIONS_DIR says otherwise): two
+        # checkouts on one machine would otherwise rebuild each other's modules in turn.
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+        build_directory = root / name
+        build_directory.mkdir(parents=True, exist_ok=True)
         return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
-                                  extra_cflags=["-O3", "-march=native", *flags], verbose=False)
+                                  extra_cflags=["-O3", "-march=native", *flags], verbose=False,
+                                  build_directory=str(build_directory))
     except Exception as error:  # no compiler, no ninja: fall back to Python, and say so once
         warnings.warn(f"the compiled cell loops could not be built ({str(error).splitlines()[0][:160]}); "
                       "using the Python loops (same results, slower). Run scripts/setup.sh to see why.")
