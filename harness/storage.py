@@ -41,6 +41,7 @@ from harness.errors import UserError
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
+UNSTAMPED_GRACE = 10    # a journal trial without a heartbeat yet is stale after 10 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
 
 
@@ -196,10 +197,12 @@ class Liveness:
         if self.rdb:
             return False  # silence is Optuna's to judge (fail_stale_trials)
         stamp = trial.system_attrs.get(BEAT_ATTR) or {}
-        last = stamp.get("time") if stamp.get("trial") == trial.number else None
-        if last is None and trial.datetime_start is not None:
-            last = trial.datetime_start.timestamp()
-        return last is not None and now - last > self.grace
+        if stamp.get("trial") == trial.number:
+            return now - stamp["time"] > self.grace
+        # Not stamped yet: its worker may still be inside study.ask, which waits for the
+        # journal's lock under load; a worker on another host that died right then is
+        # judged from the trial's start, later.
+        return trial.datetime_start is not None and now - trial.datetime_start.timestamp() > UNSTAMPED_GRACE * self.grace
 
     def fail_stale(self, study: optuna.Study) -> list[int]:
         """Fail (and enqueue again) every RUNNING trial whose worker is gone or silent; the
@@ -220,9 +223,9 @@ class Liveness:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            failed += [t.number for t in running
-                       if t.number not in failed and states.get(t.number) == TrialState.FAIL]
+            still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            failed += [t.number for t in running if t.number not in failed and t.number not in still
+                       and self.state(study, t.number) == TrialState.FAIL]
         return failed
 
     def keep_late_result(self, study: optuna.Study, number: int, state: TrialState,

@@ -292,9 +292,12 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
         if counted + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
             continue
-        with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask(space)
+        try:
+            with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = study.ask(space)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale while being created
+            continue
         try:
             with liveness.alive(study, trial.number):  # from the start: a trial without beats looks dead
                 result = run_trial(study, trial, cfg, data, out_root / f"trial_{trial.number:04d}", target, liveness)
@@ -307,8 +310,9 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
         if result is None:
             continue
         done_here += 1
-        counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = study.get_trials(deepcopy=False)
+        counted = sum(counts(t) for t in trials)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
         rate = done_here / max(time.time() - started, 1e-9) * 3600
         shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
@@ -416,8 +420,10 @@ def sweep(cfg: DictConfig) -> list[str]:
         if workers == 1:
             run_worker(cfg.copy(), name, 0, data=data)
         else:
-            died += run_processes(cfg, name, workers)
-            Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)  # a dead worker's trial
+            try:
+                died += run_processes(cfg, name, workers)
+            finally:  # the trial of a worker that died (or was killed at a stop) is not left RUNNING
+                Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)
         study = open_study(storage, cfg.dataset.name, name, seed=0)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -146,7 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="n_trials (default: 8 a worker)")
     parser.add_argument("--enqueue", type=int, default=32)
     parser.add_argument("--sleep", type=float, default=0.5, help="seconds a stub trial takes")
-    parser.add_argument("--heartbeat", type=float, default=10.0, help="search.heartbeat_seconds")
+    parser.add_argument("--heartbeat", type=float, default=60.0,
+                        help="search.heartbeat_seconds (60, the default; shorter ones under an overload "
+                             "get live trials taken for dead, which then run twice)")
     parser.add_argument("--storages", default="postgresql,journal")
     parser.add_argument("--url", default=None, help="use this storage (must hold no study yet) instead")
     parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))

@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness import project_root
+from postgres_server import postgres, postgres_server  # noqa: F401 (one PostgreSQL server for the session)
 
 CONF = str(project_root() / "conf")
 

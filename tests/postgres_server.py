@@ -3,7 +3,7 @@ loopback port, stopped afterwards. Debian's `postgresql` package (scripts/setup.
 with apt-get when it may). As root the server runs as the `postgres` user (PostgreSQL refuses to
 run as root); as anyone else, as that user.
 
-    from postgres_server import postgres  # the fixture: postgres() -> a URL of a fresh database
+    def test_x(postgres): url = postgres()   # the fixture (tests/conftest.py): a fresh database
 
 A test that cannot get a server is skipped with the reason, never passed silently.
 """

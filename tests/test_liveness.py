@@ -207,3 +207,18 @@ def test_a_worker_that_dies_is_reported_and_the_study_still_ends_right(tmp_path)
     killed = [t for t in trials if t.system_attrs.get(WORKER_ATTR, {}).get("pid") == victim
               and t.state == TrialState.FAIL]
     assert killed, "the killed worker's trial is failed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_sweeps_started_at_the_same_moment_on_an_empty_storage_all_succeed(tmp_path, kind):
+    conf = tiny_music(tmp_path)
+    url = storage_url(tmp_path, kind)
+    args = _sweep_args(conf, url, "search.n_trials=5", "max_epochs=1")
+    runs = [odyssey(*args) for _ in range(3)]
+    for run in runs:
+        code, out, err = finish(run)
+        assert code == 0, err
+    _, trials = study_trials(url, "tiny.vanilla")
+    assert sum(counts(t) for t in trials) == 5
+    assert not any(t.state == TrialState.RUNNING for t in trials)

@@ -12,9 +12,8 @@ from optuna.trial import TrialState
 
 from harness import project_root
 from harness.storage import open_storage
-from postgres_server import postgres, postgres_server  # noqa: F401 (fixtures)
 
-WORKERS, TRIALS, ENQUEUED = 16, 48, 8
+WORKERS, TRIALS, ENQUEUED = 16, 32, 8
 
 
 def run_load_test(url, tmp_path):

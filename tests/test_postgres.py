@@ -11,7 +11,6 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.sweep import counts
-from postgres_server import postgres, postgres_server  # noqa: F401 (fixtures)
 from storage_race import race_on_empty_storage
 from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
 
