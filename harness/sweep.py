@@ -71,6 +71,7 @@ from harness import project_root
 from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.launchers import launch
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage
 from harness.train import train
@@ -407,6 +408,8 @@ def sweep(cfg: DictConfig) -> list[str]:
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
     torch_threads(cfg.train.get("threads"))  # a bad train.threads fails here, before any work
+    if (launched := launch(cfg, variants)) is not None:  # search.launcher=slurm: an array job
+        return launched
     workers = cap_workers(workers)
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
