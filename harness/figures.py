@@ -156,7 +156,8 @@ def bars(out, results, dataset) -> str | None:
             low.append(row["fraction"] - lo if np.isfinite(lo) else 0.0)
             high.append(hi - row["fraction"] if np.isfinite(hi) else 0.0)
         ax.bar(xs, ys, width=width * 0.95, color=_color(term, others), label=label(term),
-               yerr=[np.maximum(low, 0), np.maximum(high, 0)], capsize=2,
+               yerr=[np.nan_to_num(np.maximum(low, 0)), np.nan_to_num(np.maximum(high, 0))],
+               capsize=2,
                error_kw={"linewidth": 0.8})
     ax.set_xticks(range(len(groups)), [f"{g}\n({results[g].n_trials})" for g in groups],
                   rotation=45 if len(groups) > 6 else 0)
@@ -210,7 +211,8 @@ def boxplots(out, usable, top, variants, column, options, dataset) -> str | None
             ok = [i for i in range(len(order)) if np.isfinite(low[i])]
             if ok:
                 ax.errorbar([i + 0.33 for i in ok], [means[i] for i in ok],
-                            yerr=[[means[i] - low[i] for i in ok], [high[i] - means[i] for i in ok]],
+                            yerr=[[max(means[i] - low[i], 0.0) for i in ok],
+                                  [max(high[i] - means[i], 0.0) for i in ok]],
                             fmt="none", ecolor="#c44e52", capsize=3, linewidth=1.2)
         for box, variant in zip(boxes["boxes"], order):
             differs = bool(table.loc[variant, f"differs_{key}"])

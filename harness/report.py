@@ -85,9 +85,16 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
     if options["diverged_rule"] == "none":
         lines += ["The rule for diverged-but-finite trials is off (analysis.diverged_rule=none).", ""]
     else:
-        lines += [f"Diverged but finite (rule: within a variant, more than "
-                  f"{options['diverged_k']:g} interquartile ranges beyond the bad quartile, on a "
-                  "log scale for positive metrics; docs/analysis.md): "
+        rule = (f"more than {options['diverged_ratio']:g} times worse than the variant's "
+                "median where every value is positive, else more than "
+                f"{options['diverged_k']:g} interquartile ranges beyond its bad quartile")
+        if options["diverged_rule"] == "ratio":
+            rule = f"more than {options['diverged_ratio']:g} times worse than the variant's median"
+        elif options["diverged_rule"] == "iqr":
+            rule = (f"more than {options['diverged_k']:g} interquartile ranges beyond the "
+                    "variant's bad quartile")
+        lines += [f"Diverged but finite (rule `{options['diverged_rule']}`: {rule}; "
+                  "docs/analysis.md): "
                   f"{len(flagged)} trial(s) set aside"
                   + (": " + ", ".join(f"{v} {len(p)} (fence {fences[v]:.4g}; values "
                                       + ", ".join(f"{x:.4g}" for x in p[column]) + ")"

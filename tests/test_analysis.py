@@ -69,7 +69,7 @@ def test_fractions_match_a_known_variance_decomposition(tmp_path):
         rows.append(_complete({"x1": x1, "x2": x2, "x3": x3}, f))
     url = _journal(tmp_path)
     _study(url, "synthetic", "vanilla", rows, distributions)
-    report = _run(url, tmp_path / "out", "synthetic", n_trees=8)
+    report = _run(url, tmp_path / "out", "synthetic", n_trees=8, n_bootstrap=0)
 
     importance = pd.read_csv(tmp_path / "out" / "importance.csv")
     pooled = importance[importance.variant == "all"].set_index("term")
@@ -223,3 +223,170 @@ def test_known_decomposition_with_diverged_trials_fractions_and_intervals(tmp_pa
     text = report.read_text()
     assert "9 trial(s) set aside" in text and "without the rule" in text
     assert "40 resamples" in text
+
+
+def test_holm_matches_hand_worked_values():
+    from harness.analysis.statistics import holm
+
+    # sorted: 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; 0.04 * 1 = 0.04, raised to 0.06 (monotone)
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(adjusted[3])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def _lr_study(rng, n, offset, extra=None):
+    """metric = 9 + 0.5 (log10 lr + 3)^2 + offset + noise: learning rate dominates."""
+    rows = []
+    for _ in range(n):
+        lr, h = 10 ** rng.uniform(-6, -2), int(rng.integers(20, 201))
+        params = {"learning_rate": lr, "hidden_size": h}
+        if extra:
+            params[extra] = rng.uniform()
+        value = 9 + 0.5 * (math.log10(lr) + 3) ** 2 + offset + rng.normal(0, 0.3)
+        rows.append(_complete(params, value, validation=value + rng.normal(0, 0.05)))
+    return rows
+
+
+LR_SPACE = {"learning_rate": D.FloatDistribution(1e-6, 1e-2, log=True),
+            "hidden_size": D.IntDistribution(20, 200, log=True)}
+
+
+def test_scorecard_judges_the_papers_findings(tmp_path):
+    rng = np.random.default_rng(6)
+    url = _journal(tmp_path)
+    for variant, offset in (("vanilla", 0.0), ("nfg", 1.5), ("cifg", 0.0)):
+        _study(url, "jsb_chorales", variant, _lr_study(rng, 60, offset), LR_SPACE)
+    _study(url, "jsb_chorales", "noaf", _lr_study(rng, 10, 1.5), LR_SPACE)
+    report = _run(url, tmp_path / "out", "jsb_chorales", n_bootstrap=20, figures=False,
+                  crosscheck=False)
+    card = pd.read_csv(tmp_path / "out" / "scorecard.csv").set_index("finding")
+    verdict = card["verdict"]
+    assert verdict["NFG (no forget gate) significantly worse"] == "agrees"
+    assert "Holm p" in card.loc["NFG (no forget gate) significantly worse", "evidence"]
+    # 10 NOAF trials: worse by 1.5 but too few to call it if the test does not
+    assert verdict["NOAF (no output activation) significantly worse"] in ("agrees", "undecided")
+    assert verdict["CIFG and NP not significantly different"] == "agrees"  # no NP: CIFG alone
+    assert verdict["no variant significantly better than vanilla"] == "agrees"
+    assert verdict["NIG, NOG, NIAF significantly worse"] == "not applicable"  # music (JSB)
+    assert verdict["FGR (full gate recurrence) significantly worse"] == "not applicable"  # no study
+    assert verdict["input noise helps speech a little, hurts the others"] == "not applicable"
+    # learning rate: the whole interval above 2/3 (independent check from the formula:
+    # log10 lr uniform on [-6, -2] gives 0.5 (u + 3)^2 a variance of 0.71, noise 0.09)
+    lr = pd.read_csv(tmp_path / "out" / "importance.csv").query(
+        "variant == 'all' and term == 'learning_rate'").iloc[0]
+    assert lr.ci_low > 2 / 3
+    assert verdict["learning rate explains the most variance, more than two thirds"] == "agrees"
+    # Welch + Holm columns against scipy
+    variants = pd.read_csv(tmp_path / "out" / "variants.csv").set_index("variant")
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    ref = trials[trials.variant == "vanilla"].test_metric
+    p = {v: stats.ttest_ind(trials[trials.variant == v].test_metric, ref, equal_var=False).pvalue
+         for v in ("cifg", "nfg", "noaf")}
+    ordered = sorted(p, key=p.get)
+    expected = {}
+    running = 0.0
+    for rank, v in enumerate(ordered):
+        running = max(running, min(1.0, (3 - rank) * p[v]))
+        expected[v] = running
+    for v in p:
+        assert variants.loc[v, "welch_holm_all"] == pytest.approx(expected[v], rel=1e-9)
+    assert "What this study says about the paper" in report.read_text()
+
+
+def test_intervals_match_welch_and_the_normal_approximation(tmp_path):
+    # the bootstrap interval of a difference of means against scipy's Welch interval;
+    # the median's against its normal approximation, 1.2533 sigma / sqrt(n) (loosely:
+    # a median's bootstrap interval is lumpy)
+    rng = np.random.default_rng(7)
+    n = 400
+    samples = {"vanilla": rng.normal(10, 1.0, n), "cifg": rng.normal(10.3, 1.5, n)}
+    url = _journal(tmp_path)
+    for variant, values in samples.items():
+        rows = [_complete({"learning_rate": 1e-3 * (1 + rng.uniform())}, t) for t in values]
+        _study(url, "median", variant, rows, {"learning_rate": D.FloatDistribution(1e-3, 2e-3)})
+    _run(url, tmp_path / "out", "median", n_bootstrap=400, figures=False,
+         min_trials_for_fanova=10_000)
+    variants = pd.read_csv(tmp_path / "out" / "variants.csv").set_index("variant")
+    welch = stats.ttest_ind(samples["cifg"], samples["vanilla"], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    row = variants.loc["cifg"]
+    width = high - low
+    assert row.mean_diff_all == pytest.approx(samples["cifg"].mean() - samples["vanilla"].mean())
+    assert row.mean_diff_all_ci_low == pytest.approx(low, abs=0.1 * width)
+    assert row.mean_diff_all_ci_high == pytest.approx(high, abs=0.1 * width)
+    row = variants.loc["vanilla"]
+    half = 1.96 * 1.2533 * 1.0 / math.sqrt(n)
+    assert 0.5 * half < (row.median_all_ci_high - row.median_all_ci_low) / 2 < 2 * half
+    assert row.median_all_ci_low < row.median_all < row.median_all_ci_high
+
+
+def test_mixed_parameter_sets_too_few_trials_and_no_variance(tmp_path):
+    rng = np.random.default_rng(8)
+    url = _journal(tmp_path)
+    space_extra = {**LR_SPACE, "dropout": D.FloatDistribution(0, 1)}
+    _study(url, "mixed", "vanilla", _lr_study(rng, 30, 0.0), LR_SPACE)
+    _study(url, "mixed", "cifg", _lr_study(rng, 30, 0.0, extra="dropout"), space_extra)
+    flat = [_complete({"learning_rate": 1e-3, "hidden_size": int(h)}, 5.0)
+            for h in rng.integers(20, 200, 25)]
+    _study(url, "mixed", "flat", flat, LR_SPACE)
+    _study(url, "mixed", "tiny", _lr_study(rng, 4, 0.0), LR_SPACE)
+    report = _run(url, tmp_path / "out", "mixed", n_bootstrap=5, figures=True, crosscheck=False)
+    text = report.read_text()
+    assert "left out: `dropout` (set in 30 of" in text  # pooled: only cifg has dropout
+    importance = pd.read_csv(tmp_path / "out" / "importance.csv")
+    assert "dropout" not in set(importance[importance.variant == "all"].term)
+    assert "dropout" in set(importance[importance.variant == "cifg"].term)  # its own analysis keeps it
+    assert "`flat`: the metric is the same in every trial: fANOVA skipped." in text
+    assert "`tiny`: 4 usable trials, fewer than min_trials_for_fanova" in text
+
+
+def test_any_optuna_study_made_by_hand(tmp_path):
+    # no user attributes, no test metric, a maximised objective, intermediate values
+    url = _journal(tmp_path)
+    study = optuna.create_study(study_name="my-study", storage=_open(url), direction="maximize")
+
+    def objective(trial):
+        x, c = trial.suggest_float("x", -2, 2), trial.suggest_categorical("c", ["a", "b"])
+        for step in range(3):
+            trial.report(-(x ** 2) + step, step)
+        return -(x ** 2) + (c == "b") + 10
+
+    study.optimize(objective, n_trials=40)
+    report = _run(url, tmp_path / "out", "my-study", n_bootstrap=5, crosscheck=False)
+    text = report.read_text()
+    assert "the objective value (higher is better)" in text
+    importance = pd.read_csv(tmp_path / "out" / "importance.csv").query("variant == 'all'")
+    assert set(importance.term) >= {"x", "c", "c:x", "higher_order"}
+    variants = pd.read_csv(tmp_path / "out" / "variants.csv").iloc[0]
+    best = max(t.value for t in study.trials)
+    assert variants.best_all == pytest.approx(best)  # higher is better: the best is the largest
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+    assert "Learning curves" in text and "no intermediate values" not in text
+
+
+def test_diverged_rule_keeps_runs_that_did_not_learn():
+    from harness.analysis.diverged import flag
+
+    rng = np.random.default_rng(9)
+    # 88 trained runs near NLL 9, 12 that did not learn (a tiny learning rate: NLL 20-60,
+    # below the untrained network's 61), 3 that diverged and stayed finite
+    values = np.concatenate([rng.uniform(8.5, 10, 88), rng.uniform(20, 60, 12),
+                             [3200.0, 800.0, 150.0]])
+    frame = pd.DataFrame({"variant": "vanilla", "test_metric": values})
+    flags, fences = flag(frame, "test_metric", 1.0, "auto", 5.0, 10.0)
+    assert list(np.flatnonzero(flags)) == [100, 101, 102]
+    assert fences["vanilla"] == pytest.approx(10 * np.median(values))
+    # a quarter of the runs diverged (NOAF in a short study): the median still holds
+    quarter = pd.DataFrame({"variant": "noaf", "test_metric": np.r_[rng.uniform(10, 60, 18),
+                                                                    rng.uniform(1000, 5000, 6)]})
+    assert list(np.flatnonzero(flag(quarter, "test_metric", 1.0, "auto")[0])) == list(range(18, 24))
+    # the iqr rule on a metric that crosses zero (a log-likelihood, higher is better)
+    loglik = pd.DataFrame({"variant": "v", "test_metric": np.r_[rng.normal(0, 1, 40), -900.0]})
+    flags, fences = flag(loglik, "test_metric", -1.0, "auto", 5.0, 10.0)
+    assert list(np.flatnonzero(flags)) == [40]
+    q1, q3 = np.percentile(loglik.test_metric[:40].to_numpy().tolist() + [-900.0], [25, 75])
+    assert fences["v"] == pytest.approx(q1 - 5 * (q3 - q1))
+    # too few trials, or the rule off: nothing is flagged
+    assert not flag(frame.head(5), "test_metric", 1.0, "auto", 5.0, 10.0)[0].any()
+    assert not flag(frame, "test_metric", 1.0, "none", 5.0, 10.0)[0].any()

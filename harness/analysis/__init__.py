@@ -46,8 +46,9 @@ DEFAULTS = {
     "n_bootstrap": 100,
     "bootstrap_trees": 4,
     "ci_level": 0.95,
-    "diverged_rule": "iqr",
+    "diverged_rule": "auto",
     "diverged_k": 5.0,
+    "diverged_ratio": 10.0,
     "top_fraction": 0.1,
     "min_trials_for_fanova": 20,
     "alpha": 0.05,
@@ -75,8 +76,8 @@ def _options(cfg) -> dict:
         raise UserError("analysis.top_fraction must lie in (0, 1], e.g. 0.1 for the best 10 %.")
     if not 0 < float(options["ci_level"]) < 1:
         raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
-    if options["diverged_rule"] not in ("iqr", "none"):
-        raise UserError("analysis.diverged_rule must be iqr or none.")
+    if options["diverged_rule"] not in diverged.RULES:
+        raise UserError(f"analysis.diverged_rule must be one of {', '.join(diverged.RULES)}.")
     for key in ("n_bootstrap", "bootstrap_trees", "n_trees"):
         if int(options[key]) < (0 if key == "n_bootstrap" else 1):
             raise UserError(f"analysis.{key} must be a positive integer (n_bootstrap may be 0).")
@@ -105,7 +106,7 @@ def run(cfg) -> Path:
                                    if c.startswith("param:")})
     usable = table[table.excluded == ""]
     flags, fences = diverged.flag(usable, column, sign, str(options["diverged_rule"]),
-                                  float(options["diverged_k"]))
+                                  float(options["diverged_k"]), float(options["diverged_ratio"]))
     table["diverged"] = False
     table.loc[flags.index, "diverged"] = flags
     table.to_csv(out / "trials.csv", index=False)
