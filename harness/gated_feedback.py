@@ -39,6 +39,13 @@ gates, unit-wise and global, and one product of the gate-scaled h*_{t-1} with
 one product each after the backward loop. `GatedFeedbackRNN._forward_autograd` does the
 same through autograd; the tests hold the two together.
 
+The same equations run compiled (harness/kernels/gated_feedback.cpp) whenever that could
+be built: there the step's product of h*_{t-1} is batched over the L source layers,
+P[s] = h_{t-1}^s [R_s^T | u_g blocks | U^{s->1}^T ... U^{s->L}^T], so that it has no
+zero blocks, and the feedback sum_i g^{i->j} U^{i->j} h_{t-1}^i is formed from the
+products U^{i->j} h_{t-1}^i after the gates. The Python loops stay the reference and the
+fallback (ODYSSEY_PYTHON_LOOPS=1), and the tests compare the two.
+
 `fixed_global_gates`, an L x L tensor (row i, column j = g^{i->j}) or None, replaces the
 learned gates when set: a hook for tests and ablations (the identity matrix turns the
 network into a plain stack of LSTM or GRU layers whose candidate sees the own state).
@@ -335,7 +342,7 @@ class GatedFeedbackRNN(nn.Module):
 
     def _step_weights(self):
         """feedback (L, L N, N) and the biases in the row order of `weight_below` (0 for w_g),
-        as `GatedFeedbackRecurrence` takes them."""
+        as `_forward_autograd` takes them."""
         G_N, L = len(self.gates) * self.hidden_size, self.layers
         feedback = self.feedback.permute(1, 0, 3, 2).reshape(L, L * self.hidden_size, self.hidden_size)
         zeros = self.bias[0].new_zeros(L)

@@ -53,7 +53,7 @@ def gru():
 
 def gated_feedback():
     """The compiled GF-LSTM / GF-GRU loops (gated_feedback.cpp), or None (Python loops)."""
-    return _module("gated_feedback", "odyssey_gated_feedback_v3", "gated_feedback.cpp")
+    return _module("gated_feedback", "odyssey_gated_feedback_v4", "gated_feedback.cpp")
 
 
 def _module(key: str, name: str, source: str):

@@ -147,9 +147,10 @@ void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& b
   Tensor below = at::empty({B, K}, A0.options());  // layer j's pre-activation from below, j > 1
   Tensor fb_scratch = at::empty({N}, A0.options());
   const auto big_s = big.unbind(0);
-  std::vector<std::vector<Tensor>> state_layers, P_layers;
+  std::vector<std::vector<Tensor>> state_layers, P_steps;
   for (const auto& st : states.unbind(0)) state_layers.push_back(st.unbind(0));
-  for (const auto& p : P.unbind(0)) P_layers.push_back(p.unbind(0));
+  for (const auto& p : P.unbind(0)) P_steps.push_back(p.unbind(0));  // [src][t]
+  const int64_t TBC = s.steps * B * C;
   const T* A = A0.data_ptr<T>();
   T* BELOW = below.data_ptr<T>();
   T* ACT = act.data_ptr<T>();
@@ -160,9 +161,9 @@ void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& b
   T* FBS = fb_scratch.data_ptr<T>();
   for (int64_t t = 0; t < s.steps; ++t) {
     for (int64_t src = 0; src < L; ++src) {  // everything from h*_{t-1}
-      product<T>(state_layers[t][src], big_s[src], P_layers[t][src], false);
+      product<T>(state_layers[t][src], big_s[src], P_steps[src][t], false);
     }
-    const T* Pt = PP + t * L * B * C;
+    const T* Pt = PP + t * B * C;  // P[src, t, b] at Pt + src * TBC + b * C
     for (int64_t j = 0; j < L; ++j) {
       const T* pre_rows = A + t * B * K;
       if (j > 0) {  // b_j + W_j h_t^{j-1}
@@ -177,13 +178,13 @@ void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& b
         // the global gates g^{i->j}, and the feedback sum_i g^{i->j} V^{i->j}
         for (int64_t i = 0; i < L; ++i) {
           T sum = pre[GN + i];
-          for (int64_t src = 0; src < L; ++src) sum += Pt[(src * B + b) * C + GN + j * L + i];
+          for (int64_t src = 0; src < L; ++src) sum += Pt[src * TBC + b * C + GN + j * L + i];
           a[GN + i] = fixed ? fixed[(j * B + b) * L + i] : sigmoid(sum);
         }
         T* fb = lstm ? FBS : X1 + t * L * B * N + row;
         for (int64_t n = 0; n < N; ++n) fb[n] = 0;
-        for (int64_t i = 0; i < L; ++i) axpy<T>(N, a[GN + i], Pt + (i * B + b) * C + GN + LL + j * N, fb);
-        const T* own = Pt + (j * B + b) * C;
+        for (int64_t i = 0; i < L; ++i) axpy<T>(N, a[GN + i], Pt + i * TBC + b * C + GN + LL + j * N, fb);
+        const T* own = Pt + j * TBC + b * C;
         const T* h_prev = S + t * L * B * N + row;
         T* h = S + (t + 1) * L * B * N + row;
         if constexpr (lstm) {
@@ -211,9 +212,10 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vec
   const auto big_t = big.transpose(1, 2).contiguous().unbind(0);  // (C, N) each
   const auto dh_layers = dh.unbind(0);
   const auto dh_next_layers = dh_next.unbind(0);
-  std::vector<std::vector<Tensor>> dA_layers, dP_layers;
-  for (const auto& d : dA.unbind(0)) dA_layers.push_back(d.unbind(0));
-  for (const auto& d : dP.unbind(0)) dP_layers.push_back(d.unbind(0));
+  std::vector<std::vector<Tensor>> dA_steps, dP_steps;  // [j][t], [src][t]
+  for (const auto& d : dA.unbind(0)) dA_steps.push_back(d.unbind(0));
+  for (const auto& d : dP.unbind(0)) dP_steps.push_back(d.unbind(0));
+  const int64_t TBC = s.steps * B * C;
   const T* DY = dY.data_ptr<T>();
   const T* ACT = act.data_ptr<T>();
   const T* PP = P.data_ptr<T>();
@@ -235,13 +237,13 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vec
         axpy<T>(N, T(1), dy + (concat ? j * N : 0), DH + (j * B + b) * N);
       }
     }
-    const T* Pt = PP + t * L * B * C;
-    T* dPt = DP + t * L * B * C;
+    const T* Pt = PP + t * B * C;  // [src, t, b] at + src * TBC + b * C
+    T* dPt = DP + t * B * C;
     for (int64_t j = L - 1; j >= 0; --j) {
       for (int64_t b = 0; b < B; ++b) {
         const T* a = ACT + ((t * L + j) * B + b) * K;
-        T* d = DA + ((t * L + j) * B + b) * K;
-        T* dp_own = dPt + (j * B + b) * C;
+        T* d = DA + ((j * s.steps + t) * B + b) * K;
+        T* dp_own = dPt + j * TBC + b * C;
         const int64_t row = (j * B + b) * N;
         const T* dh_row = DH + row;
         if constexpr (lstm) {
@@ -253,16 +255,16 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vec
         }
         for (int64_t i = 0; i < L; ++i) {  // the global gates: d g^{i->j} = d fb . V^{i->j}
           const T g = a[GN + i];
-          const T dg = fixed ? T(0) : dot<T>(N, DFB, Pt + (i * B + b) * C + GN + LL + j * N) * g * (T(1) - g);
+          const T dg = fixed ? T(0) : dot<T>(N, DFB, Pt + i * TBC + b * C + GN + LL + j * N) * g * (T(1) - g);
           d[GN + i] = dg;
-          for (int64_t src = 0; src < L; ++src) dPt[(src * B + b) * C + GN + j * L + i] = dg;
-          scaled_copy<T>(N, g, DFB, dPt + (i * B + b) * C + GN + LL + j * N);  // d V^{i->j}
+          for (int64_t src = 0; src < L; ++src) dPt[src * TBC + b * C + GN + j * L + i] = dg;
+          scaled_copy<T>(N, g, DFB, dPt + i * TBC + b * C + GN + LL + j * N);  // d V^{i->j}
         }
       }
-      if (j > 0) product<T>(dA_layers[t][j], W_below[j], dh_layers[j - 1], true);
+      if (j > 0) product<T>(dA_steps[j][t], W_below[j], dh_layers[j - 1], true);
     }
     // d loss / d h*_{t-1}: the direct path (GF-GRU, written above) and everything through P
-    for (int64_t src = 0; src < L; ++src) product<T>(dP_layers[t][src], big_t[src], dh_next_layers[src], !lstm);
+    for (int64_t src = 0; src < L; ++src) product<T>(dP_steps[src][t], big_t[src], dh_next_layers[src], !lstm);
   }
 }
 
@@ -295,7 +297,7 @@ Tensor full_bias(const Tensor& bias, int64_t GN, int64_t L) {
 //   fixed (L, B, L): [j, b, i] = a fixed g^{i->j} for sequence b, or None (learned gates).
 // lstm: GF-LSTM (else GF-GRU); concat: output all layers. Returns [y (T, B, L N) or
 // (T, B, N), then what backward needs: big (L, N, C), act (T, L, B, K) the activations,
-// P (T, L, B, C) the products of big, states (T+1, L, B, N) h*_0..h*_T, aux1 and aux2
+// P (L, T, B, C) the products of big, states (T+1, L, B, N) h*_0..h*_T, aux1 and aux2
 // (GF-LSTM: cells (T+1, L, B, N) and tanh of them (T, L, B, N); GF-GRU: the gated
 // feedback before r (T, L, B, N) and an empty tensor)].
 std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weight_below,
@@ -321,7 +323,7 @@ std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weigh
   }
   const Tensor A0 = at::addmm(bias_full[0], x.reshape({T * B, M}), weight_below[0].t()).view({T, B, K});
   Tensor act = at::empty({T, L, B, K}, x.options());
-  Tensor P = at::empty({T, L, B, s.C}, x.options());
+  Tensor P = at::empty({L, T, B, s.C}, x.options());
   Tensor states = at::zeros({T + 1, L, B, N}, x.options());
   Tensor aux1 = lstm ? at::zeros({T + 1, L, B, N}, x.options()) : at::empty({T, L, B, N}, x.options());
   Tensor aux2 = lstm ? at::empty({T, L, B, N}, x.options()) : at::empty({0}, x.options());
@@ -355,8 +357,8 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std:
   s.C = big.size(2);
   const int64_t T = s.steps, B = s.B, K = s.K, C = s.C, M = x.size(2), GN = s.GN(), LL = s.LL();
   const Tensor dY = dY_in.contiguous();
-  Tensor dA = at::empty({T, L, B, K}, x.options());  // d loss / d pre-activations from below
-  Tensor dP = at::empty({T, L, B, C}, x.options());  // d loss / d P
+  Tensor dA = at::empty({L, T, B, K}, x.options());  // d loss / d pre-activations from below
+  Tensor dP = at::empty({L, T, B, C}, x.options());  // d loss / d P
   std::vector<Tensor> below;
   for (const auto& w : weight_below) below.push_back(w.contiguous());
   const Tensor fixed = fixed_in.has_value() && fixed_in->defined() ? fixed_in->contiguous() : Tensor();
@@ -365,16 +367,19 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std:
     if (lstm) backward_loop<scalar_t, true>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
     else backward_loop<scalar_t, false>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
   });
-  const Tensor d_first = dA.select(1, 0).reshape({T * B, K});
+  const Tensor d_first = dA[0].view({T * B, K});
   Tensor dx = need_dx ? at::mm(d_first, below[0]).view({T, B, M}) : Tensor();
-  const Tensor d_big = at::bmm(states.narrow(0, 0, T).permute({1, 3, 0, 2}).reshape({L, N, T * B}),
-                               dP.permute({1, 0, 2, 3}).reshape({L, T * B, C}));
+  Tensor d_big = at::empty({L, N, C}, x.options());
+  for (int64_t src = 0; src < L; ++src) {  // h_{t-1}^src (a view at batch 1) against dP[src]
+    Tensor out = d_big[src];
+    at::mm_out(out, states.narrow(0, 0, T).select(1, src).reshape({T * B, N}).t(), dP[src].view({T * B, C}));
+  }
   std::vector<Tensor> grads = {
       dx, d_big.narrow(2, GN + LL, L * N).reshape({L, N, L, N}).permute({0, 2, 3, 1}).contiguous(),
       d_big.narrow(2, GN, LL).reshape({L, N, L, L}).permute({3, 2, 0, 1}).reshape({L, L, L * N})};
   std::vector<Tensor> d_bias;
   for (int64_t j = 0; j < L; ++j) {
-    const Tensor d = j == 0 ? d_first : dA.select(1, j).reshape({T * B, K});
+    const Tensor d = dA[j].view({T * B, K});
     const Tensor input = j == 0 ? x.reshape({T * B, M}) : states.narrow(0, 1, T).select(1, j - 1).reshape({T * B, N});
     grads.push_back(at::mm(d.t(), input));
     const Tensor db = d.sum(0);
