@@ -290,11 +290,15 @@ def learning_curves(out, curves, dataset) -> str | None:
     columns = min(4, len(groups))
     rows = -(-len(groups) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows + 0.4),
-                             squeeze=False, sharey=True)
+                             squeeze=False)
     for ax, group in zip(axes.flat, groups):
         for rank, (number, epochs, values) in enumerate(curves[group]):
             ax.plot(epochs, values, marker="." if len(epochs) < 20 else None,
                     color=OTHER_COLORS[rank % len(OTHER_COLORS)], label=f"trial {number}")
+        values = np.concatenate([v for _, _, v in curves[group]])
+        values = values[np.isfinite(values)]
+        if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+            ax.set_yscale("log")  # one epoch that blew up would flatten the others
         ax.set_title(group, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
