@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,11 @@ ROOT = project_root()
 
 
 def odyssey(capsys, *arguments):
-    """(exit status, stdout, stderr) of `odyssey ARGUMENTS`, run in this process."""
+    """(exit status, stdout, stderr) of `odyssey ARGUMENTS`, run in this process (Hydra's run
+    directory in a temporary one unless given, so that nothing lands in results/)."""
+    if not any(a.startswith("hydra.run.dir=") for a in arguments):
+        arguments = (*arguments, f"hydra.run.dir={tempfile.mkdtemp(prefix='odyssey-test-run-')}",
+                     "hydra.output_subdir=null")
     try:
         cli.main(list(arguments))
         code = 0
