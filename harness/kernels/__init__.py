@@ -48,12 +48,12 @@ def lstm():
 
 def gru():
     """The compiled GRU loops (gru.cpp), or None (then cells.py uses its Python loops)."""
-    return _module("gru", "odyssey_gru_v2", "gru.cpp")
+    return _module("gru", "odyssey_gru_v3", "gru.cpp")
 
 
 def gated_feedback():
     """The compiled GF-LSTM / GF-GRU loops (gated_feedback.cpp), or None (Python loops)."""
-    return _module("gated_feedback", "odyssey_gated_feedback_v4", "gated_feedback.cpp")
+    return _module("gated_feedback", "odyssey_gated_feedback_v5", "gated_feedback.cpp")
 
 
 def _module(key: str, name: str, source: str):

@@ -11,13 +11,15 @@
 // V^{i->j}). All of it depends on one source layer s at a time, so it is ONE batched
 // product over the L source layers, without zero blocks:
 //
-//   P[s] = h_{t-1}^s (B, N) @ big[s] (N, C),  big[s] = [R_s^T | u_g^{i->j}[block s] for (j, i) | U^{s->j}^T for j]
+//   P[s] = h_{t-1}^s (B, N) @ rows[s]^T,  rows[s] (C, N) = [R_s; u_g^{i->j}[block s] at row j L + i; U^{s->1}; ...; U^{s->L}]
 //
-// with C = G N + L L + L N. Then the layers run bottom up, each one product for what comes
-// from below (W_j h_t^{j-1} + b_j) and one plain loop over its units. The backward pass
-// mirrors it: top down one product a layer into the layer below, and one batched product
-// dP (L, B, C) @ big^T into d h*_{t-1}; the weight gradients are one product each after
-// the loop. The products of a step and the loops over the units are vectorised (loops.h).
+// with C = G N + L L + L N: the matrices in their stored layout, stacked. Then the layers
+// run bottom up, each one product for what comes from below (b_j + W_j h_t^{j-1}) and one
+// plain loop over its units. The backward pass mirrors it: top down one product a layer
+// into the layer below, and one product dP[s] (B, C) @ rows[s] a source layer into
+// d h*_{t-1}; the weight gradients are one product each after the loop. The products of a
+// step (in both directions without a transposed copy) and the loops over the units are
+// vectorised (loops.h).
 #include <torch/extension.h>
 
 #include <vector>
@@ -26,6 +28,7 @@
 
 using at::Tensor;
 using odyssey::product;
+using odyssey::product_transposed;
 using odyssey::sigmoid;
 using odyssey::tanh_;
 
@@ -140,13 +143,13 @@ void gru_backward_row(int64_t N, const T* __restrict z_in, const T* __restrict r
 }
 
 template <typename T, bool lstm>
-void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& below_t,
-                  const std::vector<Tensor>& bias, const Tensor& big, const T* fixed, Tensor& act, Tensor& P,
+void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& weight_below,
+                  const std::vector<Tensor>& bias, const Tensor& rows, const T* fixed, Tensor& act, Tensor& P,
                   Tensor& states, Tensor& aux1, Tensor& aux2) {
   const int64_t B = s.B, L = s.L, N = s.N, K = s.K, C = s.C, GN = s.GN(), LL = s.LL();
   Tensor below = at::empty({B, K}, A0.options());  // layer j's pre-activation from below, j > 1
   Tensor fb_scratch = at::empty({N}, A0.options());
-  const auto big_s = big.unbind(0);
+  const auto rows_s = rows.unbind(0);
   std::vector<std::vector<Tensor>> state_layers, P_steps;
   for (const auto& st : states.unbind(0)) state_layers.push_back(st.unbind(0));
   for (const auto& p : P.unbind(0)) P_steps.push_back(p.unbind(0));  // [src][t]
@@ -161,14 +164,14 @@ void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& b
   T* FBS = fb_scratch.data_ptr<T>();
   for (int64_t t = 0; t < s.steps; ++t) {
     for (int64_t src = 0; src < L; ++src) {  // everything from h*_{t-1}
-      product<T>(state_layers[t][src], big_s[src], P_steps[src][t], false);
+      product_transposed<T>(state_layers[t][src], rows_s[src], P_steps[src][t], false);
     }
     const T* Pt = PP + t * B * C;  // P[src, t, b] at Pt + src * TBC + b * C
     for (int64_t j = 0; j < L; ++j) {
       const T* pre_rows = A + t * B * K;
       if (j > 0) {  // b_j + W_j h_t^{j-1}
         for (int64_t b = 0; b < B; ++b) std::memcpy(BELOW + b * K, bias[j].data_ptr<T>(), sizeof(T) * K);
-        product<T>(state_layers[t + 1][j - 1], below_t[j], below, true);
+        product_transposed<T>(state_layers[t + 1][j - 1], weight_below[j], below, true);
         pre_rows = BELOW;
       }
       for (int64_t b = 0; b < B; ++b) {
@@ -200,7 +203,7 @@ void forward_loop(const Shape& s, const Tensor& A0, const std::vector<Tensor>& b
 }
 
 template <typename T, bool lstm>
-void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vector<Tensor>& W_below, const Tensor& big,
+void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vector<Tensor>& W_below, const Tensor& rows,
                    const T* fixed, const Tensor& act, const Tensor& P, const Tensor& states, const Tensor& aux1,
                    const Tensor& aux2, Tensor& dA, Tensor& dP) {
   const int64_t B = s.B, L = s.L, N = s.N, K = s.K, C = s.C, GN = s.GN(), LL = s.LL();
@@ -209,7 +212,7 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vec
   Tensor dh_next = at::zeros({L, B, N}, dY.options());  // d loss / d h*_t through step t + 1
   Tensor dc = at::zeros({L, B, N}, dY.options());  // GF-LSTM: d loss / d c*_t through step t + 1
   Tensor d_fb_scratch = at::empty({N}, dY.options());
-  const auto big_t = big.transpose(1, 2).contiguous().unbind(0);  // (C, N) each
+  const auto rows_s = rows.unbind(0);  // (C, N) each
   const auto dh_layers = dh.unbind(0);
   const auto dh_next_layers = dh_next.unbind(0);
   std::vector<std::vector<Tensor>> dA_steps, dP_steps;  // [j][t], [src][t]
@@ -264,7 +267,7 @@ void backward_loop(const Shape& s, const Tensor& dY, bool concat, const std::vec
       if (j > 0) product<T>(dA_steps[j][t], W_below[j], dh_layers[j - 1], true);
     }
     // d loss / d h*_{t-1}: the direct path (GF-GRU, written above) and everything through P
-    for (int64_t src = 0; src < L; ++src) product<T>(dP_steps[src][t], big_t[src], dh_next_layers[src], !lstm);
+    for (int64_t src = 0; src < L; ++src) product<T>(dP_steps[src][t], rows_s[src], dh_next_layers[src], !lstm);
   }
 }
 
@@ -296,8 +299,8 @@ Tensor full_bias(const Tensor& bias, int64_t GN, int64_t L) {
 //   feedback (L, L, N, N): [i, j] = U^{i->j};  global_gate_recurrent (L, L, L N): [i, j] = u_g^{i->j};
 //   fixed (L, B, L): [j, b, i] = a fixed g^{i->j} for sequence b, or None (learned gates).
 // lstm: GF-LSTM (else GF-GRU); concat: output all layers. Returns [y (T, B, L N) or
-// (T, B, N), then what backward needs: big (L, N, C), act (T, L, B, K) the activations,
-// P (L, T, B, C) the products of big, states (T+1, L, B, N) h*_0..h*_T, aux1 and aux2
+// (T, B, N), then what backward needs: rows (L, C, N) the stacked matrices of the step's
+// product, act (T, L, B, K) the activations, P (L, T, B, C) the products, states (T+1, L, B, N) h*_0..h*_T, aux1 and aux2
 // (GF-LSTM: cells (T+1, L, B, N) and tanh of them (T, L, B, N); GF-GRU: the gated
 // feedback before r (T, L, B, N) and an empty tensor)].
 std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weight_below,
@@ -311,15 +314,15 @@ std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weigh
               "gated_feedback.forward: give weight_below, bias and weight_recurrent of each of the ", L, " layers");
   TORCH_CHECK(weight_below[0].size(0) == K, "gated_feedback.forward: weight_below[0] has ", weight_below[0].size(0),
               " rows, expected ", K);
-  // big[s] = [R_s^T | u_g^{i->j}[block s] at column j L + i | U^{s->j}^T for j]  (N, C)
-  const Tensor big = at::cat({at::stack(weight_recurrent).transpose(1, 2),
-                              global_gate_recurrent.reshape({L, L, L, N}).permute({2, 3, 1, 0}).reshape({L, N, L * L}),
-                              feedback.permute({0, 3, 1, 2}).reshape({L, N, L * N})},
-                             2).contiguous();
-  std::vector<Tensor> bias_full, below_t;  // below_t[j] = weight_below[j]^T (N, K), j > 1
+  // rows[s] = [R_s; u_g^{i->j}[block s] at row j L + i; U^{s->j} for j]  (C, N)
+  const Tensor rows = at::cat({at::stack(weight_recurrent),
+                               global_gate_recurrent.reshape({L, L, L, N}).permute({2, 1, 0, 3}).reshape({L, L * L, N}),
+                               feedback.reshape({L, L * N, N})},
+                              1);
+  std::vector<Tensor> bias_full, below;
   for (int64_t j = 0; j < L; ++j) {
     bias_full.push_back(full_bias(bias[j], GN, L));
-    below_t.push_back(j == 0 ? Tensor() : weight_below[j].t().contiguous());
+    below.push_back(weight_below[j].contiguous());
   }
   const Tensor A0 = at::addmm(bias_full[0], x.reshape({T * B, M}), weight_below[0].t()).view({T, B, K});
   Tensor act = at::empty({T, L, B, K}, x.options());
@@ -330,12 +333,12 @@ std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weigh
   const Tensor fixed = fixed_in.has_value() && fixed_in->defined() ? fixed_in->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gf_forward", [&] {
     const scalar_t* fx = fixed.defined() ? fixed.data_ptr<scalar_t>() : nullptr;
-    if (lstm) forward_loop<scalar_t, true>(s, A0, below_t, bias_full, big, fx, act, P, states, aux1, aux2);
-    else forward_loop<scalar_t, false>(s, A0, below_t, bias_full, big, fx, act, P, states, aux1, aux2);
+    if (lstm) forward_loop<scalar_t, true>(s, A0, below, bias_full, rows, fx, act, P, states, aux1, aux2);
+    else forward_loop<scalar_t, false>(s, A0, below, bias_full, rows, fx, act, P, states, aux1, aux2);
   });
   const Tensor out = states.narrow(0, 1, T);  // (T, L, B, N)
   Tensor y = concat ? out.permute({0, 2, 1, 3}).reshape({T, B, L * N}).clone() : out.select(1, L - 1).clone();
-  return {y, big, act, P, states, aux1, aux2};
+  return {y, rows, act, P, states, aux1, aux2};
 }
 
 // dY (T, B, L N) or (T, B, N), and x, weight_below, fixed and the saved tensors of
@@ -343,10 +346,10 @@ std::vector<Tensor> gf_forward(const Tensor& x, const std::vector<Tensor>& weigh
 // d global_gate_recurrent, d weight_below[1..L], d bias[1..L], d weight_recurrent[1..L]],
 // each the shape of its parameter.
 std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std::vector<Tensor>& weight_below,
-                                const c10::optional<Tensor>& fixed_in, const Tensor& big, const Tensor& act,
+                                const c10::optional<Tensor>& fixed_in, const Tensor& rows, const Tensor& act,
                                 const Tensor& P, const Tensor& states, const Tensor& aux1, const Tensor& aux2,
                                 bool lstm, bool concat, bool need_dx) {
-  const int64_t L = big.size(0), N = big.size(1);
+  const int64_t L = rows.size(0), N = rows.size(2);
   Shape s;
   s.steps = x.size(0);
   s.B = x.size(1);
@@ -354,7 +357,7 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std:
   s.N = N;
   s.G = lstm ? 3 : 2;
   s.K = s.G * N + L + N;
-  s.C = big.size(2);
+  s.C = rows.size(1);
   const int64_t T = s.steps, B = s.B, K = s.K, C = s.C, M = x.size(2), GN = s.GN(), LL = s.LL();
   const Tensor dY = dY_in.contiguous();
   Tensor dA = at::empty({L, T, B, K}, x.options());  // d loss / d pre-activations from below
@@ -364,19 +367,19 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std:
   const Tensor fixed = fixed_in.has_value() && fixed_in->defined() ? fixed_in->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gf_backward", [&] {
     const scalar_t* fx = fixed.defined() ? fixed.data_ptr<scalar_t>() : nullptr;
-    if (lstm) backward_loop<scalar_t, true>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
-    else backward_loop<scalar_t, false>(s, dY, concat, below, big, fx, act, P, states, aux1, aux2, dA, dP);
+    if (lstm) backward_loop<scalar_t, true>(s, dY, concat, below, rows, fx, act, P, states, aux1, aux2, dA, dP);
+    else backward_loop<scalar_t, false>(s, dY, concat, below, rows, fx, act, P, states, aux1, aux2, dA, dP);
   });
   const Tensor d_first = dA[0].view({T * B, K});
   Tensor dx = need_dx ? at::mm(d_first, below[0]).view({T, B, M}) : Tensor();
-  Tensor d_big = at::empty({L, N, C}, x.options());
-  for (int64_t src = 0; src < L; ++src) {  // h_{t-1}^src (a view at batch 1) against dP[src]
-    Tensor out = d_big[src];
-    at::mm_out(out, states.narrow(0, 0, T).select(1, src).reshape({T * B, N}).t(), dP[src].view({T * B, C}));
+  Tensor d_rows = at::empty({L, C, N}, x.options());
+  for (int64_t src = 0; src < L; ++src) {  // dP[src] against h_{t-1}^src (a view at batch 1)
+    Tensor out = d_rows[src];
+    at::mm_out(out, dP[src].view({T * B, C}).t(), states.narrow(0, 0, T).select(1, src).reshape({T * B, N}));
   }
   std::vector<Tensor> grads = {
-      dx, d_big.narrow(2, GN + LL, L * N).reshape({L, N, L, N}).permute({0, 2, 3, 1}).contiguous(),
-      d_big.narrow(2, GN, LL).reshape({L, N, L, L}).permute({3, 2, 0, 1}).reshape({L, L, L * N})};
+      dx, d_rows.narrow(1, GN + LL, L * N).reshape({L, L, N, N}).contiguous(),
+      d_rows.narrow(1, GN, LL).reshape({L, L, L, N}).permute({2, 1, 0, 3}).reshape({L, L, L * N})};
   std::vector<Tensor> d_bias;
   for (int64_t j = 0; j < L; ++j) {
     const Tensor d = dA[j].view({T * B, K});
@@ -386,7 +389,7 @@ std::vector<Tensor> gf_backward(const Tensor& dY_in, const Tensor& x, const std:
     d_bias.push_back(at::cat({db.narrow(0, 0, GN), db.narrow(0, GN + L, N)}));
   }
   grads.insert(grads.end(), d_bias.begin(), d_bias.end());
-  for (int64_t j = 0; j < L; ++j) grads.push_back(d_big[j].narrow(1, 0, GN).t().contiguous());
+  for (int64_t j = 0; j < L; ++j) grads.push_back(d_rows[j].narrow(0, 0, GN).contiguous());
   return grads;
 }
 

@@ -15,6 +15,7 @@
 
 using at::Tensor;
 using odyssey::product;
+using odyssey::product_transposed;
 using odyssey::sigmoid;
 using odyssey::tanh_;
 
@@ -74,7 +75,7 @@ template <typename T>
 void forward_loop(const Tensor& a, const Tensor& R, Tensor& states, Tensor& gates, Tensor& candidate,
                   Tensor& reset_state) {
   const int64_t steps = a.size(0), B = a.size(1), N = a.size(2) / 3;
-  const Tensor R_zr_t = R.narrow(0, 0, 2 * N).t().contiguous(), R_h_t = R.narrow(0, 2 * N, N).t().contiguous();
+  const Tensor R_zr = R.narrow(0, 0, 2 * N), R_h = R.narrow(0, 2 * N, N);  // rows of the contiguous R
   Tensor rec_zr = at::empty({B, 2 * N}, a.options()), rec_h = at::empty({B, N}, a.options());
   const auto h_t = states.unbind(0);
   const auto rs_t = reset_state.unbind(0);
@@ -86,14 +87,14 @@ void forward_loop(const Tensor& a, const Tensor& R, Tensor& states, Tensor& gate
   const T* RZR = rec_zr.data_ptr<T>();
   const T* RH = rec_h.data_ptr<T>();
   for (int64_t t = 0; t < steps; ++t) {
-    product<T>(h_t[t], R_zr_t, rec_zr, false);
+    product_transposed<T>(h_t[t], R_zr, rec_zr, false);
     for (int64_t b = 0; b < B; ++b) {
       const T* ab = A + (t * B + b) * 3 * N;
       T* g = G + (t * B + b) * 2 * N;
       gates_row<T>(N, ab, ab + N, RZR + b * 2 * N, RZR + b * 2 * N + N, S + (t * B + b) * N, g, g + N,
                    RS + (t * B + b) * N);
     }
-    product<T>(rs_t[t], R_h_t, rec_h, false);
+    product_transposed<T>(rs_t[t], R_h, rec_h, false);
     for (int64_t b = 0; b < B; ++b) {
       state_row<T>(N, A + (t * B + b) * 3 * N + 2 * N, RH + b * N, G + (t * B + b) * 2 * N,
                    S + (t * B + b) * N, H + (t * B + b) * N, S + ((t + 1) * B + b) * N);
