@@ -118,7 +118,7 @@ def _effects(model, by_name, index, points=9) -> dict[str, float]:
 
 
 def analyse(group: str, frame: pd.DataFrame, column: str, distributions: dict, options,
-            bootstrap: bool = True, sign: float = 1.0) -> FanovaResult:
+            bootstrap: bool = True) -> FanovaResult:
     """fANOVA of `frame[column]` (the trials of one group) with bootstrap intervals."""
     parameters, left_out = shared_parameters(frame, distributions)
     result = FanovaResult(group, parameters, [], n_trials=len(frame), left_out=left_out)

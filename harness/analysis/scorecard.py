@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pandas as pd
 
 from harness.analysis.read import finite
