@@ -15,14 +15,15 @@ back unchanged and in order; dx is None unless need_dx):
     forward(x (T, B, M), W, R, b) -> [h (T, B, N), *saved]
     backward(dY (T, B, N), x, W, R, *saved, need_dx) -> [dx, dW, dR, db]
 
-`gated_feedback()` (gated_feedback.cpp), GF-LSTM (lstm=True) and GF-GRU; the arguments
-of gated_feedback.GatedFeedbackRecurrence (its docstring gives the layouts; the
-module's `_step_weights` builds them from the parameters):
-    forward(x, W_first, b_first, W_upper, b_upper, R, u_g, feedback, fixed, lstm, concat)
-        -> [y (T, B, L N) if concat else (T, B, N), *saved]
-    backward(dY, x, W_first, W_upper, fixed, *saved, lstm, concat, need_dx)
-        -> [dx, dW_first, db_first, dW_upper, db_upper, dR, d_u_g, d_feedback]
-    (`fixed` is the (L, B, L) fixed global gates or None, as in forward.)
+`gated_feedback()` (gated_feedback.cpp), GF-LSTM (lstm=True) and GF-GRU, on the
+parameters of gated_feedback.GatedFeedbackRNN as it stores them (lists of L tensors,
+layer 1 first; layouts in its docstring):
+    forward(x (T, B, M), weight_below, bias, weight_recurrent, feedback, global_gate_recurrent,
+            fixed, lstm, concat) -> [y (T, B, L N) if concat else (T, B, N), *saved]
+    backward(dY, x, weight_below, fixed, *saved, lstm, concat, need_dx)
+        -> [dx, d feedback, d global_gate_recurrent, *d weight_below (L), *d bias (L),
+            *d weight_recurrent (L)], each the shape of its parameter
+    (`fixed`: the (L, B, L) fixed global gates [j, b, i] of `_fixed_gates`, or None.)
 
 `lstm()` (lstm.cpp): see cells.LSTMRecurrence.
 """
