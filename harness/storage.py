@@ -234,7 +234,9 @@ class Liveness:
         was in fact alive: in its retry if that is still waiting (the retry is claimed, so it
         never runs), else as a trial of its own (`late_result_of`; `duplicate_of` when its
         retry runs or ran elsewhere: then it does not count). Returns the retry's number, or
-        None for a trial of its own."""
+        None for a trial of its own. (A trial of its own without a retry, past MAX_RETRY, or a
+        retry claimed here while another worker was starting a fresh trial, can leave the
+        study one trial beyond n_trials: finished work is never dropped to keep the count.)"""
         trials = study.get_trials(deepcopy=False)
         original = next(t for t in trials if t.number == number)
         with warnings.catch_warnings():

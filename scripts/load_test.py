@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +107,7 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     trained = []
     for k in range(workers):
         trained += [int(line.split("_")[1]) for line in open(os.path.join(log_dir, f"worker_{k}.txt")).read().split()]
+    shutil.rmtree(log_dir, ignore_errors=True)
     counted = [t for t in trials if counts(t)]
     by_state = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     wrong_values = [t.number for t in counted if t.state == TrialState.COMPLETE
@@ -154,12 +156,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
     args = parser.parse_args(argv)
     n_trials = args.trials or 8 * args.workers
-    results, servers = [], []
+    results, servers, scratch = [], [], []
     try:
         targets = [(args.url.split(":")[0], args.url)] if args.url else []
         for kind in ([] if args.url else args.storages.split(",")):
             if kind == "journal":
-                targets.append((kind, f"journal:{tempfile.mkdtemp(prefix='odyssey-load-')}/load.log"))
+                scratch.append(tempfile.mkdtemp(prefix="odyssey-load-"))
+                targets.append((kind, f"journal:{scratch[-1]}/load.log"))
             elif kind == "postgresql":
                 from postgres_server import PostgresServer
 
@@ -174,6 +177,8 @@ def main(argv=None) -> int:
     finally:
         for server in servers:
             server.stop()
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
     columns = ("storage", "workers", "counted", "wall_s", "trials_per_s", "ideal_trials_per_s",
                "overhead_s_per_trial", "surplus", "taken_for_dead", "lost", "trained_twice",
                "enqueued_not_run_once", "ok")
