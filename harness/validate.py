@@ -114,24 +114,16 @@ def _hint(key: str, known: list[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def dataset_options(fmt) -> set[str] | None:
-    """The keys a reader reads, or None if the reader does not list them."""
+def reader_keys(fmt) -> dict[str, str] | None:
+    """{key: kind} of the options a reader lists (its CONFIG_KEYS), or None if it lists none."""
     try:
         module = importlib.import_module(f"harness.datasets.{fmt}")
     except Exception:  # an unknown format: the reader's own check says so later
         return None
     keys = getattr(module, "CONFIG_KEYS", None)
-    return None if keys is None else COMMON_DATASET_KEYS | set(keys)
-
-
-def dataset_options_kinds(fmt) -> dict[str, str]:
-    """{key: kind} of the reader's CONFIG_KEYS ({} if it lists none)."""
-    try:
-        module = importlib.import_module(f"harness.datasets.{fmt}")
-    except Exception:
-        return {}
-    return {key: ("number" if kind in ("int", "float") else kind)
-            for key, kind in (getattr(module, "CONFIG_KEYS", None) or {}).items()}
+    if keys is None:
+        return None
+    return {key: ("number" if kind in ("int", "float") else kind) for key, kind in keys.items()}
 
 
 def _optional(key: str, baseline) -> bool:
@@ -141,8 +133,8 @@ def _optional(key: str, baseline) -> bool:
     if key.startswith("variant.switches."):
         return True
     if key.startswith("dataset.") and key.count(".") == 1:
-        options = dataset_options(OmegaConf.select(baseline, "dataset.format", default=None))
-        return options is None or key.split(".", 1)[1] in options
+        options = reader_keys(OmegaConf.select(baseline, "dataset.format", default=None))
+        return options is None or key.split(".", 1)[1] in COMMON_DATASET_KEYS | set(options)
     return False
 
 
@@ -437,7 +429,7 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             continue
         kinds = _shipped_kinds(sorted((CONF / section).glob("*.yaml")))
         if section == "dataset":
-            options = dataset_options_kinds(cfg.dataset.get("format"))
+            options = reader_keys(cfg.dataset.get("format")) or {}
             kinds.update({key: kind for key, kind in options.items() if key not in kinds})
         if section == "train":
             kinds.pop("threads", None)  # auto or a whole number: _check_threads

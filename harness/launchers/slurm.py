@@ -303,6 +303,14 @@ def launch(cfg, variants: list[str]) -> list[str]:
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=0)
     parameters = executor_parameters(options, tasks, f"odyssey-{cfg.dataset.name}")
     try:
+        queued = subprocess.run(["squeue", "-h", "-n", parameters["job_name"], "-o", "%F"], capture_output=True,
+                                text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):  # only a note: sbatch below says what is wrong, if anything
+        queued = []
+    if queued:  # a sweep submitted with wait=false, still at work: the new tasks share its studies
+        print(f"slurm: job {', '.join(sorted(set(queued)))} ({parameters['job_name']}) is still queued or running; "
+              "the new tasks work on the same studies with it.", flush=True)
+    try:
         executor.update_parameters(**parameters)
     except ValueError as error:
         raise UserError(f"search.slurm: {str(error).splitlines()[0]}") from None
