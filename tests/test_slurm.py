@@ -153,9 +153,9 @@ def tiny_music(directory: Path) -> Path:
     return directory / "conf"
 
 
-def sweep_arguments(tmp_path, *more):
+def sweep_arguments(tmp_path, *more, storage=None):
     return ["sweep", "--config-dir", str(tiny_music(tmp_path)), "dataset=tiny", "variant=vanilla",
-            "search.launcher=slurm", f"search.storage=journal:{tmp_path}/studies.log",
+            "search.launcher=slurm", f"search.storage={storage or f'journal:{tmp_path}/studies.log'}",
             f"search.slurm.folder={tmp_path}/slurm", "search.slurm.poll_seconds=0.5", "search.slurm.time_min=10",
             "search.slurm.mem_gb=0.5", *more]
 
@@ -255,6 +255,19 @@ def test_a_sweep_runs_as_an_array_job_and_a_rerun_tops_it_up(cluster, tmp_path):
 
     done = odyssey(cluster, *sweep_arguments(tmp_path, "search.workers=2", "search.n_trials=6", "max_epochs=1"))
     assert done.returncode == 0 and "nothing submitted" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_readmes_recipe_with_postgresql(cluster, tmp_path, postgres):
+    """The array job's tasks share a study on a real PostgreSQL server (tests/postgres_server.py)."""
+    url = postgres()
+    run = odyssey(cluster, *sweep_arguments(tmp_path, "search.workers=2", "search.n_trials=4", "max_epochs=1",
+                                            storage=url))
+    assert run.returncode == 0, run.stdout + run.stderr
+    job_id = re.search(r"submitted array job (\d+), 2 task", run.stdout).group(1)
+    assert job_tasks(cluster, job_id) == {0: "COMPLETED", 1: "COMPLETED"}
+    trials = optuna.load_study(study_name="tiny.vanilla", storage=url).get_trials()
+    assert counted(trials) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
 
 
 @pytest.mark.slow
