@@ -390,3 +390,18 @@ def test_diverged_rule_keeps_runs_that_did_not_learn():
     # too few trials, or the rule off: nothing is flagged
     assert not flag(frame.head(5), "test_metric", 1.0, "auto", 5.0, 10.0)[0].any()
     assert not flag(frame, "test_metric", 1.0, "none", 5.0, 10.0)[0].any()
+
+
+def test_studies_the_analysis_cannot_read_give_one_clear_message(tmp_path):
+    url = _journal(tmp_path)
+    two = optuna.create_study(study_name="pareto", storage=_open(url), directions=["minimize"] * 2)
+    two.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[1.0, 2.0]))
+    with pytest.raises(UserError, match="2 objectives"):
+        _run(url, tmp_path / "out", "pareto")
+    for variant, direction in (("a", "minimize"), ("b", "maximize")):
+        study = optuna.create_study(study_name=f"mix.{variant}", storage=_open(url), direction=direction)
+        study.set_user_attr("dataset", "mix")
+    with pytest.raises(UserError, match="mix minimised and maximised"):
+        _run(url, tmp_path / "out", "mix")
+    with pytest.raises(UserError, match="analysis.diverged_rule"):
+        _run(url, tmp_path / "out", "mix", diverged_rule="median")
