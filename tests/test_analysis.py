@@ -363,6 +363,8 @@ def test_any_optuna_study_made_by_hand(tmp_path):
     assert variants.best_all == pytest.approx(best)  # higher is better: the best is the largest
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
     assert "Learning curves" in text and "no intermediate values" not in text
+    card = pd.read_csv(tmp_path / "out" / "scorecard.csv")
+    assert (card.verdict == "not applicable").all()  # none of the paper's parameters or variants
 
 
 def test_diverged_rule_keeps_runs_that_did_not_learn():

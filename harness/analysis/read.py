@@ -58,7 +58,7 @@ def load(storage, dataset: str, metric: str = "auto") -> Studies:
         elif summary.study_name == dataset:
             found.setdefault(summary.study_name, []).append(summary)
     if not found:
-        others = sorted({str(_dataset_variant(s)[0]) for s in summaries}
+        others = sorted({_dataset_variant(s)[0] for s in summaries} - {None}
                         | {s.study_name for s in summaries})
         listing = ", ".join(others) if others else "none (the storage holds no study)"
         raise UserError(f"No study of data set {dataset!r} in this storage; the data sets and "

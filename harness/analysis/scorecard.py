@@ -221,6 +221,8 @@ def _finding(key, j, pooled, singles, effects, task, options, sign):
         hurts = (low > 0) == (sign > 0)  # the interval excludes 0: its side says which way
         return ("agrees" if hurts == hurts_expected else "disagrees"), evidence
     if key == "interactions_small":
+        if not {RATE, SIZE} <= set(singles):
+            return "not applicable", "learning_rate and hidden_size are not both searched parameters"
         small = float(options["small_interactions"])
         verdicts = [j.above("higher_order", small)]
         verdicts[0] = {"agrees": "disagrees", "disagrees": "agrees"}.get(verdicts[0], verdicts[0])
