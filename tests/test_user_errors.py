@@ -191,6 +191,15 @@ def test_empty_truncated_and_foreign_npz_files_and_a_missing_split(capsys, tmp_p
     (data / "valid.npz").unlink()
     data_refused(capsys, tmp_path, data, words=(str(data / "valid.npz"), "is missing"))
 
+    data = npz_data(tmp_path / "i", lengths=np.array([3, 3]))  # 6 frames said, 5 rows given
+    data_refused(capsys, tmp_path, data, words=(str(data / "train.npz"), "adds up to 6", "5 rows"))
+
+
+def test_a_piano_roll_file_without_a_split(capsys, tmp_path):
+    conf = pianoroll_config(tmp_path, {"train": [[[60], [62]]], "test": [[[60], [62]]]})
+    refused(capsys, "data", "songs", "--config-dir", str(conf),
+            words=(str(tmp_path / "songs.json"), "'valid'"))
+
 
 def test_a_truncated_archive_member_is_named(capsys, tmp_path):
     """A zip whose directory is intact but one array's bytes are cut: read fails late."""
