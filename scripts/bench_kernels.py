@@ -84,7 +84,7 @@ def cpu_seconds(step) -> float:
 
 def compare(ours, reference, repeats: int) -> tuple[float, float]:
     """Median seconds of `ours` and of `reference`, timed alternately after a warm-up."""
-    for _ in range(2):
+    for _ in range(5):
         cpu_seconds(ours), cpu_seconds(reference)
     ours_times, reference_times = [], []
     for _ in range(repeats):
