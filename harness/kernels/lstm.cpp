@@ -141,8 +141,9 @@ void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input,
   const bool small = B <= kSmallBatch;
   const Tensor R_t = small ? R.t().contiguous() : R.t();  // (n_rec, 4N)
   const T* __restrict Rt = R_t.data_ptr<T>();
-  const auto a_t = a.unbind(0);
-  const auto recurrent_in = states.narrow(2, 0, n_rec).unbind(0);
+  // per-step views for ATen's product (large batches only: making them costs ~1 us a step)
+  const auto a_t = small ? std::vector<Tensor>() : a.unbind(0);
+  const auto recurrent_in = small ? std::vector<Tensor>() : states.narrow(2, 0, n_rec).unbind(0);
   const T* __restrict pp = p.data_ptr<T>();
   const T* __restrict sc = scale.data_ptr<T>();
   const T* __restrict sh = shift.data_ptr<T>();
@@ -181,7 +182,9 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
   Tensor d_recurrent = at::zeros({B, n_rec}, dY.options());  // d loss / d u^t through step t + 1
   Tensor no_gate_gradient = at::zeros({B, 3 * N}, dY.options());
   Tensor dc_next = at::zeros({B, N}, dY.options());
-  const auto da_t = dA.unbind(0);
+  const bool small = B <= kSmallBatch;
+  const auto da_t = small ? std::vector<Tensor>() : dA.unbind(0);
+  T* DA = dA.data_ptr<T>();
   const T* pp = p.data_ptr<T>();
   const T* sc = scale.data_ptr<T>();
   const T* S = states.data_ptr<T>();
@@ -196,7 +199,7 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
   const T* DG = gate_recurrence ? DR + N : no_gate_gradient.data_ptr<T>();
   const int64_t dg_stride = gate_recurrence ? n_rec : 3 * N;
   for (int64_t t = steps - 1; t >= 0; --t) {
-    T* D = da_t[t].data_ptr<T>();
+    T* D = DA + t * B * 4 * N;
     for (int64_t b = 0; b < B; ++b) {
       const T* s = S + ((t + 1) * B + b) * 4 * N;
       const T* c_prev = C + (t * B + b) * N;
@@ -211,7 +214,7 @@ void backward_loop(const Tensor& dY, Tensor& dA, const Tensor& states, const Ten
                                       dg + 2 * N, pp, pp + N, pp + 2 * N, sc, sc + N, sc + 2 * N, dc_n, d, d + N,
                                       d + 2 * N, d + 3 * N);
     }
-    if (B <= kSmallBatch) {
+    if (small) {
       for (int64_t b = 0; b < B; ++b) vector_matrix<T>(4 * N, n_rec, Rp, D + b * 4 * N, DR + b * n_rec);
     } else {
       at::mm_out(d_recurrent, da_t[t], R);
