@@ -1,4 +1,4 @@
-"""Training one configuration: the recipe of Greff et al. (2017) (docs/science.md, training).
+"""Training one configuration: the recipe of Greff et al. (2017) (docs/engine.md).
 
 - SGD with Nesterov momentum; the step is learning_rate * (1 - momentum), so that the
   learning rate is the size of a step whatever the momentum;
@@ -37,6 +37,7 @@ from harness.datasets import DataSplits, Sequence, load_dataset
 from harness.engine import make_step
 from harness.errors import UserError
 from harness.networks import SequenceNetwork, count_parameters
+from harness.resources import torch_threads
 
 
 def check_hyperparameters(cfg) -> None:
@@ -118,9 +119,8 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     if variant == "all":
         raise UserError("variant=all is for `odyssey sweep`; `odyssey train` trains one variant, e.g. variant=vanilla.")
     options = dict(cfg.train)
-    threads = options.get("threads", 1)
-    if threads not in (None, "auto"):  # "auto": the caller (a sweep worker) has set it
-        torch.set_num_threads(int(threads))
+    # auto: all cores for one training (a sweep worker sets its share, cores / workers)
+    torch.set_num_threads(torch_threads(options.get("threads")))
     # Trained weights and states fill with denormal floats, which slow CPU arithmetic
     # 1.3-2.4x; flushing them to zero changes results only within float tolerance.
     torch.set_flush_denormal(bool(options.get("flush_denormal", True)))

@@ -1,0 +1,64 @@
+"""`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
+
+Three sections (`bench.sections`), each a table on the terminal and a part of the JSON
+written to results/bench/bench.json:
+
+- `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
+  weights, against torch.nn.LSTM / GRU timed alternately in the same loop;
+- `epochs` (harness.bench.epochs): epochs of the training recipe as a trial runs them
+  (one update a sequence, then validation), fresh and after the network has trained
+  (`warm` epochs untimed, then `timed` epochs), for every model and task asked, against
+  torch.nn.LSTM (and torch.nn.GRU) in the same recipe, denormals flushed for both;
+- `study` (harness.bench.study): a small fixed full-protocol JSB study (configurations
+  drawn once from Greff et al.'s space) with 1 and 2 worker processes: trials an hour,
+  and the projected hours of 200-trial-a-model studies of each task on this machine.
+
+Every figure is measured on one torch thread a process, as sweep workers train.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from harness import kernels, project_root
+from harness.bench.epochs import time_epochs
+from harness.bench.layers import time_layers
+from harness.bench.study import project_studies, time_study
+from harness.cells import VARIANTS
+from harness.errors import UserError
+
+SECTIONS = ("layers", "epochs", "study")
+
+
+def bench(cfg) -> dict:
+    options = cfg.bench
+    sections = list(options.sections)
+    if unknown := [s for s in sections if s not in SECTIONS]:
+        raise UserError(f"bench.sections: unknown {unknown}; choose from {', '.join(SECTIONS)}.")
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    compiled = kernels.lstm() is not None
+    print(f"odyssey bench: 1 torch thread, torch {torch.__version__}, "
+          f"{'compiled' if compiled else 'Python'} loops, denormals flushed, sections {', '.join(sections)}",
+          flush=True)
+    result: dict = {"torch": torch.__version__, "threads": 1, "compiled_loops": compiled}
+    if "layers" in sections:
+        print("\nforward + backward of one layer (fresh weights), against torch in the same run:")
+        result["layers"] = time_layers(list(options.variants or VARIANTS), int(options.repeats))
+    if "epochs" in sections:
+        print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
+        result["epochs"] = time_epochs(cfg, options.epochs)
+    if "study" in sections:
+        print("\na small full-protocol JSB study:")
+        result["study"] = time_study(cfg, options.study)
+        if "epochs" in result:
+            result["projection"] = project_studies(result["study"], result["epochs"],
+                                                   int(options.study.trials_per_model))
+    out = Path(options.out or project_root() / "results" / "bench" / "bench.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten: {out}")
+    return result
