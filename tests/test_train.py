@@ -35,6 +35,39 @@ def test_seeded_runs_are_reproducible(compose_config):
     assert other["test_metric"] != first["test_metric"]
 
 
+@pytest.mark.parametrize("variant", ["vanilla", "cifg", "gru"])
+def test_native_and_torch_engines_train_alike(compose_config, variant):
+    """Three epochs, with input noise: the same curve and test figure on both engines."""
+    base = ["max_epochs=3", "hidden_size=12", "input_noise_std=0.2", "seed=2", f"variant={variant}"]
+    data = tiny_jsb(compose_config)
+    native = train(compose_config(base + ["train.engine=native"]), data=data, log=lambda _: None)
+    reference = train(compose_config(base + ["train.engine=torch"]), data=data, log=lambda _: None)
+    for a, b in zip(native["learning_curve"], reference["learning_curve"]):
+        assert a["val_metric"] == pytest.approx(b["val_metric"], rel=1e-5)
+        assert a["train_loss_per_frame"] == pytest.approx(b["train_loss_per_frame"], rel=1e-5)
+    assert native["test_metric"] == pytest.approx(reference["test_metric"], rel=1e-5)
+
+
+def test_flushing_denormals_changes_no_result(compose_config):
+    """train.flush_denormal: on, a denormal float reads as zero; off, it stays; the
+    training's figures agree to float tolerance either way."""
+    base = ["max_epochs=3", "hidden_size=12", "seed=1", "learning_rate=1e-2"]
+    data = tiny_jsb(compose_config)
+    def denormal():  # 1e-40 is below float32's smallest normal number, 1.2e-38
+        return (torch.tensor([1e-40]) * 1.0).item()
+
+    try:
+        flushed = train(compose_config(base + ["train.flush_denormal=true"]), data=data, log=lambda _: None)
+        assert denormal() == 0.0
+        kept = train(compose_config(base + ["train.flush_denormal=false"]), data=data, log=lambda _: None)
+        assert denormal() == pytest.approx(1e-40, rel=1e-3)
+    finally:
+        torch.set_flush_denormal(True)
+    assert flushed["test_metric"] == pytest.approx(kept["test_metric"], rel=1e-5)
+    assert [c["val_metric"] for c in flushed["learning_curve"]] == pytest.approx(
+        [c["val_metric"] for c in kept["learning_curve"]], rel=1e-5)
+
+
 def test_one_update_per_sequence_with_nesterov_and_scaled_learning_rate(compose_config):
     """One epoch of the recipe equals hand-written Nesterov SGD, step lr * (1 - momentum),
     one update after each sequence, in the order the run shuffles them."""
