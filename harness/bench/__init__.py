@@ -60,5 +60,42 @@ def bench(cfg) -> dict:
     out = Path(options.out or project_root() / "results" / "bench" / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\nwritten: {out}")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"\nwritten: {out} and {out.with_suffix('.md')} (the tables as Markdown)")
     return result
+
+
+def markdown(result: dict) -> str:
+    """The tables of a bench run as Markdown, for the README."""
+    lines = []
+    if result.get("epochs"):
+        lines += ["| data set | model | fresh epoch (s) | trained epoch (s) | ratio, trained | against |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["epochs"]:
+            note = f" (stopped: {r['failure']})" if r.get("failure") else ""
+            lines.append(f"| {r['dataset']} | {r['model']}{note} | {r['fresh_s']:.3f} | {r['trained_s']:.3f} | "
+                         f"{r['ratio_trained']:.2f} | {r['reference']} |")
+        lines.append("")
+    if result.get("study"):
+        lines += ["| JSB study, full protocol | workers | wall (s) | trials an hour | mean epochs | mean s a trial |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["study"]["runs"]:
+            how = f"{r['engine']}, {'flushed' if r['flush_denormal'] else 'not flushed'}"
+            lines.append(f"| {how} | {r['workers']} | {r['wall_s']:.1f} | {r['trials_per_hour']:.0f} | "
+                         f"{r['mean_epochs']:.1f} | {r['mean_trial_s']:.1f} |")
+        lines.append("")
+    if result.get("projection", {}).get("tasks"):
+        projection = result["projection"]
+        lines += [f"| projected study (11 models x 200 trials, 2 workers, speed-up {projection['speedup_2_workers']:.2f}x)"
+                  " | vanilla trial (s) | hours | basis |", "|---|---|---|---|"]
+        for dataset, r in projection["tasks"].items():
+            lines.append(f"| {dataset} | {r['vanilla_trial_s']:.1f} | {r['study_hours']:.1f} | {r['basis']} |")
+        lines.append("")
+    if result.get("layers"):
+        lines += ["| forward + backward, fresh | model | ours (ms) | reference | reference (ms) | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["layers"]:
+            lines.append(f"| N={r['hidden_size']} B={r['batch']} T={r['steps']} | {r['variant']} | {r['ms']:.2f} | "
+                         f"{r['reference']} | {r['reference_ms']:.2f} | {r['ratio']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)

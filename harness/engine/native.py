@@ -1,4 +1,4 @@
-"""The native training step: the LSTM family without autograd.
+"""The native training step: compiled loops called directly, no autograd graph.
 
 At Greff et al.'s sizes (one sequence a step, N <= 200) the arithmetic of a step is a few
 hundred microseconds, and autograd's graph, the optimizer's per-tensor loop and the
@@ -15,12 +15,13 @@ harness/kernels/lstm.cpp:
 
 The layer keeps its parameters (and so the weight contract and evaluation through
 `network(x)`); the step reads them, and writes its gradients into buffers of the same
-shapes. The GRU and the GF-RNN stacks run their own compiled loops through their autograd
-functions (GRURecurrence, GatedFeedbackRecurrence: a one-node graph a layer), with the
-read-out, loss and update as above. A variant that stores fewer blocks than z, i, f, o (NIG, NFG, NOG, CIFG) or
-peepholes than three is mapped to the full layout with the layer's own fixed maps
+shapes. A variant that stores fewer blocks than z, i, f, o (NIG, NFG, NOG, CIFG) or
+fewer peepholes than three is mapped to the full layout with the layer's own fixed maps
 (`block_map`, `peephole_map`) before the loop, and the gradients back through the
 transposed maps; FGR's recurrent matrix gets the gate-recurrence columns appended.
+The GRU and the GF-RNN stacks run their own compiled loops through their autograd
+functions (GRURecurrence, GatedFeedbackRecurrence: a one-node graph a layer), with the
+read-out, loss and update as above.
 """
 
 from __future__ import annotations
