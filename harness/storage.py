@@ -41,7 +41,7 @@ from harness.errors import UserError
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
-UNSTAMPED_GRACE = 10    # a journal trial without a heartbeat yet is stale after 10 x the grace period
+UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
 
 
@@ -171,6 +171,8 @@ class Liveness:
         self.storage.set_trial_system_attr(trial_id, WORKER_ATTR,
                                            {"host": self.host, "pid": os.getpid(), "trial": number})
         self._beat(trial_id, number)
+        if self.rdb:  # "Optuna holds a heartbeat of this trial" (else _dead judges it from its start)
+            self.storage.set_trial_system_attr(trial_id, BEAT_ATTR, {"trial": number, "time": time.time()})
         stop = threading.Event()
 
         def beat():
@@ -194,14 +196,13 @@ class Liveness:
         if worker.get("trial") == trial.number and worker.get("host") == self.host \
                 and not _process_alive(int(worker.get("pid", -1))):
             return True
-        if self.rdb:
-            return False  # silence is Optuna's to judge (fail_stale_trials)
         stamp = trial.system_attrs.get(BEAT_ATTR) or {}
         if stamp.get("trial") == trial.number:
-            return now - stamp["time"] > self.grace
-        # Not stamped yet: its worker may still be inside study.ask, which waits for the
-        # journal's lock under load; a worker on another host that died right then is
-        # judged from the trial's start, later.
+            # RDB: Optuna's heartbeat judges it (fail_stale_trials); journal: the stamp here
+            return not self.rdb and now - stamp["time"] > self.grace
+        # Never beat: its worker died between study.ask and its first heartbeat, or is still
+        # inside study.ask (which waits for a journal's lock under load): judged from the
+        # trial's start, after a longer grace.
         return trial.datetime_start is not None and now - trial.datetime_start.timestamp() > UNSTAMPED_GRACE * self.grace
 
     def fail_stale(self, study: optuna.Study) -> list[int]:

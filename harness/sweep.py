@@ -18,9 +18,10 @@
   a racing worker (`surplus`), or that duplicates a retry (`duplicate_of`) does not count.
 - Liveness (harness.storage.Liveness): while a trial runs its worker records a heartbeat
   every `search.heartbeat_seconds` (on SQLite and PostgreSQL Optuna's own RDB heartbeat).
-  Before asking for a trial, a worker fails every RUNNING trial silent for twice that, or
-  whose worker process on this host is gone (so a sweep killed with SIGKILL and started
-  again resumes at once), and enqueues it again with the same parameters and seed
+  Before asking for a trial, a worker fails every RUNNING trial silent for twice that (one
+  that never beat: six times), or whose worker process on this host is gone (so a sweep
+  killed with SIGKILL and started again resumes at once), and enqueues it again with the
+  same parameters and seed
   (Optuna's RetryHeartbeatStaleTrialCallback, up to 3 times). A trial failed so while its
   worker was alive after all keeps its result: it goes into the waiting retry (user
   attribute `late_result_of`), or, when the retry already runs elsewhere, into a trial of

@@ -7,17 +7,17 @@ import os
 import signal
 import time
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
+from harness.storage import open_storage
 from harness.sweep import counts
 from storage_race import race_on_empty_storage
 from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
 
 
 def test_a_plain_postgresql_url_opens(postgres):
-    from harness.storage import open_storage
-
     url = postgres()
     assert url.startswith("postgresql://")  # no +driver: SQLAlchemy 2 picks psycopg 3
     storage = open_storage(url)
@@ -59,17 +59,21 @@ def test_sigkill_mid_sweep_then_rerun_ends_with_exactly_n_trials(tmp_path, postg
     conf = tiny_music(tmp_path)
     url = postgres()
     args = ("sweep", "--config-dir", str(conf), "dataset=tiny", "variant=cifg", "search.n_trials=6",
-            "search.workers=2", "max_epochs=4", f"search.storage={url}", "search.heartbeat_seconds=30")
+            "search.workers=2", "max_epochs=150", "patience=1000", f"search.storage={url}",
+            "search.heartbeat_seconds=3")  # a trial killed before its first beat: failed after 18 s
     process = odyssey(*args)
+    storage = None
     deadline = time.time() + 300
-    while time.time() < deadline:
-        time.sleep(0.5)
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
         try:
-            _, trials = study_trials(url, "tiny.cifg")
+            storage = storage or open_storage(url, create=False)
+            trials = optuna.load_study(study_name="tiny.cifg", storage=storage).get_trials(deepcopy=False)
         except Exception:
             continue
         if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
             break
+    assert process.poll() is None, "the sweep ended before it could be killed mid-trial"
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its workers, mid-trial
     process.wait()
     _, trials = study_trials(url, "tiny.cifg")
