@@ -24,6 +24,7 @@ import time
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from harness.sweep import trial_config
 from harness.train import train
 
 STUDY_MODELS = ("vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru", "gfrnn")
@@ -51,14 +52,7 @@ def _init_worker() -> None:
 
 def _train_one(job: tuple[dict, dict]) -> dict:
     container, point = job
-    cfg = OmegaConf.create(container)
-    with open_dict(cfg):
-        for name, value in point.items():
-            if name == "one_minus_momentum":
-                cfg.momentum = 1.0 - value
-            else:
-                cfg[name] = value
-    result = train(cfg, log=lambda _: None)
+    result = train(trial_config(OmegaConf.create(container), point), log=lambda _: None)
     return {key: result[key] for key in ("epochs", "seconds", "val_metric", "test_metric", "best_epoch", "failure")}
 
 
