@@ -141,7 +141,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
                      momentum, log=log)
     noise_std = float(cfg.input_noise_std)
     batch_size = int(options.get("batch_size", 1))
-    epochs = EpochRunner(step, data, batch_size, noise_std, rng)
+    runner = EpochRunner(step, data, batch_size, noise_std, rng)
     eval_batch_size = int(options.get("eval_batch_size", 32))
     max_epochs, patience = int(cfg.max_epochs), int(cfg.patience)
     metric = tasks.METRICS[data.task]
@@ -155,7 +155,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     failure = None
     for epoch in range(1, max_epochs + 1):
         network.train()
-        total_loss, frames, failure = epochs.run(epoch)
+        total_loss, frames, failure = runner.run(epoch)
         if failure:
             log(f"  stopped: {failure}")
             break
