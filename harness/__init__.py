@@ -5,7 +5,7 @@ The path of the data is the path of the code:
     harness.datasets  (readers)  ->  harness.networks (cells.py inside)  ->  harness.train
     ->  harness.sweep (one Optuna trial per configuration)  ->  harness.analysis  ->  figures
 
-See shared/SPEC.md for the science and README.md for the commands.
+See README.md for the commands and docs/ for the science (engine.md, analysis.md, own_dataset.md).
 """
 
 from pathlib import Path

@@ -36,7 +36,7 @@ function with a hand-written backward pass through time: one matrix product for 
 projection of all frames, one fused recurrent product a step, and the weight gradients
 in one product each after the loop. `torch.autograd.gradcheck` checks it in the tests.
 
-Public API (the weight contract of shared/SPEC.md section 2):
+Public API (the weight contract, which the tests rely on):
 
     layer = make_layer("cifg", input_size=M, hidden_size=N)
     y = layer(x)                       # x (T, B, M) -> y (T, B, N), zero initial state
@@ -572,7 +572,7 @@ class GRULayer(nn.Module):
         import_into(self._views(), weights, type(self).__name__)
 
 
-# One layer with the weight contract of shared/SPEC.md; then the gated-feedback stacks
+# One layer with the weight contract above; then the gated-feedback stacks
 # (harness.gated_feedback), which take the whole stack of `layers` layers as one module.
 CELL_VARIANTS = tuple(LSTM_VARIANTS) + ("gru",)
 GATED_FEEDBACK_VARIANTS = ("gfrnn", "gfgru")

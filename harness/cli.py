@@ -1,4 +1,4 @@
-"""`odyssey <command> [hydra overrides]`: the command line (shared/SPEC.md section 7).
+"""`odyssey <command> [hydra overrides]`: the command line (README.md, Commands).
 
     odyssey train   [overrides]     train one configuration, write metrics.json
     odyssey sweep   [overrides]     random search: one Optuna study per (data set, variant)

@@ -19,7 +19,7 @@ def sigma(a):
 
 
 def reference_lstm(variant: str, w: dict, x: torch.Tensor) -> torch.Tensor:
-    """shared/SPEC.md section 2, one step at a time, from the weight dict alone."""
+    """The cell equations (harness.cells docstring), one step at a time, from the weight dict alone."""
     n = w["R_z"].shape[0]
     y, c = x.new_zeros(x.shape[1], n), x.new_zeros(x.shape[1], n)
     gates_prev = {g: x.new_zeros(x.shape[1], n) for g in "ifo"}

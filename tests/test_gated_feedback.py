@@ -70,8 +70,8 @@ def sigma(a):
 
 
 def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
-    """shared/SPEC.md section 2 written out one layer, one step at a time, from the
-    exported weight dict alone (layers numbered 1..L)."""
+    """The GF-RNN equations (harness.gated_feedback's docstring) written out one layer, one
+    step at a time, from the exported weight dict alone (layers numbered 1..L)."""
     batch, n = x.shape[1], w["W_i^1" if variant == "gfrnn" else "W_z^1"].shape[0]
     h = [x.new_zeros(batch, n) for _ in range(layers)]
     c = [x.new_zeros(batch, n) for _ in range(layers)]

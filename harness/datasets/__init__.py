@@ -1,7 +1,7 @@
 """Data sets: every reader turns files on disk into one `DataSplits`.
 
 A data set is chosen by a config in conf/dataset/ (or a user's `--config-dir`) with the
-keys of shared/SPEC.md section 3:
+keys below (docs/own_dataset.md has the whole contract):
 
     name: nottingham
     format: pianoroll      # pianoroll | npz | midi | timit | iam_ondb | wav_textgrid | inkml
