@@ -1,15 +1,19 @@
 // The time loops of harness.cells.LSTMRecurrence in C++: the same equations as the Python
 // loops beside them (cells.py), which stay the reference and the fallback. At Greff et
 // al.'s sizes (batch 1, N <= 200) nearly all of the Python loops' time is the cost of
-// calling small tensor operations, so here each step is one matrix product (ATen) and one
-// plain loop over the B x N blocks for everything elementwise (which the compiler
-// vectorises: see fast_exp).
+// calling small tensor operations, so here each step is one matrix product (a loop of our
+// own for a batch of up to 4 sequences, ATen's above) and one plain loop over the B x N
+// blocks for everything elementwise (which the compiler vectorises: see fast_exp). The
+// rest of the file serves the native engine (harness.engine.native): the backward pass
+// into given gradient buffers, the read-out's loss and gradient, the Nesterov update.
 //
 // Inputs are the full fused tensors of cells.py: x (T, B, M); W (4N, M), b (4N), rows
 // z, i, f, o; R (4N, n_rec) acting on u^{t-1} = [y] or [y, i, f, o] (full gate recurrence);
 // p (3N) peepholes of i, f, o; gate = scale * sigma(a) + shift (exactly 1 where removed).
 // The activations g and h (tanh or identity) are template arguments, chosen once.
 #include <torch/extension.h>
+
+#include "loops.h"
 
 #include <cmath>
 #include <cstdint>
@@ -21,36 +25,15 @@ using at::Tensor;
 
 namespace {
 
-// d act(a) / da, from the value v = act(a)
-// exp(x) for float in plain arithmetic, so that the compiler can vectorise the loops
-// (libm's expf is a call it cannot): Cody-Waite reduction x = k ln2 + r, |r| <= ln2 / 2,
-// a degree-7 Taylor polynomial for e^r (error below 1e-8 relative), and 2^k put into the
-// exponent bits. Clamped to [-87, 88], where e^x is a normal float; NaN stays NaN.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float two_to_k;
-  std::memcpy(&two_to_k, &bits, sizeof two_to_k);
-  return p * two_to_k;
-}
-inline double fast_exp(double x) { return std::exp(x); }  // float64 (the tests): libm's exp
-
-template <typename T> inline T sigmoid(T a) { return T(1) / (T(1) + fast_exp(-a)); }
-// tanh(a) = 1 - 2 / (e^{2a} + 1): exact in the limits, absolute error ~1e-7 in float
+// fast_exp, sigmoid and tanh_ in plain arithmetic (loops.h, shared with the GRU and GF-RNN
+// loops), so that the compiler can vectorise the loops over the blocks.
+using odyssey::fast_exp;
+using odyssey::sigmoid;
 template <typename T, bool is_tanh> inline T activate(T a) {
-  if constexpr (is_tanh) return T(1) - T(2) / (fast_exp(T(2) * a) + T(1));
+  if constexpr (is_tanh) return odyssey::tanh_(a);
   else return a;
 }
+// d act(a) / da, from the value v = act(a)
 template <typename T, bool is_tanh> inline T activation_slope(T v) { return is_tanh ? T(1) - v * v : T(1); }
 
 // One row (one sequence of the batch) of a forward step. Every block has a pointer of its
@@ -106,33 +89,25 @@ void backward_row(int64_t N, const T* __restrict i_in, const T* __restrict f_in,
 
 // The recurrent products of one step for a small batch (Greff's recipe trains on one
 // sequence at a time), without a call into ATen: at these sizes (4N x N, N <= 200) the
-// call costs more than the arithmetic. Both are axpy loops over contiguous rows, four rows
-// at a time, which the compiler vectorises; the matrix (at most 640 KB) stays in L2.
+// call costs more than the arithmetic. Both are the axpy loops of loops.h over contiguous
+// rows, four rows at a time; the matrix (at most 640 KB) stays in L2.
 //   a (cols) += sum_j u[j] * M[j, :]     with M (rows, cols) row-major
 template <typename T>
 void add_vector_matrix(int64_t rows, int64_t cols, const T* __restrict M, const T* __restrict u,
                        T* __restrict a) {
   int64_t j = 0;
   for (; j + 4 <= rows; j += 4) {
-    const T u0 = u[j], u1 = u[j + 1], u2 = u[j + 2], u3 = u[j + 3];
-    const T* __restrict m0 = M + j * cols;
-    const T* __restrict m1 = m0 + cols;
-    const T* __restrict m2 = m1 + cols;
-    const T* __restrict m3 = m2 + cols;
-    for (int64_t k = 0; k < cols; ++k) a[k] += u0 * m0[k] + u1 * m1[k] + u2 * m2[k] + u3 * m3[k];
+    const T* m = M + j * cols;
+    odyssey::add_four_rows<T>(cols, u[j], u[j + 1], u[j + 2], u[j + 3], m, m + cols, m + 2 * cols, m + 3 * cols, a);
   }
-  for (; j < rows; ++j) {
-    const T uj = u[j];
-    const T* __restrict m = M + j * cols;
-    for (int64_t k = 0; k < cols; ++k) a[k] += uj * m[k];
-  }
+  for (; j < rows; ++j) odyssey::add_row<T>(cols, u[j], M + j * cols, a);
 }
 template <typename T>
 void vector_matrix(int64_t rows, int64_t cols, const T* __restrict M, const T* __restrict u, T* __restrict out) {
   for (int64_t k = 0; k < cols; ++k) out[k] = T(0);
   add_vector_matrix(rows, cols, M, u, out);
 }
-constexpr int64_t kSmallBatch = 4;  // up to this batch, the loops above; above it, ATen's GEMM
+using odyssey::kSmallBatch;  // up to this batch, the loops above; above it, ATen's GEMM
 
 template <typename T, bool g_tanh, bool h_tanh>
 void forward_loop(Tensor& a, Tensor& states, Tensor& cells, Tensor& block_input, Tensor& cell_output,
