@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in data: a small but real JSB Chorales study of four LSTM
-# variants (vanilla, NFG, NOAF, CIFG; 24 random-search trials each, up to 8 epochs a
+# variants (vanilla, NFG, NOAF, CIFG; 50 random-search trials each, up to 20 epochs a
 # trial, 2 workers; about 15 minutes on two cores), then its analysis: tables, figures,
 # the replication scorecard and a report (results/analysis/demo/report.md) that says
 # which of the paper's findings this study reproduces and which it cannot decide.
