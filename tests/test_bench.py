@@ -1,0 +1,37 @@
+"""odyssey bench: its sections run and its ratios are what its own rows say (no timing is
+asserted: benchmarks are measurements, not tests)."""
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from harness.bench import markdown
+from harness.bench.epochs import time_epochs
+from harness.bench.study import configurations
+
+
+def test_epochs_section_measures_against_torch_in_the_same_run(compose_config):
+    options = OmegaConf.create({"hidden_size": 10,
+                                "tasks": {"jsb_chorales": {"models": ["vanilla"], "warm": 1, "timed": 1}}})
+    rows = time_epochs(compose_config(command="bench"), options)
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {"torch.nn.LSTM", "vanilla", "vanilla (denormals not flushed)"}
+    reference = by_model["torch.nn.LSTM"]
+    for row in rows:
+        assert row["epochs_run"] == 2 and row["failure"] is None
+        assert math.isfinite(row["fresh_s"]) and math.isfinite(row["trained_s"])
+        assert row["ratio_trained"] == pytest.approx(row["trained_s"] / reference["trained_s"])
+    table = markdown({"epochs": rows})
+    assert "| jsb_chorales | vanilla |" in table and f"{by_model['vanilla']['ratio_trained']:.2f}" in table
+
+
+def test_study_configurations_are_fixed_draws_inside_the_search_space(compose_config):
+    space = compose_config(command="bench").search.space
+    first, again = configurations(space, 8), configurations(space, 8)
+    assert first == again
+    for point in first:
+        for name, spec in space.items():
+            assert spec.low <= point[name] <= spec.high
+        assert isinstance(point["hidden_size"], int)
+    assert len({p["learning_rate"] for p in first}) == 8
