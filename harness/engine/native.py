@@ -87,7 +87,9 @@ class _LSTMLayerPlan:
         self.grad_W, self.grad_R = grads[layer.weight_input], grads[layer.weight_recurrent]
         self.grad_b, self.grad_p = grads[layer.bias], grads[layer.peephole]
         # Full-layout weights and gradients where they differ from the stored ones.
-        full = lambda *shape: torch.zeros(*shape, dtype=dtype)  # noqa: E731
+        def full(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype)
+
         n_rec = 4 * N if self.gate_recurrence else N
         self.R_full = full(4 * N, n_rec) if self.gate_recurrence or not self.full_blocks else None
         self.gR_full = full(4 * N, n_rec) if self.R_full is not None else self.grad_R
