@@ -105,14 +105,14 @@ class _LSTMLayerPlan:
         layer, N, M, K = self.layer, self.N, self.M, self.K
         if self.full_blocks:
             W, b, R = layer.weight_input, layer.bias, layer.weight_recurrent
-        else:
+            if self.gate_recurrence:  # [R | 0 over G]: acts on [y, i, f, o]
+                self.R_full[:, :N].copy_(R)
+                self.R_full[N:, N:].copy_(layer.gate_recurrence)
+                R = self.R_full
+        else:  # the mapped blocks straight into the full-layout buffer (no gate recurrence here)
             W = (layer.block_map @ layer.weight_input.view(K, N * M)).view(4 * N, M)
             b = (layer.block_map @ layer.bias.view(K, N)).view(4 * N)
-            R = (layer.block_map @ layer.weight_recurrent.view(K, N * N)).view(4 * N, N)
-        if self.R_full is not None:
-            self.R_full[:, :N].copy_(R)
-            if self.gate_recurrence:
-                self.R_full[N:, N:].copy_(layer.gate_recurrence)
+            torch.mm(layer.block_map, layer.weight_recurrent.view(K, N * N), out=self.R_full.view(4, N * N))
             R = self.R_full
         if self.full_peepholes:
             p = layer.peephole
