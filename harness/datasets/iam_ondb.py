@@ -108,6 +108,18 @@ def point_features(strokes: list[np.ndarray]) -> np.ndarray:
     return features
 
 
+def text_labels(text: str, label_of: dict[str, int], unseen: dict[str, int]) -> np.ndarray:
+    """CTC labels of a line: its characters that the training split has (`label_of`); each
+    other character is left out and counted in `unseen`."""
+    labels = []
+    for char in text:
+        if char in label_of:
+            labels.append(label_of[char])
+        else:
+            unseen[char] = unseen.get(char, 0) + 1
+    return np.array(labels, dtype=np.int64)
+
+
 def read_transcription(file: Path) -> list[str]:
     """The text lines after "CSR:" in an ascii/ file (blank lines right after it skipped)."""
     try:
@@ -255,13 +267,7 @@ def read(cfg, path) -> DataSplits:
     for split, lines in raw.items():
         sequences = []
         for line_id, features, text in lines:
-            labels = []
-            for char in text:
-                if char in label_of:
-                    labels.append(label_of[char])
-                else:
-                    unseen[char] = unseen.get(char, 0) + 1
-            y = np.array(labels, dtype=np.int64)
+            y = text_labels(text, label_of, unseen)
             # CTC needs a step per label plus a blank between equal neighbours
             if len(features) < len(y) + int(np.sum(y[1:] == y[:-1])):
                 too_short += 1

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.datasets import SPLITS, DataSplits, Sequence, _get
-from harness.datasets.iam_ondb import BLANK, FEATURES, point_features
+from harness.datasets.iam_ondb import BLANK, FEATURES, point_features, text_labels
 from harness.errors import UserError
 
 UNITS = ("file", "traceView")
@@ -227,14 +227,8 @@ def read(cfg, path) -> DataSplits:
     for split, samples in raw.items():
         splits[split] = []
         for sample, features, text in samples:
-            labels = []
-            for char in text:
-                if char in label_of:
-                    labels.append(label_of[char])
-                else:
-                    unseen[char] = unseen.get(char, 0) + 1
             x = ((features - mean) / std).astype(np.float32)
-            splits[split].append(Sequence(x=x, y=np.array(labels, dtype=np.int64), name=sample))
+            splits[split].append(Sequence(x=x, y=text_labels(text, label_of, unseen), name=sample))
     info = {
         "directory": str(root),
         "unit": unit,
