@@ -18,12 +18,19 @@ JournalStorage has no heartbeat, so for a journal file the same is done here wit
 system attribute (clocks of the machines sharing the file must agree to within seconds).
 A trial failed as stale whose worker was in fact alive keeps its result when it finishes
 (`Liveness.keep_late_result`).
+
+Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
+and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost. The stop is
+held back while the worker holds a journal file's lock: a stop raised between taking the
+lock file and the `try` that removes it would leave it behind, and the release (and every
+other worker) would wait out Optuna's 30 s grace period for it; a batch system kills first.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -43,6 +50,54 @@ MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
+
+
+# -- stopping on a signal, never inside a journal lock ------------------------------------
+
+class _Stop:
+    held = 0              # journal locks the main thread holds (Python runs handlers there)
+    pending: int | None = None
+    raised = False
+
+
+def stop_on_signal(signum, frame) -> None:
+    """Signal handler: stop like Ctrl-C (KeyboardInterrupt), once; outside a journal lock."""
+    if _Stop.raised:
+        return            # a second signal must not interrupt the release of the trial
+    if _Stop.held:
+        _Stop.pending = signum
+        return
+    _Stop.raised = True
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stop_on_signals(*signums: int) -> None:
+    for signum in signums:
+        signal.signal(signum, stop_on_signal)
+
+
+class SignalSafeLock(optuna.storages.journal.JournalFileSymlinkLock):
+    """Optuna's default journal lock (the same lock file, so it works beside plain Optuna
+    processes), with stop signals held back while it is held (see the module docstring)."""
+
+    def acquire(self) -> bool:
+        main = threading.current_thread() is threading.main_thread()
+        _Stop.held += main
+        try:
+            return super().acquire()
+        except BaseException:
+            _Stop.held -= main
+            raise
+
+    def release(self) -> None:
+        try:
+            super().release()
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                _Stop.held -= 1
+                if not _Stop.held and _Stop.pending is not None:
+                    signum, _Stop.pending = _Stop.pending, None
+                    stop_on_signal(signum, None)
 
 
 def _local_path(text: str) -> Path:
@@ -111,7 +166,8 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
                 "heartbeat_stale_trial_callback": retry_callback()}
     try:
         if journal:
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=SignalSafeLock(str(path))))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             if url.startswith("sqlite:///"):

@@ -74,7 +74,7 @@ from harness.datasets import load_dataset
 from harness.errors import UserError
 from harness.launchers import launch
 from harness.resources import cap_workers, torch_threads
-from harness.storage import Liveness, create_study, open_storage
+from harness.storage import Liveness, create_study, open_storage, stop_on_signals
 from harness.train import train
 
 # The searched parameters and the top-level config key each one sets.
@@ -324,13 +324,9 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
               f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour", flush=True)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
     """Entry point of a worker process; SIGTERM stops it like Ctrl-C (its trial is released)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_signals(signal.SIGTERM, signal.SIGINT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(OmegaConf.create(cfg_container), variant, worker, local_workers=workers)
@@ -393,7 +389,7 @@ def run_processes(cfg: DictConfig, variant: str, workers: int) -> list[str]:
 def sweep(cfg: DictConfig) -> list[str]:
     """Run the sweep the config asks for; returns the names of the studies."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a batch system's time limit: stop cleanly
+    stop_on_signals(signal.SIGTERM)  # `kill` or a batch system's time limit: stop cleanly
     variant = cfg.variant.name
     groups = {"all": list(VARIANTS), "lstm": list(LSTM_VARIANTS)}
     variants = groups.get(variant, [variant])

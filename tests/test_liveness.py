@@ -231,3 +231,31 @@ def test_sweeps_started_at_the_same_moment_on_an_empty_storage_all_succeed(tmp_p
     _, trials = study_trials(url, "tiny.vanilla")
     assert sum(counts(t) for t in trials) == 5
     assert not any(t.state == TrialState.RUNNING for t in trials)
+
+
+STOP_INSIDE_LOCK = r"""
+import os, signal, sys
+from harness.storage import SignalSafeLock, stop_on_signals
+stop_on_signals(signal.SIGTERM)
+lock = SignalSafeLock(sys.argv[1])
+lock.acquire()
+os.kill(os.getpid(), signal.SIGTERM)   # arrives while the lock file is held
+for _ in range(1000):                  # bytecodes run: a handler that raised would raise here
+    pass
+print("held", os.path.lexists(sys.argv[1] + ".lock"), flush=True)
+try:
+    lock.release()
+except KeyboardInterrupt as stop:
+    print("stopped", stop, os.path.lexists(sys.argv[1] + ".lock"), flush=True)
+os.kill(os.getpid(), signal.SIGTERM)   # a second stop signal does not interrupt the release that follows
+print("ignored", flush=True)
+"""
+
+
+def test_a_stop_signal_waits_until_the_journal_lock_is_released(tmp_path):
+    """SIGTERM inside the journal's lock would leave the lock file behind (every process then
+    waits out Optuna's grace period); it is raised as soon as the lock is released, once."""
+    run = subprocess.run([sys.executable, "-c", STOP_INSIDE_LOCK, str(tmp_path / "studies.log")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == ["held True", "stopped SIGTERM False", "ignored"], run.stdout

@@ -114,21 +114,17 @@ def executor_parameters(options, tasks: int, job_name: str) -> dict:
 
 # -- one array task ----------------------------------------------------------------------
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def array_task(cfg_container: dict, variants: list[str], worker: int) -> dict:
     """What one array task runs: a sweep worker over the variants, in turn."""
     import optuna
 
+    from harness.storage import stop_on_signals
     from harness.sweep import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # After submitit's own handlers: scancel (SIGTERM) and the time-limit warning (SIGUSR2)
     # stop the worker, which releases its running trial as lost.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGUSR2, _stop)
+    stop_on_signals(signal.SIGTERM, signal.SIGUSR2)
     started = time.time()
     outcome = {"worker": worker, "host": socket.gethostname(), "stopped": None}
     try:
