@@ -91,16 +91,41 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
-def _get(cfg, key: str, default=None):
+def config_value(cfg, key: str, default=None):
+    """`key` of a config (a DictConfig, a dict or an object with attributes), or `default`
+    when the key is absent or null: the one way the readers look up their keys."""
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
 
 
+@dataclass(frozen=True)
+class ZScore:
+    """Inputs normalised with the training split's statistics: (x - mean) / std per input.
+
+    `fit` takes the training frames only (valid and test never move the statistics); a
+    constant input gets std 1, so it is centred, not blown up. Statistics in float64,
+    normalised frames in float32.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, train_frames: np.ndarray) -> ZScore:
+        mean = train_frames.mean(axis=0, dtype=np.float64)
+        std = train_frames.std(axis=0, dtype=np.float64)
+        std[std == 0] = 1.0
+        return cls(mean, std)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+
 def load_dataset(cfg) -> DataSplits:
     """Read the data set a dataset config names (see the module docstring for the keys)."""
-    name = _get(cfg, "name", "<unnamed>")
+    name = config_value(cfg, "name", "<unnamed>")
     for key in ("format", "path", "task"):
-        if _get(cfg, key) is None:
+        if config_value(cfg, key) is None:
             raise UserError(f"dataset config '{name}' has no key '{key}'; add it (see README, 'Your own data set').")
     fmt, task = cfg["format"], cfg["task"]
     if fmt not in FORMATS:
@@ -109,7 +134,7 @@ def load_dataset(cfg) -> DataSplits:
         raise UserError(f"dataset '{name}': task '{task}' is unknown; use one of {', '.join(TASKS)}.")
     path = resolve_path(cfg["path"])
     if not path.exists():
-        hint = (f"run `odyssey data {name}` to make it" if _get(cfg, "generate") is not None
+        hint = (f"run `odyssey data {name}` to make it" if config_value(cfg, "generate") is not None
                 else "set dataset.path=... to where the data is")
         raise UserError(f"dataset '{name}': {path} does not exist; {hint}.")
     reader = importlib.import_module(f"harness.datasets.{fmt}")

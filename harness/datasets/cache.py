@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import project_root
-from harness.datasets import _get, resolve_path
+from harness.datasets import config_value, resolve_path
 
 
 def cache_file(cfg, name: str, kind: str, settings: dict, files: list[Path], root: Path) -> Path:
@@ -30,7 +30,7 @@ def cache_file(cfg, name: str, kind: str, settings: dict, files: list[Path], roo
         listing.append([str(file.relative_to(root)), stat.st_size, stat.st_mtime_ns])
     text = json.dumps({"settings": settings, "files": listing}, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cache_dir = _get(cfg, "cache_dir")
+    cache_dir = config_value(cfg, "cache_dir")
     base = resolve_path(cache_dir) if cache_dir else project_root() / "results" / "cache"
     return base / name / f"{kind}-{digest}.npz"
 

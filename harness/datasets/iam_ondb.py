@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import DataSplits, Sequence, _get
+from harness.datasets import DataSplits, Sequence, ZScore, config_value
 from harness.errors import UserError
 
 FEATURES = ("dx", "dy", "time", "pen_lifted")
@@ -241,11 +241,11 @@ def _read_raw(path: Path, skip_bad: bool):
 def read(cfg, path) -> DataSplits:
     """Read IAM-OnDB (or a corpus in its layout) at `path` into train/valid/test splits."""
     path = Path(path)
-    name = _get(cfg, "name", "iam_ondb")
-    task = _get(cfg, "task", "ctc")
+    name = config_value(cfg, "name", "iam_ondb")
+    task = config_value(cfg, "task", "ctc")
     if task != "ctc":
         raise UserError(f"dataset '{name}': the iam_ondb format serves task 'ctc', not '{task}'; set dataset.task=ctc.")
-    skip_bad = bool(_get(cfg, "skip_bad", False))
+    skip_bad = bool(config_value(cfg, "skip_bad", False))
     raw, bad = _read_raw(path, skip_bad)
     if bad:
         shown = "; ".join(str(problem) for problem in bad[:20])
@@ -256,10 +256,7 @@ def read(cfg, path) -> DataSplits:
 
     characters = sorted({char for _, _, text in raw["train"] for char in text})
     label_of = {char: label for label, char in enumerate(characters, start=1)}
-    train_points = np.concatenate([features for _, features, _ in raw["train"]])
-    mean = train_points.mean(axis=0)
-    std = train_points.std(axis=0)
-    std[std == 0] = 1.0
+    zscore = ZScore.fit(np.concatenate([features for _, features, _ in raw["train"]]))
 
     unseen: dict[str, int] = {}
     too_short = 0
@@ -271,14 +268,14 @@ def read(cfg, path) -> DataSplits:
             # CTC needs a step per label plus a blank between equal neighbours
             if len(features) < len(y) + int(np.sum(y[1:] == y[:-1])):
                 too_short += 1
-            x = ((features - mean) / std).astype(np.float32)  # (T, 4)
+            x = zscore(features)  # (T, 4)
             sequences.append(Sequence(x=x, y=y, name=line_id))
         splits[split] = sequences
 
     info = {
         "features": list(FEATURES),
-        "feature_mean": [round(float(v), 6) for v in mean],
-        "feature_std": [round(float(v), 6) for v in std],
+        "feature_mean": [round(float(v), 6) for v in zscore.mean],
+        "feature_std": [round(float(v), 6) for v in zscore.std],
         "characters": len(characters),
         "unseen_characters": {"dropped": sum(unseen.values()), "characters": "".join(sorted(unseen))},
         "lines_shorter_than_labels": too_short,
@@ -288,6 +285,6 @@ def read(cfg, path) -> DataSplits:
         name=name, task="ctc",
         train=splits["train"], valid=splits["valid"], test=splits["test"],
         input_dim=len(FEATURES), n_outputs=len(characters) + 1,
-        bidirectional=bool(_get(cfg, "bidirectional", True)),
+        bidirectional=bool(config_value(cfg, "bidirectional", True)),
         classes=[BLANK, *characters], info=info,
     )

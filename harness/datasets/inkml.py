@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, _get
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value
 from harness.datasets.iam_ondb import BLANK, FEATURES, point_features, text_labels
 from harness.errors import UserError
 
@@ -193,14 +193,15 @@ def read_file(file: Path, unit: str, annotation: str, view_type: str) -> list[tu
 
 def read(cfg, path) -> DataSplits:
     """Read the InkML folder at `path` as configured by `cfg` (keys in the module docstring)."""
-    name = str(_get(cfg, "name", "inkml"))
-    task = _get(cfg, "task", "ctc")
+    name = str(config_value(cfg, "name", "inkml"))
+    task = config_value(cfg, "task", "ctc")
     if task != "ctc":
         raise UserError(f"dataset '{name}': format inkml supports task: ctc only, not '{task}'.")
-    unit = _get(cfg, "unit", "file")
+    unit = config_value(cfg, "unit", "file")
     if unit not in UNITS:
         raise UserError(f"dataset key unit: '{unit}' is unknown; use file or traceView.")
-    annotation, view_type = str(_get(cfg, "annotation", "truth")), str(_get(cfg, "view_type", "Textline"))
+    annotation = str(config_value(cfg, "annotation", "truth"))
+    view_type = str(config_value(cfg, "view_type", "Textline"))
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root} is a file, but format inkml needs a folder holding train/, valid/ and test/ with "
@@ -219,26 +220,24 @@ def read(cfg, path) -> DataSplits:
 
     characters = sorted({char for _, _, text in raw["train"] for char in text})
     label_of = {char: label for label, char in enumerate(characters, start=1)}
-    train_points = np.concatenate([features for _, features, _ in raw["train"]])
-    mean, std = train_points.mean(axis=0), train_points.std(axis=0)
-    std[std == 0] = 1.0
+    zscore = ZScore.fit(np.concatenate([features for _, features, _ in raw["train"]]))
     unseen: dict[str, int] = {}
     splits = {}
     for split, samples in raw.items():
         splits[split] = []
         for sample, features, text in samples:
-            x = ((features - mean) / std).astype(np.float32)
+            x = zscore(features)
             splits[split].append(Sequence(x=x, y=text_labels(text, label_of, unseen), name=sample))
     info = {
         "directory": str(root),
         "unit": unit,
         "samples": {split: len(raw[split]) for split in SPLITS},
         "features": list(FEATURES),
-        "feature_mean": [round(float(v), 6) for v in mean],
-        "feature_std": [round(float(v), 6) for v in std],
+        "feature_mean": [round(float(v), 6) for v in zscore.mean],
+        "feature_std": [round(float(v), 6) for v in zscore.std],
         "characters": len(characters),
         "unseen_characters": {"dropped": sum(unseen.values()), "characters": "".join(sorted(unseen))},
     }
     return DataSplits(name=name, task="ctc", input_dim=len(FEATURES), n_outputs=len(characters) + 1,
-                      bidirectional=bool(_get(cfg, "bidirectional", True)), classes=[BLANK, *characters],
+                      bidirectional=bool(config_value(cfg, "bidirectional", True)), classes=[BLANK, *characters],
                       info=info, **splits)

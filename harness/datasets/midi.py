@@ -53,7 +53,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, _get
+from harness.datasets import SPLITS, DataSplits, Sequence, config_value
 from harness.datasets.cache import cache_file, cached
 from harness.errors import UserError
 
@@ -64,7 +64,7 @@ CACHE_VERSION = 1  # bump when the cached content changes meaning
 
 
 def _positive_int(cfg, key: str, default: int) -> int:
-    value = _get(cfg, key, default)
+    value = config_value(cfg, key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"dataset key {key}={value!r} must be a positive integer.")
     return value
@@ -185,15 +185,15 @@ def parse_all(pieces: dict[str, list[Path]], settings: dict, root: Path) -> dict
 
 def read(cfg, path) -> DataSplits:
     """Read the MIDI folder at `path` as configured by `cfg` (keys in the module docstring)."""
-    name = str(_get(cfg, "name", "midi"))
-    task = _get(cfg, "task", "next_step")
+    name = str(config_value(cfg, "name", "midi"))
+    task = config_value(cfg, "task", "next_step")
     if task != "next_step":
         raise UserError(f"dataset '{name}': format midi supports task: next_step only, not '{task}'.")
-    out_of_range = _get(cfg, "out_of_range", "error")
+    out_of_range = config_value(cfg, "out_of_range", "error")
     if out_of_range not in OUT_OF_RANGE:
         raise UserError(f"dataset key out_of_range: '{out_of_range}' is unknown; use error or drop.")
     settings = {"frames_per_beat": _positive_int(cfg, "frames_per_beat", 1),
-                "lowest_note": int(_get(cfg, "lowest_note", 21)), "keys": _positive_int(cfg, "keys", 88),
+                "lowest_note": int(config_value(cfg, "lowest_note", 21)), "keys": _positive_int(cfg, "keys", 88),
                 "out_of_range": out_of_range}
     root = Path(path)
     pieces = find_pieces(root)

@@ -58,18 +58,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import SPLITS, TASKS, DataSplits, Sequence
+from harness.datasets import SPLITS, TASKS, DataSplits, Sequence, ZScore, config_value
 from harness.errors import UserError
 
 # Reader options besides the common keys, with their kinds (harness.validate checks them).
 CONFIG_KEYS = {"normalise": "bool", "n_classes": "int", "class_names": "list"}
 TARGETS = {"framewise": ["y"], "regression": ["y"], "ctc": ["y", "y_lengths"], "next_step": []}  # y optional
 NORMALISED_BY_DEFAULT = {"framewise": True, "regression": True, "ctc": True, "next_step": False}
-
-
-def _get(cfg, key: str, default=None):
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def _is_real(array: np.ndarray) -> bool:
@@ -203,7 +198,7 @@ def check_classes(files: dict[str, Path], task: str, labels: dict[str, np.ndarra
 
 
 def class_names(cfg, task: str, n_classes: int) -> list[str] | None:
-    names = _get(cfg, "class_names")
+    names = config_value(cfg, "class_names")
     if names is None:
         return None
     names = [str(name) for name in names]
@@ -215,7 +210,7 @@ def class_names(cfg, task: str, n_classes: int) -> list[str] | None:
 
 
 def read(cfg, path: Path) -> DataSplits:
-    name, task = str(_get(cfg, "name", "<unnamed>")), _get(cfg, "task")
+    name, task = str(config_value(cfg, "name", "<unnamed>")), config_value(cfg, "task")
     if task not in TASKS:
         raise UserError(f"dataset '{name}': task '{task}' is unknown; use one of {', '.join(TASKS)}.")
     path = Path(path)
@@ -244,22 +239,19 @@ def read(cfg, path: Path) -> DataSplits:
     input_dim = arrays["train"]["x"].shape[1]
     classes = None
     if task in ("framewise", "ctc"):
-        n_classes = check_classes(files, task, {s: a["y"] for s, a in arrays.items()}, _get(cfg, "n_classes"))
+        n_classes = check_classes(files, task, {s: a["y"] for s, a in arrays.items()}, config_value(cfg, "n_classes"))
         classes = class_names(cfg, task, n_classes)
         n_outputs = n_classes + 1 if task == "ctc" else n_classes
     else:
         n_outputs = arrays["train"]["y"].shape[1] if "y" in arrays["train"] else input_dim
 
-    normalise = bool(_get(cfg, "normalise", NORMALISED_BY_DEFAULT[task]))
-    train_x = arrays["train"]["x"]
-    mean = train_x.mean(axis=0, dtype=np.float64)
-    deviation = train_x.std(axis=0, dtype=np.float64)
-    deviation[deviation == 0] = 1.0  # a constant input is centred, not blown up
+    normalise = bool(config_value(cfg, "normalise", NORMALISED_BY_DEFAULT[task]))
+    zscore = ZScore.fit(arrays["train"]["x"])
 
     splits = {}
     for split, a in arrays.items():
         raw_x = a["x"].astype(np.float32)
-        x = ((raw_x - mean) / deviation).astype(np.float32) if normalise else raw_x
+        x = zscore(raw_x) if normalise else raw_x
         starts = np.concatenate([[0], np.cumsum(a["lengths"])])
         if task == "ctc":
             label_starts = np.concatenate([[0], np.cumsum(a["y_lengths"])])
@@ -280,7 +272,8 @@ def read(cfg, path: Path) -> DataSplits:
     info = {"directory": str(path), "normalised": normalise,
             "next_step_targets": ("y" if "y" in arrays["train"] else "next frame of x") if task == "next_step" else None}
     if normalise:
-        info.update(mean=mean.tolist(), std=deviation.tolist())
+        info.update(mean=zscore.mean.tolist(), std=zscore.std.tolist())
     info = {key: value for key, value in info.items() if value is not None}
     return DataSplits(name=name, task=task, input_dim=input_dim, n_outputs=n_outputs,
-                      bidirectional=bool(_get(cfg, "bidirectional", False)), classes=classes, info=info, **splits)
+                      bidirectional=bool(config_value(cfg, "bidirectional", False)), classes=classes, info=info,
+                      **splits)

@@ -50,7 +50,7 @@ import numpy as np
 import soundfile
 
 from harness import project_root
-from harness.datasets import DataSplits, Sequence, _get, resolve_path
+from harness.datasets import DataSplits, Sequence, ZScore, config_value, resolve_path
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
 
@@ -220,7 +220,7 @@ def _cache_file(cfg, name: str, settings: FeatureSettings, utterances: list[Utte
             listing.append([str(file.relative_to(root)), stat.st_size, stat.st_mtime_ns])
     text = json.dumps({"version": CACHE_VERSION, "settings": settings.as_dict(), "files": listing}, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cache_dir = _get(cfg, "cache_dir")
+    cache_dir = config_value(cfg, "cache_dir")
     base = resolve_path(cache_dir) if cache_dir else project_root() / "results" / "cache"
     return base / name / f"{digest}.npz"
 
@@ -278,18 +278,18 @@ def cached_features(cfg, name: str, settings: FeatureSettings, utterances: list[
 
 def read(cfg, path) -> DataSplits:
     """Read a TIMIT-layout corpus at `path` as configured by `cfg` (keys in the module docstring)."""
-    name = _get(cfg, "name", "timit")
-    task = _get(cfg, "task", "framewise")
+    name = config_value(cfg, "name", "timit")
+    task = config_value(cfg, "task", "framewise")
     if task != "framewise":
         raise UserError(f"dataset '{name}': format timit supports task: framewise only, not '{task}'.")
-    rule = _get(cfg, "split", "halberstadt")
-    phone_set = _get(cfg, "phones", "timit61")
+    rule = config_value(cfg, "split", "halberstadt")
+    phone_set = config_value(cfg, "phones", "timit61")
     if phone_set not in PHONE_SETS:
         raise UserError(f"dataset key phones: '{phone_set}' is unknown; use one of {', '.join(PHONE_SETS)}.")
-    settings = FeatureSettings.from_config(_get(cfg, "features"))
+    settings = FeatureSettings.from_config(config_value(cfg, "features"))
     root = Path(path)
 
-    splits = assign_splits(find_utterances(root), rule, bool(_get(cfg, "include_sa", False)))
+    splits = assign_splits(find_utterances(root), rule, bool(config_value(cfg, "include_sa", False)))
     for split, members in splits.items():
         if not members:
             raise UserError(f"dataset '{name}': split rule '{rule}' leaves the {split} split of {root} empty; "
@@ -313,11 +313,8 @@ def read(cfg, path) -> DataSplits:
 
     x, y = arrays["x"], to_class[arrays["y"]]
     n_train_frames = int(arrays["lengths"][: len(splits["train"])].sum())
-    mean = x[:n_train_frames].mean(axis=0, dtype=np.float64)
-    deviation = x[:n_train_frames].std(axis=0, dtype=np.float64)
-    deviation[deviation == 0] = 1.0  # a constant feature is centred, not blown up
-    if _get(cfg, "normalise", True):
-        x = ((x - mean) / deviation).astype(np.float32)
+    if config_value(cfg, "normalise", True):
+        x = ZScore.fit(x[:n_train_frames])(x)
 
     sequences = []
     offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
@@ -338,7 +335,7 @@ def read(cfg, path) -> DataSplits:
     return DataSplits(
         name=name, task="framewise",
         train=sequences[:n_train], valid=sequences[n_train:n_train + n_valid], test=sequences[n_train + n_valid:],
-        input_dim=settings.dim, n_outputs=len(classes), bidirectional=bool(_get(cfg, "bidirectional", True)),
+        input_dim=settings.dim, n_outputs=len(classes), bidirectional=bool(config_value(cfg, "bidirectional", True)),
         classes=classes, info=info,
     )
 

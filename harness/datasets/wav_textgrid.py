@@ -53,7 +53,7 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from harness.datasets import SPLITS, DataSplits, Sequence, _get
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value
 from harness.datasets.cache import cache_file, cached
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
@@ -187,12 +187,12 @@ def compute_features(recordings, settings: FeatureSettings, tier: str, silence: 
 
 def read(cfg, path) -> DataSplits:
     """Read the WAV + TextGrid folder at `path` as configured by `cfg` (keys in the module docstring)."""
-    name = str(_get(cfg, "name", "wav_textgrid"))
-    task = _get(cfg, "task", "framewise")
+    name = str(config_value(cfg, "name", "wav_textgrid"))
+    task = config_value(cfg, "task", "framewise")
     if task != "framewise":
         raise UserError(f"dataset '{name}': format wav_textgrid supports task: framewise only, not '{task}'.")
-    tier, silence = str(_get(cfg, "tier", "phones")), str(_get(cfg, "silence_label", "sil"))
-    settings = FeatureSettings.from_config(_get(cfg, "features"))
+    tier, silence = str(config_value(cfg, "tier", "phones")), str(config_value(cfg, "silence_label", "sil"))
+    settings = FeatureSettings.from_config(config_value(cfg, "features"))
     root = Path(path)
     by_split = find_recordings(root)
     recordings = [r for split in SPLITS for r in by_split[split]]
@@ -207,7 +207,7 @@ def read(cfg, path) -> DataSplits:
     labels = [str(label) for label in arrays["labels"]]
     offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
     n_train = len(by_split["train"])
-    listed = _get(cfg, "classes")
+    listed = config_value(cfg, "classes")
     if listed is not None:
         classes = [str(c) for c in listed]
         if len(set(classes)) != len(classes):
@@ -225,12 +225,9 @@ def read(cfg, path) -> DataSplits:
     to_class = np.array([classes.index(label) if label in allowed else -1 for label in labels], dtype=np.int64)
 
     x, y = arrays["x"], to_class[arrays["y"]]
-    mean = x[: offsets[n_train]].mean(axis=0, dtype=np.float64)
-    deviation = x[: offsets[n_train]].std(axis=0, dtype=np.float64)
-    deviation[deviation == 0] = 1.0  # a constant feature is centred, not blown up
-    normalise = bool(_get(cfg, "normalise", True))
+    normalise = bool(config_value(cfg, "normalise", True))
     if normalise:
-        x = ((x - mean) / deviation).astype(np.float32)
+        x = ZScore.fit(x[: offsets[n_train]])(x)
 
     splits, n = {}, 0
     for split in SPLITS:
@@ -251,4 +248,5 @@ def read(cfg, path) -> DataSplits:
         "features": settings.as_dict(),
     }
     return DataSplits(name=name, task="framewise", input_dim=settings.dim, n_outputs=len(classes),
-                      bidirectional=bool(_get(cfg, "bidirectional", True)), classes=classes, info=info, **splits)
+                      bidirectional=bool(config_value(cfg, "bidirectional", True)), classes=classes, info=info,
+                      **splits)
