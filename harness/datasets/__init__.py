@@ -91,6 +91,20 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def split_folders(root: Path, fmt: str, holding: str) -> dict[str, Path]:
+    """{split: folder} of a data set kept as train/, valid/ and test/ folders under `root`
+    (formats midi, wav_textgrid, inkml); UserError when `root` is a file or lacks a split.
+    `holding` says what each folder holds, for the message."""
+    if not root.is_dir():
+        raise UserError(f"{root} is a file, but format {fmt} needs a folder holding train/, valid/ and test/, "
+                        f"each with {holding}; point dataset.path at it.")
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            raise UserError(f"{root} has no {split}/ folder; format {fmt} needs train/, valid/ and test/, each "
+                            f"with {holding}.")
+    return {split: root / split for split in SPLITS}
+
+
 def config_value(cfg, key: str, default=None):
     """`key` of a config (a DictConfig, a dict or an object with attributes), or `default`
     when the key is absent or null: the one way the readers look up their keys."""

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value, split_folders
 from harness.datasets.iam_ondb import BLANK, FEATURES, point_features, text_labels
 from harness.errors import UserError
 
@@ -203,15 +203,8 @@ def read(cfg, path) -> DataSplits:
     annotation = str(config_value(cfg, "annotation", "truth"))
     view_type = str(config_value(cfg, "view_type", "Textline"))
     root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root} is a file, but format inkml needs a folder holding train/, valid/ and test/ with "
-                        ".inkml files; point dataset.path at it.")
     raw = {}
-    for split in SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(f"{root} has no {split}/ folder; format inkml needs train/, valid/ and test/, each "
-                            "holding .inkml files.")
+    for split, folder in split_folders(root, "inkml", ".inkml files").items():
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".inkml")
         if not files:
             raise UserError(f"{folder} holds no .inkml files; every split needs at least one.")

@@ -53,7 +53,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, config_value
+from harness.datasets import SPLITS, DataSplits, Sequence, config_value, split_folders
 from harness.datasets.cache import cache_file, cached
 from harness.errors import UserError
 
@@ -150,15 +150,8 @@ def roll_of(file: Path, frames_per_beat: int, lowest_note: int, keys: int, out_o
 
 def find_pieces(root: Path) -> dict[str, list[Path]]:
     """The MIDI files of each split folder, sorted by path; UserError for a missing or empty folder."""
-    if not root.is_dir():
-        raise UserError(f"{root} is a file, but format midi needs a folder holding train/, valid/ and test/ with "
-                        "MIDI files; point dataset.path at it.")
     pieces = {}
-    for split in SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(f"{root} has no {split}/ folder; format midi needs train/, valid/ and test/, each "
-                            "holding .mid files.")
+    for split, folder in split_folders(root, "midi", "MIDI files (.mid or .midi)").items():
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
         if not files:
             raise UserError(f"{folder} holds no .mid or .midi files; every split needs at least one piece.")

@@ -53,7 +53,7 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value, split_folders
 from harness.datasets.cache import cache_file, cached
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
@@ -66,15 +66,8 @@ def find_recordings(root: Path) -> dict[str, list[tuple[str, Path, Path]]]:
 
     UserError for a missing split folder, an empty one, or a file without its partner.
     """
-    if not root.is_dir():
-        raise UserError(f"{root} is a file, but format wav_textgrid needs a folder holding train/, valid/ and "
-                        "test/ with .wav and .TextGrid files; point dataset.path at it.")
     found = {}
-    for split in SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(f"{root} has no {split}/ folder; format wav_textgrid needs train/, valid/ and test/, "
-                            "each holding NAME.wav with NAME.TextGrid.")
+    for split, folder in split_folders(root, "wav_textgrid", "NAME.wav and NAME.TextGrid files").items():
         wavs, grids = {}, {}
         for file in folder.rglob("*"):
             if not file.is_file():
