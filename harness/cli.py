@@ -40,9 +40,10 @@ def _dispatch(cfg: DictConfig) -> None:
         if result["failure"]:
             raise UserError(f"the run failed: {result['failure']}; try a smaller learning_rate.")
     elif command == "sweep":
+        from harness.launchers import launch
         from harness.sweep import sweep
 
-        sweep(cfg)
+        sweep(cfg, launch)
     elif command == "analyze":
         from harness.analysis import run
 

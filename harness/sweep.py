@@ -72,7 +72,6 @@ from harness import project_root
 from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
-from harness.launchers import launch
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage, stop_on_signals
 from harness.train import train
@@ -386,8 +385,13 @@ def run_processes(cfg: DictConfig, variant: str, workers: int) -> list[str]:
     return died
 
 
-def sweep(cfg: DictConfig) -> list[str]:
-    """Run the sweep the config asks for; returns the names of the studies."""
+def sweep(cfg: DictConfig, launch=None) -> list[str]:
+    """Run the sweep the config asks for; returns the names of the studies.
+
+    `launch(cfg, variants)` runs the workers elsewhere when search.launcher says so and
+    returns the study names, or None for local workers: harness.launchers.launch, which
+    the command line passes in (the launchers build on this module, not the reverse).
+    Without it the workers run on this machine."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals(signal.SIGTERM)  # `kill` or a batch system's time limit: stop cleanly
     variant = cfg.variant.name
@@ -405,7 +409,10 @@ def sweep(cfg: DictConfig) -> list[str]:
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
     torch_threads(cfg.train.get("threads"))  # a bad train.threads fails here, before any work
-    if (launched := launch(cfg, variants)) is not None:  # search.launcher=slurm: an array job
+    if launch is None and search.get("launcher", "local") != "local":
+        raise UserError(f"search.launcher={search.launcher}: pass harness.launchers.launch to sweep() "
+                        "(odyssey sweep does).")
+    if launch is not None and (launched := launch(cfg, variants)) is not None:  # e.g. a SLURM array job
         return launched
     workers = cap_workers(workers)
     storage = open_storage(search.storage)

@@ -4,8 +4,10 @@
     slurm   the tasks of one SLURM array job, each a worker on a shared storage
             (harness.launchers.slurm, through submitit)
 
-`launch(cfg, variants)` is what `harness.sweep.sweep` calls; it returns None for the local
-launcher (the sweep runs its own processes) and the study names otherwise.
+`launch(cfg, variants)` is what `odyssey sweep` hands to `harness.sweep.sweep`, which calls
+it once the config is checked; it returns None for the local launcher (the sweep runs its
+own processes) and the study names otherwise. The launchers build on harness.sweep (a
+SLURM task runs `run_worker`), so the sweep gets them from its caller and imports none.
 """
 
 from __future__ import annotations
