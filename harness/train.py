@@ -1,8 +1,11 @@
-"""Training one configuration: the recipe of Greff et al. (2017) (docs/engine.md).
+"""Training one configuration: by default the recipe of Greff et al. (2017) (docs/engine.md).
 
 - SGD with Nesterov momentum; the step is learning_rate * (1 - momentum), so that the
-  learning rate is the size of a step whatever the momentum;
-- one update after each sequence (train.batch_size = 1; larger batches are an option);
+  learning rate is the size of a step whatever the momentum; other recipes (`train=adam`,
+  `train=adamw`, conf/train/) update otherwise (harness.recipes), and their schedule
+  runs after each epoch's validation;
+- one update after each sequence (train.batch_size = 1; larger batches are an option,
+  the default of the adam recipes);
 - Gaussian noise of deviation input_noise_std added to the inputs while training only;
 - the loss is the sum over a sequence's frames (harness.tasks);
 - after every epoch the validation metric; the test metric is computed whenever the
@@ -37,6 +40,7 @@ from harness.datasets import DataSplits, Sequence, load_dataset
 from harness.engine import make_step
 from harness.errors import UserError
 from harness.networks import SequenceNetwork, count_parameters
+from harness.recipes import Recipe
 from harness.resources import torch_threads
 
 
@@ -119,12 +123,17 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     if variant == "all":
         raise UserError("variant=all is for `odyssey sweep`; `odyssey train` trains one variant, e.g. variant=vanilla.")
     options = dict(cfg.train)
+    recipe = Recipe.from_config(cfg)
     # auto: all cores for one training (a sweep worker sets its share, cores / workers)
     torch.set_num_threads(torch_threads(options.get("threads")))
     # Trained weights and states fill with denormal floats, which slow CPU arithmetic
     # 1.3-2.4x; flushing them to zero changes results only within float tolerance.
     torch.set_flush_denormal(bool(options.get("flush_denormal", True)))
     data = data if data is not None else load_dataset(cfg.dataset)
+    batch_size = int(options.get("batch_size", 1))
+    if batch_size > len(data.train):
+        raise UserError(f"train.batch_size={batch_size} is larger than the training split of {data.name} "
+                        f"({len(data.train)} sequences); choose at most {len(data.train)}.")
     seed = int(cfg.seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -136,17 +145,14 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     network = SequenceNetwork(variant, data.input_dim, int(cfg.hidden_size), data.n_outputs,
                               bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
                               **layer_options)
-    momentum = float(cfg.momentum)
-    step = make_step(str(options.get("engine", "native")), network, data.task, float(cfg.learning_rate),
-                     momentum, log=log)
+    step = make_step(str(options.get("engine", "native")), network, data.task, recipe, log=log)
     noise_std = float(cfg.input_noise_std)
-    batch_size = int(options.get("batch_size", 1))
     runner = EpochRunner(step, data, batch_size, noise_std, rng)
     eval_batch_size = int(options.get("eval_batch_size", 32))
     max_epochs, patience = int(cfg.max_epochs), int(cfg.patience)
     metric = tasks.METRICS[data.task]
 
-    log(f"{data.name} / {variant}: N={cfg.hidden_size}, lr={cfg.learning_rate}, momentum={momentum}, "
+    log(f"{data.name} / {variant}: N={cfg.hidden_size}, {recipe.describe()}, batch {batch_size}, "
         f"noise={noise_std}, {count_parameters(network)} parameters, "
         f"{len(data.train)} training sequences, up to {max_epochs} epochs")
     start = time.perf_counter()
@@ -167,6 +173,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         if val_metric < best["val_metric"]:
             test_metric = evaluate(network, data.task, data.test, eval_batch_size)
             best = {"val_metric": val_metric, "test_metric": test_metric, "best_epoch": epoch}
+        step.update.end_epoch(val_metric)
         seconds = time.perf_counter() - start
         curve.append({"epoch": epoch, "train_loss_per_frame": total_loss / max(frames, 1),
                       "val_metric": val_metric, "seconds": seconds})
@@ -182,6 +189,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     result = {
         "dataset": data.name,
         "variant": variant,
+        "recipe": recipe.name,
         "metric": metric,
         "val_metric": best["val_metric"] if math.isfinite(best["val_metric"]) else None,
         "test_metric": best["test_metric"] if math.isfinite(best["test_metric"]) else None,
@@ -193,6 +201,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         "hyperparameters": {key: cfg[key] for key in
                             ("hidden_size", "learning_rate", "momentum", "input_noise_std",
                              "max_epochs", "patience", "seed")},
+        "train": {**recipe.as_dict(), "batch_size": batch_size},
         "learning_curve": curve,
         "data": data.summary(),
     }

@@ -17,10 +17,12 @@ from harness.cells import LSTM_VARIANTS
 from harness.datasets import Sequence
 from harness.engine import NativeStep, TorchStep, make_step
 from harness.networks import SequenceNetwork
+from harness.recipes import Recipe
 
 pytestmark = pytest.mark.skipif(kernels.lstm() is None, reason="the compiled loops could not be built")
 
 M, N, K = 5, 4, 3  # inputs, blocks, outputs (CTC: K - 1 characters + blank)
+GREFF = Recipe.nesterov(0.1, 0.9)
 TASKS = {"next_step": False, "regression": False, "framewise": True, "ctc": True}  # task: bidirectional
 
 
@@ -70,7 +72,7 @@ def test_gradients_match_autograd(variant, task, lengths, monkeypatch):
     loss = tasks.loss(task, reference(batch.x, batch.lengths), batch)
     loss.backward()
     monkeypatch.delenv("ODYSSEY_PYTHON_LOOPS")
-    step = NativeStep(native, task, learning_rate=0.1, momentum=0.5)
+    step = NativeStep(native, task, Recipe.nesterov(0.1, 0.5))
     native_loss = step(batch, batch.x)
     assert float(native_loss) == pytest.approx(loss.item(), rel=1e-10)
     for (name, p), g in zip(reference.named_parameters(), step.grads):
@@ -83,8 +85,8 @@ def test_gradients_match_autograd(variant, task, lengths, monkeypatch):
 def test_weights_after_several_updates(variant, task):
     """Five Nesterov updates, one sequence each, float32 as in training."""
     reference, native = networks(variant, task, torch.float32)
-    torch_step = TorchStep(reference, task, learning_rate=0.05, momentum=0.9)
-    native_step = NativeStep(native, task, learning_rate=0.05, momentum=0.9)
+    torch_step = TorchStep(reference, task, Recipe.nesterov(0.05, 0.9))
+    native_step = NativeStep(native, task, Recipe.nesterov(0.05, 0.9))
     for seq in sequences(task, [8, 5, 11, 6, 9], seed=2):
         batch = batch_of([seq], task, torch.float32)
         a, b = torch_step(batch, batch.x), native_step(batch, batch.x)
@@ -101,7 +103,7 @@ def test_momentum_zero_is_plain_sgd():
     loss = tasks.loss("regression", reference(batch.x, batch.lengths), batch)
     (grad_b,) = torch.autograd.grad(loss, reference.readout.bias)
     before = native.readout.bias.detach().clone()
-    NativeStep(native, "regression", learning_rate=0.2, momentum=0.0)(batch, batch.x)
+    NativeStep(native, "regression", Recipe.nesterov(0.2, 0.0))(batch, batch.x)
     assert torch.allclose(native.readout.bias, before - 0.2 * grad_b, rtol=1e-10)
 
 
@@ -109,7 +111,7 @@ def test_nonfinite_loss_leaves_weights_alone():
     _, native = networks("vanilla", "regression", torch.float32)
     batch = batch_of(sequences("regression", [5], seed=4), "regression", torch.float32)
     before = [p.detach().clone() for p in native.parameters()]
-    loss = NativeStep(native, "regression", learning_rate=0.1, momentum=0.9)(batch, batch.x * float("nan"))
+    loss = NativeStep(native, "regression", Recipe.nesterov(0.1, 0.9))(batch, batch.x * float("nan"))
     assert not torch.isfinite(loss)
     assert all(torch.equal(p, q) for p, q in zip(native.parameters(), before))
 
@@ -117,9 +119,9 @@ def test_nonfinite_loss_leaves_weights_alone():
 def test_make_step_chooses_the_engine(monkeypatch):
     torch.manual_seed(0)
     network = SequenceNetwork("gru", M, N, K)
-    assert isinstance(make_step("native", network, "next_step", 0.1, 0.9), NativeStep)
-    assert isinstance(make_step("torch", network, "next_step", 0.1, 0.9), TorchStep)
+    assert isinstance(make_step("native", network, "next_step", GREFF), NativeStep)
+    assert isinstance(make_step("torch", network, "next_step", GREFF), TorchStep)
     monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")  # no compiled loops: the torch path, said once
     messages = []
-    assert isinstance(make_step("native", network, "next_step", 0.1, 0.9, log=messages.append), TorchStep)
+    assert isinstance(make_step("native", network, "next_step", GREFF, log=messages.append), TorchStep)
     assert "compiled loops" in messages[0]

@@ -197,6 +197,7 @@ def test_composed_cells_train_alike_on_both_engines(name):
     from harness.datasets import Sequence
     from harness.engine import make_step
     from harness.networks import SequenceNetwork
+    from harness.recipes import Recipe
 
     rng = np.random.default_rng(0)
     sequences = [Sequence(x=(rng.random((9, 6)) > 0.5).astype(np.float32),
@@ -206,7 +207,7 @@ def test_composed_cells_train_alike_on_both_engines(name):
         torch.manual_seed(0)
         network = SequenceNetwork(name, 6, 5, 6, switches=COMBINATIONS[name], init_std=0.3)
         initial = network.forward_layer.weight_input.detach().clone()
-        step = make_step(engine, network, "next_step", 0.05, 0.9, log=lambda line: None)
+        step = make_step(engine, network, "next_step", Recipe.nesterov(0.05, 0.9), log=lambda line: None)
         for sequence in sequences * 2:
             batch = tasks.make_batch([sequence], "next_step")
             step(batch, batch.x)

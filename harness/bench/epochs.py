@@ -26,6 +26,7 @@ from harness.cells import VARIANTS
 from harness.datasets import load_dataset
 from harness.engine import TorchStep, make_step
 from harness.networks import SequenceNetwork
+from harness.recipes import Recipe
 from harness.train import EpochRunner, evaluate
 
 LEARNING_RATE, MOMENTUM = 1e-2, 0.9
@@ -47,12 +48,13 @@ def build(model: str, data, hidden_size: int) -> tuple[SequenceNetwork, object]:
         network.forward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
         if data.bidirectional:
             network.backward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
-        return network, TorchStep(network, data.task, LEARNING_RATE, MOMENTUM)
+        return network, TorchStep(network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM))
     variant_cfg = OmegaConf.load(project_root() / "conf" / "variant" / f"{model}.yaml")
     options = {k: v for k, v in OmegaConf.to_container(variant_cfg).items() if k != "name"}
     network = SequenceNetwork(model, data.input_dim, hidden_size, data.n_outputs,
                               bidirectional=data.bidirectional, **options)
-    return network, make_step("native", network, data.task, LEARNING_RATE, MOMENTUM, log=lambda _: None)
+    return network, make_step("native", network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM),
+                                log=lambda _: None)
 
 
 def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True) -> dict:

@@ -1,21 +1,23 @@
 """How one training step runs: the torch reference path and the native engine.
 
-A step takes one batch (one sequence in Greff et al.'s recipe), computes the task's loss
-(summed over frames, harness.tasks), its gradient, and the Nesterov momentum update with
-step size learning_rate * (1 - momentum). Two engines compute the same thing:
+A step takes one batch (one sequence in Greff et al.'s recipe, a minibatch in others),
+computes the task's loss (summed over frames, harness.tasks) and its gradient into every
+parameter's `.grad`, and applies the recipe's update (harness.recipes: clipping, then
+Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
 
 - `torch` (`TorchStep`, the reference): the network's forward through autograd,
-  `harness.tasks.loss`, `loss.backward()` and `torch.optim.SGD(nesterov=True)`;
+  `harness.tasks.loss`, `loss.backward()` and the recipe's torch.optim optimizer;
 - `native` (`NativeStep`, the default for the LSTM family): the compiled LSTM loops
   called directly (no autograd graph), the read-out, loss and its gradient in closed form
   (CTC: torch's ctc_loss on the scores alone), the backward pass through time into
-  preallocated gradient buffers, and one compiled Nesterov update over every tensor.
-  Models it does not cover (GRU, GF-RNN) train on the reference path, and
-  `make_step` says so once.
+  preallocated gradient buffers (the parameters' `.grad`), and Greff's Nesterov update
+  in one compiled loop over every tensor; any other update is the recipe's torch.optim
+  optimizer on those same gradients. Models it does not cover (GRU, GF-RNN) train on the
+  reference path, and `make_step` says so once.
 
 `train.engine` (conf/train/greff.yaml) chooses; tests/test_engine.py checks that both give
 the same gradients and the same weights after several updates, for every LSTM variant
-and task.
+and task, and tests/test_recipes.py the updates against torch.optim applied by hand.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ from harness.engine.native import NativeStep, native_supports
 from harness.engine.reference import TorchStep
 from harness.errors import UserError
 from harness.networks import SequenceNetwork
+from harness.recipes import Recipe
 
 ENGINES = ("native", "torch")
 
 
-def make_step(engine: str, network: SequenceNetwork, task: str, learning_rate: float, momentum: float,
+def make_step(engine: str, network: SequenceNetwork, task: str, recipe: Recipe,
               log: Callable[[str], None] = print):
-    """The step function `step(batch, x) -> loss` of `engine` for this network and task."""
+    """The step function `step(batch, x) -> loss` of `engine` for this network, task and
+    recipe; `step.update` is the recipe's update (its `end_epoch` runs the schedule)."""
     if engine not in ENGINES:
         raise UserError(f"train.engine={engine} is unknown; choose one of {', '.join(ENGINES)}.")
     if engine == "native":
         reason = native_supports(network, task)
         if reason is None:
-            return NativeStep(network, task, learning_rate, momentum)
+            return NativeStep(network, task, recipe)
         log(f"  engine: the native engine does not cover {reason}; training on the torch path")
-    return TorchStep(network, task, learning_rate, momentum)
+    return TorchStep(network, task, recipe)

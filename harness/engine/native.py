@@ -10,8 +10,10 @@ harness/kernels/lstm.cpp:
                (next_step: sigma(s) - y; framewise: softmax - one-hot; regression:
                2 (s - y)), or, for CTC, torch's ctc_loss on the scores alone
     backward   dY = dS Wout, then backward through time into the gradient buffers
-    update     Nesterov momentum over every tensor in one compiled loop:
-               v <- mu v + g,  theta <- theta - lr (1 - mu) (g + mu v)
+    update     Greff's recipe: Nesterov momentum over every tensor in one compiled loop,
+               v <- mu v + g,  theta <- theta - lr (1 - mu) (g + mu v);
+               any other recipe (harness.recipes): its torch.optim optimizer, which
+               reads the gradient buffers as the parameters' .grad
 
 The layer keeps its parameters (and so the weight contract and evaluation through
 `network(x)`); the step reads them, and writes its gradients into buffers of the same
@@ -31,6 +33,7 @@ import torch
 from harness import kernels, tasks
 from harness.cells import LSTMLayer
 from harness.networks import SequenceNetwork, reverse_within_lengths
+from harness.recipes import Recipe
 
 CLOSED_FORM_TASKS = {"next_step": 0, "framewise": 1, "regression": 2}
 TASKS = (*CLOSED_FORM_TASKS, "ctc")
@@ -156,23 +159,24 @@ def _plan_for(layer, grads: dict[torch.Tensor, torch.Tensor]):
 
 
 class NativeStep:
-    """One update of Greff et al.'s recipe through the compiled loops (see the module docstring).
+    """One update of a recipe through the compiled loops (see the module docstring).
 
     `step(batch, x)` trains on `batch` with inputs `x` (noise added by the caller) and
     returns the loss (summed over frames) as a 0-dim tensor; a non-finite loss is
     returned without updating the weights, as on the reference path.
     """
 
-    def __init__(self, network: SequenceNetwork, task: str, learning_rate: float, momentum: float):
+    def __init__(self, network: SequenceNetwork, task: str, recipe: Recipe):
         reason = native_supports(network, task)
         if reason is not None:
             raise ValueError(f"the native engine does not cover {reason}")
         self.network, self.task = network, task
-        self.step_size, self.momentum = learning_rate * (1.0 - momentum), momentum
         self.kernels = kernels.lstm()
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.grads = [torch.zeros_like(p) for p in self.params]
-        self.buffers = [torch.zeros_like(p) for p in self.params]
+        for p, grad in zip(self.params, self.grads):  # the optimizers read the buffers
+            p.grad = grad
+        self.update = recipe.update(self.params, compiled=self.kernels)
         by_param = dict(zip(self.params, self.grads))
         self.plans = [_plan_for(layer, by_param) for layer in (network.forward_layer, network.backward_layer)
                       if layer is not None]
@@ -209,5 +213,5 @@ class NativeStep:
             if k == 1:
                 dY_layer = reverse_within_lengths(dY_layer, batch.lengths)
             plan.backward(dY_layer.contiguous(), context)
-        compiled.nesterov_(self.params, self.grads, self.buffers, self.step_size, self.momentum)
+        self.update()
         return loss

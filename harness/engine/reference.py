@@ -1,4 +1,4 @@
-"""The reference step: autograd through the network, torch's loss and torch's optimizer."""
+"""The reference step: autograd through the network, torch's loss and the recipe's torch.optim optimizer."""
 
 from __future__ import annotations
 
@@ -6,26 +6,27 @@ import torch
 
 from harness import tasks
 from harness.networks import SequenceNetwork
+from harness.recipes import Recipe
 
 
 class TorchStep:
-    """One update of Greff et al.'s recipe with torch.autograd and torch.optim.SGD.
+    """One update of a recipe with torch.autograd and the recipe's torch.optim optimizer
+    (Greff et al.'s: torch.optim.SGD(nesterov=True), step learning_rate * (1 - momentum)).
 
     `step(batch, x)` trains on `batch` with inputs `x` (the batch's inputs, noise added
     by the caller) and returns the loss as a 0-dim tensor; a non-finite loss is returned
     without updating the weights.
     """
 
-    def __init__(self, network: SequenceNetwork, task: str, learning_rate: float, momentum: float):
+    def __init__(self, network: SequenceNetwork, task: str, recipe: Recipe):
         self.network, self.task = network, task
-        self.optimizer = torch.optim.SGD(network.parameters(), lr=learning_rate * (1.0 - momentum),
-                                         momentum=momentum, nesterov=momentum > 0)
+        self.update = recipe.update(network.parameters())
 
     def __call__(self, batch: tasks.Batch, x: torch.Tensor) -> torch.Tensor:
         loss = tasks.loss(self.task, self.network(x, batch.lengths), batch)
         if not torch.isfinite(loss):
             return loss.detach()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.update.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.update()
         return loss.detach()
