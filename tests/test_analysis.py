@@ -407,3 +407,16 @@ def test_studies_the_analysis_cannot_read_give_one_clear_message(tmp_path):
         _run(url, tmp_path / "out", "mix")
     with pytest.raises(UserError, match="analysis.diverged_rule"):
         _run(url, tmp_path / "out", "mix", diverged_rule="median")
+
+
+def test_the_fanova_compatibility_step_refuses_releases_it_was_not_written_for():
+    from harness.analysis.fanova_compat import TESTED, check_versions
+
+    check_versions()  # the installed releases are the tested ones (constraints.txt)
+    check_versions(dict(TESTED))
+    with pytest.raises(UserError, match=r"fanova 2\.1\.0 is installed, .*written for fanova 2\.0\.19.*constraints"):
+        check_versions({**TESTED, "fanova": "2.1.0"})
+    with pytest.raises(UserError, match=r"pyrfr 0\.9\.1 is installed"):
+        check_versions({**TESTED, "pyrfr": "0.9.1"})
+    with pytest.raises(ImportError, match="pyrfr is not installed"):
+        check_versions({"fanova": TESTED["fanova"]})

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 import harness
+from harness import figures, report
 from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
-from harness.analysis.fanova_compat import import_fanova  # noqa: F401  (public helper)
-from harness.analysis.read import open_storage  # noqa: F401  (public helper)
 from harness.errors import UserError
+from harness.storage import open_storage
 
 DEFAULTS = {
     "storage": "sqlite:///results/odyssey.db",
@@ -86,8 +86,6 @@ def _options(cfg) -> dict:
 
 def run(cfg) -> Path:
     """Analyse every study of cfg.dataset in cfg.storage; return the path of report.md."""
-    from harness import figures, report
-
     options = _options(cfg)
     dataset = str(options["dataset"])
     out = Path(options["out"]) if options["out"] else (
@@ -96,7 +94,8 @@ def run(cfg) -> Path:
         out = harness.project_root() / out
     started = time.time()
     print(f"[analyze] reading studies of {dataset!r} from {options['storage']}")
-    studies = read.load(open_storage(options["storage"]), dataset, str(options["metric"]))
+    storage = open_storage(options["storage"], key="analysis.storage", create=False)  # never a new, empty one
+    studies = read.load(storage, dataset, str(options["metric"]))
     column, sign = studies.metric, studies.sign
     out.mkdir(parents=True, exist_ok=True)
     trials = studies.trials

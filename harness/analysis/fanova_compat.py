@@ -12,20 +12,58 @@ Two small steps of our own, both documented in docs/analysis.md:
   `marginal_mean_variance_prediction`, and fanova's own code does the variance
   decomposition. The result is a forest of `n_trees` bootstrapped trees, as fanova
   would build.
+
+Both steps rest on what these exact releases do inside, so `import_fanova` checks the
+installed versions against `TESTED` (the versions of constraints.txt) and refuses any
+other with a message that says what to do; `forest` also checks that the attributes it
+replaces are still there. Nothing else in the project touches fanova's internals.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import warnings
 
 import numpy as np
 
+from harness.errors import UserError
+
+# The releases this module was written against: fanova's fANOVA object and pyrfr's forest.
+TESTED = {"fanova": "2.0.19", "pyrfr": "0.9.0"}
+# What `forest` sets on the fANOVA object (fanova 2.0.19, fanova/fanova.py, fANOVA.__init__).
+REPLACED = ("the_forest", "n_trees", "all_midpoints", "all_sizes", "trees_total_variance")
+
+
+def _changed(what: str) -> UserError:
+    return UserError(f"{what}, but harness/analysis/fanova_compat.py was written for fanova {TESTED['fanova']} "
+                     f"with pyrfr {TESTED['pyrfr']}; install those (pip install -c constraints.txt --no-build-"
+                     "isolation pyrfr fanova) or check the compatibility step against the new release.")
+
+
+def check_versions(installed=None) -> None:
+    """Refuse fanova or pyrfr releases other than `TESTED`; `installed` maps package to
+    version (default: what importlib.metadata finds)."""
+    for package, tested in TESTED.items():
+        if installed is not None:
+            version = installed.get(package)
+        else:
+            try:
+                version = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+        if version is None:
+            raise ImportError(f"{package} is not installed (bash scripts/setup.sh builds it)")
+        if version != tested:
+            raise _changed(f"{package} {version} is installed")
+
 
 def import_fanova():
-    """Import the `fanova` package, after giving NumPy 2 the `np.float` it still uses."""
+    """Import the `fanova` package, after checking its version and giving NumPy 2 the
+    `np.float` it still uses. ImportError when it is not installed."""
+    check_versions()
     if not hasattr(np, "float"):
-        np.float = float
+        np.float = float  # fanova 2.0.19 only needs the alias, which is the builtin float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import fanova
@@ -70,6 +108,9 @@ def forest(x, y, space, n_trees: int, seed: int, min_samples_leaf: int, max_feat
                                max_features=max_features or x.shape[1])
                  for k in range(n_trees)]
     model = trees[0]
+    missing = [name for name in REPLACED if not hasattr(model, name)]
+    if missing:
+        raise _changed(f"fanova's fANOVA object has no {', '.join(missing)}")
     model.the_forest = _JoinedForest([tree.the_forest for tree in trees])
     model.n_trees = len(trees)
     model.all_midpoints = [tree.all_midpoints[0] for tree in trees]

@@ -16,7 +16,6 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness import storage as storages
 from harness.errors import UserError
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
@@ -32,11 +31,6 @@ class Studies:
     sign: float  # +1 when lower is better (minimised studies), -1 when higher is
     metric: str  # "test_metric" or "validation_metric": the column analysed
     names: dict = field(default_factory=dict)  # variant -> study names
-
-
-def open_storage(url):
-    """The Optuna storage at `url` (never a new, empty one), or a UserError saying what to do."""
-    return storages.open_storage(url, key="analysis.storage", create=False)
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:

@@ -1,0 +1,213 @@
+"""The shape of the code: harness modules import each other in one direction only, no module
+reaches for another's private (underscore) names, and the repository points at nothing
+outside itself. Read with `ast`, so that an import inside a function counts as much as one
+at the top of a module: a late import that dodges a cycle is still a cycle."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import project_root
+
+ROOT = project_root()
+PACKAGE = ROOT / "harness"
+
+
+def module_names(package: Path = PACKAGE) -> dict[str, Path]:
+    """{dotted module name: file} of every module under `package`; a package's __init__.py
+    is that package."""
+    names = {}
+    for file in sorted(package.rglob("*.py")):
+        parts = list(file.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = file
+    return names
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module an ImportFrom names, with relative imports resolved against `module`."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(source: str, module: str, modules: set[str], is_package: bool = False):
+    """What the module `module` (of source `source`) takes from the others of `modules`.
+
+    Returns (edges, private): the set of modules it imports, at any depth of the code, and
+    the list of (line, "harness.x._y") private names of another module that it uses."""
+    edges, private = set(), []
+    aliases: dict[str, str] = {}  # local name -> a module of `modules`
+
+    def owner(dotted: str) -> str | None:
+        """The longest prefix of `dotted` that is one of `modules`."""
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in modules:
+                return ".".join(parts[:n])
+        return None
+
+    def use(target: str, line: int, name: str | None = None) -> None:
+        if target != module:
+            edges.add(target)
+            if name is not None and name.startswith("_") and not name.startswith("__"):
+                private.append((line, f"{target}.{name}"))
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = owner(alias.name)
+                if target is None:
+                    continue
+                rest = alias.name[len(target) + 1:].split(".") if alias.name != target else []
+                use(target, node.lineno, rest[0] if rest else None)
+                if alias.asname:
+                    aliases[alias.asname] = target
+                elif alias.name.split(".")[0] in modules:
+                    aliases.setdefault(alias.name.split(".")[0], alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            source_module = _absolute(node, module, is_package)
+            target = owner(source_module)
+            if target is None:
+                continue
+            for alias in node.names:
+                submodule = f"{source_module}.{alias.name}"
+                if submodule in modules:  # `from harness.analysis import read`: the module read
+                    use(submodule, node.lineno)
+                    aliases[alias.asname or alias.name] = submodule
+                else:
+                    use(target, node.lineno, alias.name)
+    for node in ast.walk(tree):  # `module._name` through a name bound to a harness module
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            dotted = _dotted(node.value)
+            if dotted is None:
+                continue
+            head, *rest = dotted.split(".")
+            if head in aliases:
+                target = owner(".".join([aliases[head], *rest]))
+                if target is not None and target != module:
+                    private.append((node.lineno, f"{target}.{node.attr}"))
+    return edges, sorted(private)
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph, as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def import_graph(package: Path = PACKAGE):
+    """(graph {module: modules it imports}, [(file:line, private name)]) of a package."""
+    modules = module_names(package)
+    graph, private = {}, []
+    for name, file in modules.items():
+        edges, used = imports_of(file.read_text(), name, set(modules), file.name == "__init__.py")
+        graph[name] = edges
+        private += [(f"{file.relative_to(package.parent)}:{line}", what) for line, what in used]
+    return graph, private
+
+
+# ------------------------------------------------------------------ the checks themselves
+
+
+def test_the_checks_find_a_cycle_and_a_private_import():
+    """The functions below catch what they are for (so that their silence means something)."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+    modules = {"harness", "harness.cells", "harness.weights", "harness.analysis", "harness.analysis.read"}
+    late = "def f():\n    from harness.cells import make_layer\n"
+    assert imports_of(late, "harness.weights", modules)[0] == {"harness.cells"}
+    edges, private = imports_of("from harness.weights import _copy, import_into\n", "harness.cells", modules)
+    assert edges == {"harness.weights"} and private == [(1, "harness.weights._copy")]
+    edges, private = imports_of("from . import read\nfrom .read import _row\n", "harness.analysis", modules,
+                                is_package=True)
+    assert edges == {"harness.analysis.read"} and private == [(2, "harness.analysis.read._row")]
+    source = ("import harness.weights as w\nimport harness.cells\nfrom harness import cells\n"
+              "w._copy()\ncells._views\nharness.cells._x\n")
+    assert [what for _, what in imports_of(source, "harness.analysis", modules)[1]] == [
+        "harness.weights._copy", "harness.cells._views", "harness.cells._x"]
+    assert imports_of("import harness.cells\nharness.cells.__doc__\n", "harness.analysis", modules)[1] == []
+
+
+def test_a_planted_cycle_in_a_copy_of_the_package_is_found(tmp_path):
+    """A late import planted in a copy of two real modules closes a loop the check reports."""
+    copy = tmp_path / "harness"
+    copy.mkdir()
+    (copy / "__init__.py").write_text("")
+    (copy / "weights.py").write_text((PACKAGE / "weights.py").read_text()
+                                     + "\n\ndef planted():\n    from harness import cells\n")
+    (copy / "cells.py").write_text("from harness.weights import import_into\n")
+    graph, _ = import_graph(copy)
+    assert find_cycle(graph) == ["harness.cells", "harness.weights", "harness.cells"]
+
+
+def test_no_import_cycle_among_harness_modules():
+    graph, _ = import_graph()
+    assert len(graph) > 20 and graph["harness.cli"], "the graph was not read"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_uses_another_modules_private_names():
+    _, private = import_graph()
+    assert not private, "private names used across modules: " + "; ".join(f"{where} {what}"
+                                                                          for where, what in private)
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    outside = ["../" + "shared", "SPEC" + ".md"]  # spelled apart so that this file does not match
+    found = []
+    for name in listed.decode().split("\0"):
+        file = ROOT / name
+        if not name or not file.is_file():
+            continue
+        try:
+            text = file.read_text()
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            found += [f"{name}:{number}: {word}" for word in outside if word in line]
+    assert not found, "pointers outside the repository:\n" + "\n".join(found)
