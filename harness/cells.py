@@ -53,7 +53,7 @@ from torch import nn
 
 from harness import kernels
 from harness.gated_feedback import GatedFeedbackRNN
-from harness.weights import import_into
+from harness.weights import WeightContract
 
 # Rows of the fused pre-activation, and the gates (the last three of them).
 BLOCKS = ("z", "i", "f", "o")
@@ -332,7 +332,7 @@ def _normal(shape: tuple[int, ...], std: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(shape) * std)
 
 
-class LSTMLayer(nn.Module):
+class LSTMLayer(WeightContract, nn.Module):
     """One unidirectional layer of the vanilla LSTM or a variant of it (see the module docstring).
 
     Parameters are stored fused, only for what the variant has: `weight_input` (K*N, M),
@@ -417,7 +417,7 @@ class LSTMLayer(nn.Module):
             keys += [f"R_{a}_{b}" for a in GATES for b in GATES]
         return keys
 
-    def _views(self) -> dict[str, torch.Tensor]:
+    def weight_views(self) -> dict[str, torch.Tensor]:
         """Views into the stored parameters, one a key of the weight contract."""
         N = self.hidden_size
         views = {}
@@ -432,12 +432,6 @@ class LSTMLayer(nn.Module):
                 for c, b in enumerate(GATES):
                     views[f"R_{a}_{b}"] = self.gate_recurrence[r * N : (r + 1) * N, c * N : (c + 1) * N]
         return views
-
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        return {key: view.detach().clone() for key, view in self._views().items()}
-
-    def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        import_into(self._views(), weights, type(self).__name__)
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -524,7 +518,7 @@ class GRURecurrence(torch.autograd.Function):
         return dx, dW, dR, db
 
 
-class GRULayer(nn.Module):
+class GRULayer(WeightContract, nn.Module):
     """One unidirectional GRU layer in the form of Cho et al. (2014)::
 
         z^t = sigma(W_z x^t + R_z h^{t-1} + b_z)                 update gate
@@ -555,7 +549,7 @@ class GRULayer(nn.Module):
     def weight_keys(self) -> list[str]:
         return [f"{kind}_{gate}" for kind in "WRb" for gate in "zrh"]
 
-    def _views(self) -> dict[str, torch.Tensor]:
+    def weight_views(self) -> dict[str, torch.Tensor]:
         N = self.hidden_size
         views = {}
         for k, gate in enumerate("zrh"):
@@ -564,12 +558,6 @@ class GRULayer(nn.Module):
             views[f"R_{gate}"] = self.weight_recurrent[rows]
             views[f"b_{gate}"] = self.bias[rows]
         return views
-
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        return {key: view.detach().clone() for key, view in self._views().items()}
-
-    def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        import_into(self._views(), weights, type(self).__name__)
 
 
 # One layer with the weight contract above; then the gated-feedback stacks

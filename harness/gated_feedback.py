@@ -58,7 +58,7 @@ from torch import nn
 
 from harness import kernels
 from harness.errors import UserError
-from harness.weights import import_into
+from harness.weights import WeightContract
 
 # The unit-wise gates of each cell (from below and the layer's own state), then the candidate.
 CELLS = {
@@ -298,7 +298,7 @@ def fused_weights(weight_below, bias, weight_recurrent, feedback):
             torch.stack(tuple(weight_recurrent)), feedback.permute(1, 0, 3, 2).reshape(L, L * N, N))
 
 
-class GatedFeedbackRNN(nn.Module):
+class GatedFeedbackRNN(WeightContract, nn.Module):
     """A GF-LSTM (`cell="gfrnn"`) or GF-GRU (`cell="gfgru"`) stack; x (T, B, M) -> (T, B, output_size).
 
     Parameters, layer j = 1..L (index j - 1 in the lists), G unit-wise gates a layer:
@@ -402,7 +402,7 @@ class GatedFeedbackRNN(nn.Module):
 
     # -- readable weights ----------------------------------------------------------------
 
-    def _views(self) -> dict[str, torch.Tensor]:
+    def weight_views(self) -> dict[str, torch.Tensor]:
         """Views into the parameters; layers numbered 1..L as in the paper: `W_i^1`, `R_i^1`,
         `b_i^1`, ..., `U_c^1->2` (U_h for GF-GRU), `w_g^1->2`, `u_g^1->2` (L N values)."""
         N, L = self.hidden_size, self.layers
@@ -422,9 +422,3 @@ class GatedFeedbackRNN(nn.Module):
                 views[f"w_g^{pair}"] = self.weight_below[j][G * N + i]
                 views[f"u_g^{pair}"] = self.global_gate_recurrent[i, j]
         return views
-
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        return {key: view.detach().clone() for key, view in self._views().items()}
-
-    def import_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        import_into(self._views(), weights, type(self).__name__)
