@@ -1,7 +1,7 @@
 """Optuna storages from URLs, shared by the sweep (which writes) and the analysis (which reads).
 
     sqlite:///results/odyssey.db      one machine; a relative path starts at the project root
-    journal:/shared/odyssey.log       Optuna's JournalStorage on a file (also journal:///abs,
+    journal:/nfs/odyssey.log       Optuna's JournalStorage on a file (also journal:///abs,
                                       or any path ending .log / .journal / .jsonl)
     postgresql://user:pw@host/db      many machines (any SQLAlchemy URL; psycopg 3 is installed)
 
@@ -147,7 +147,7 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
     """The storage at `url`; `key` names the config key in messages. With create=False a
     missing SQLite or journal file is an error instead of a new, empty storage. With
     heartbeat_seconds an RDB storage has Optuna's heartbeat on (see the module docstring)."""
-    example = "e.g. sqlite:///results/odyssey.db, journal:/shared/odyssey.log or postgresql://user@host/db"
+    example = "e.g. sqlite:///results/odyssey.db, journal:/nfs/odyssey.log or postgresql://user@host/db"
     if not isinstance(url, str) or not url.strip():
         raise UserError(f"{key} is empty; set it to a storage URL, {example}.")
     journal = url.startswith("journal:") or (url.endswith(JOURNAL_SUFFIXES) and "://" not in url)

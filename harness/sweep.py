@@ -1,4 +1,4 @@
-"""Random search: one Optuna study per (data set, variant), SPEC section 5.
+"""Random search: one Optuna study per (data set, variant); the trial rules are in docs/training.md.
 
     odyssey sweep dataset=jsb_chorales variant=cifg search.n_trials=200 \
         search.storage=sqlite:///results/odyssey.db search.workers=2
@@ -46,7 +46,7 @@
   a Hydra multirun (`-m variant=vanilla,cifg`) works too.
 
 Storage URLs (harness.storage): `sqlite:///results/odyssey.db` (relative paths from the
-project root), `journal:/shared/x.log` (Optuna's JournalStorage on a file; fine on a
+project root), `journal:/nfs/x.log` (Optuna's JournalStorage on a file; fine on a
 shared file system), `postgresql://user:pass@host/db` (many machines).
 """
 

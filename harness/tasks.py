@@ -1,4 +1,4 @@
-"""What is learned and how it is scored: the loss and the metric of each task (SPEC section 3).
+"""What is learned and how it is scored: the loss and the metric of each task (docs/tasks.md).
 
 Every loss is the SUM over the frames of the batch (Greff et al.'s convention, which the
 learning-rate range of the search assumes). Every metric is lower-is-better and is

@@ -1,5 +1,5 @@
-"""The cells against independent computations: torch.nn.LSTM, the SPEC equations written
-out step by step, saturated gates, gradcheck, and parameter-count formulas."""
+"""The cells against independent computations: torch.nn.LSTM, the equations of docs/cells.md
+written out step by step, saturated gates, gradcheck, and parameter-count formulas."""
 
 import math
 
@@ -53,7 +53,7 @@ def reference_lstm(variant: str, w: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_gru(w: dict, x: torch.Tensor) -> torch.Tensor:
-    """Cho et al. (2014) as in SPEC section 2: reset before the recurrent product."""
+    """Cho et al. (2014) as in docs/cells.md: reset before the recurrent product."""
     h = x.new_zeros(x.shape[1], w["R_z"].shape[0])
     outputs = []
     for x_t in x:

@@ -1,6 +1,6 @@
 """The compiled GRU loops (harness/kernels/gru.cpp) against the Python loops of
-harness.cells.GRURecurrence (the reference, itself held to autograd through the SPEC
-equations in test_cells.py): outputs and every gradient, float64 to 1e-10 and float32 to
+harness.cells.GRURecurrence (the reference, itself held to autograd through the
+equations of docs/cells.md in test_cells.py): outputs and every gradient, float64 to 1e-10 and float32 to
 float tolerance, at batch sizes on both sides of the small-batch products (loops.h)."""
 
 import pytest

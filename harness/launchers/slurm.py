@@ -1,7 +1,7 @@
 """`search.launcher=slurm`: a sweep's workers as the tasks of one SLURM array job.
 
     odyssey sweep dataset=jsb_chorales variant=lstm search.launcher=slurm search.workers=32 \
-        search.storage=journal:/shared/odyssey.log search.slurm.partition=cpu search.slurm.time_min=600
+        search.storage=journal:/nfs/odyssey.log search.slurm.partition=cpu search.slurm.time_min=600
 
 Every array task is one sweep worker (harness.sweep.run_worker) that works through the
 variants in turn, asking the shared storage for trials until each study has
@@ -53,7 +53,7 @@ EXIT_TASK_FAILED, EXIT_NO_COMPLETE = 4, 3
 FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                 "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
 RESERVED_OPTIONS = {"array", "output", "error", "open-mode", "signal", "wrap"}  # set by submitit
-SHARED_STORAGE = ("a journal file on a file system every node mounts (search.storage=journal:/shared/odyssey.log) "
+SHARED_STORAGE = ("a journal file on a file system every node mounts (search.storage=journal:/nfs/odyssey.log) "
                   "or PostgreSQL (search.storage=postgresql://user@host/db)")
 
 
