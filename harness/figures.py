@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-# The paper's words for the parameters of SPEC 5; anything else keeps its own name.
+# The paper's words for the searched parameters (docs/training.md); anything else keeps its own name.
 LABELS = {
     "learning_rate": "learning rate",
     "hidden_size": "hidden size (LSTM blocks)",

@@ -1,4 +1,4 @@
-"""Framewise speech features of Greff et al. (SPEC section 3) and majority phone labels.
+"""Framewise speech features of Greff et al. (docs/tasks.md) and majority phone labels.
 
 Per frame (25 ms Hamming window, 10 ms step, pre-emphasis 0.97):
 
