@@ -61,6 +61,7 @@ DEFAULTS = {
     "grid_points": 40,
     "crosscheck": True,
     "figures": True,
+    "recipe": None,
 }
 POOLED = "all"
 IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high", "optuna_fraction"]
@@ -88,14 +89,19 @@ def run(cfg) -> Path:
     """Analyse every study of cfg.dataset in cfg.storage; return the path of report.md."""
     options = _options(cfg)
     dataset = str(options["dataset"])
+    recipe = options["recipe"]
+    if recipe is not None and not isinstance(recipe, str):
+        raise UserError(f"analysis.recipe={recipe!r}: harness.analysis.run reads one recipe; harness.analysis.compare "
+                        "puts several side by side (odyssey analyze does that for a list).")
+    default = dataset if recipe in (None, read.GREFF) else f"{dataset}.{recipe}"
     out = Path(options["out"]) if options["out"] else (
-        harness.project_root() / "results" / "analysis" / dataset)
+        harness.project_root() / "results" / "analysis" / default)
     if not out.is_absolute():
         out = harness.project_root() / out
     started = time.time()
     print(f"[analyze] reading studies of {dataset!r} from {options['storage']}")
     storage = open_storage(options["storage"], key="analysis.storage", create=False)  # never a new, empty one
-    studies = read.load(storage, dataset, str(options["metric"]))
+    studies = read.load(storage, dataset, str(options["metric"]), recipe)
     column, sign = studies.metric, studies.sign
     out.mkdir(parents=True, exist_ok=True)
     trials = studies.trials
@@ -150,7 +156,7 @@ def run(cfg) -> Path:
     if options["figures"]:
         print("[analyze] drawing figures")
         drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options)
-    path = report.write(out, dataset=dataset, storage=options["storage"], trials=table,
+    path = report.write(out, dataset=dataset, recipe=studies.recipe, storage=options["storage"], trials=table,
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,
                         curves=curves, figures=drawn, column=column, sign=sign, options=options,

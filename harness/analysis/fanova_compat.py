@@ -16,7 +16,8 @@ Two small steps of our own, both documented in docs/analysis.md:
 Both steps rest on what these exact releases do inside, so `import_fanova` checks the
 installed versions against `TESTED` (the versions of constraints.txt) and refuses any
 other with a message that says what to do; `forest` also checks that the attributes it
-replaces are still there. Nothing else in the project touches fanova's internals.
+replaces are still there. Nothing else in the project touches fanova's internals (the
+per-tree variances the higher-order term needs are read here too).
 """
 
 from __future__ import annotations
@@ -96,6 +97,17 @@ class _JoinedForest:
     def marginal_mean_variance_prediction(self, sample):
         means = [forest.marginal_mean_variance_prediction(sample)[0] for forest in self.forests]
         return float(np.mean(means)), float(np.var(means))
+
+
+def higher_order_per_tree(model, singles: list[int]) -> np.ndarray:
+    """1 - the sum of the single-parameter fractions, one value a tree (NaN alone when no
+    tree has variance). Needs `model.quantify_importance((d,))` done for each d of
+    `singles`: fanova 2.0.19 then holds each tree's variances in `V_U_individual` and
+    `trees_total_variance`, which it does not return."""
+    total = np.asarray(model.trees_total_variance, dtype=float)
+    explained = sum(np.asarray(model.V_U_individual[(d,)], dtype=float) for d in singles)
+    keep = total > 0
+    return 1 - explained[keep] / total[keep] if keep.any() else np.array([np.nan])
 
 
 def forest(x, y, space, n_trees: int, seed: int, min_samples_leaf: int, max_features=None):

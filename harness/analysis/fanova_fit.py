@@ -85,10 +85,7 @@ def _fractions(model, names, index, pairs=True) -> dict[str, tuple[float, float]
                 term = model.quantify_importance(dims)[dims]
                 out[f"{a}:{b}"] = (float(term["individual importance"]),
                                    float(term["individual std"]))
-    total = np.asarray(model.trees_total_variance, dtype=float)
-    explained = sum(np.asarray(model.V_U_individual[(index[n],)], dtype=float) for n in names)
-    keep = total > 0
-    per_tree = 1 - explained[keep] / total[keep] if keep.any() else np.array([np.nan])
+    per_tree = fanova_compat.higher_order_per_tree(model, [index[n] for n in names])
     out["higher_order"] = (float(np.mean(per_tree)), float(np.std(per_tree)))
     return out
 

@@ -2,7 +2,10 @@
 
 A study belongs to `analysis.dataset` when its user attribute `dataset` says so, when
 its name is `<dataset>.<variant>`, or when its name *is* the given name (a study made
-elsewhere: its name is then both the data set and the variant). Any single-objective
+elsewhere: its name is then both the data set and the variant). Studies of different
+training recipes (study user attribute `recipe`; greff where a study has none) are never
+pooled: `recipe` picks one, and a data set with studies of several recipes needs it
+(harness.analysis.compare puts recipes side by side). Any single-objective
 study with numeric or categorical parameters can be read; the metric analysed is the
 user attribute `test_metric` where the trials carry one, else the objective value.
 """
@@ -19,6 +22,7 @@ import pandas as pd
 from harness.errors import UserError
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
+GREFF = "greff"  # the recipe of a study without a `recipe` attribute (made before recipes)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Studies:
     sign: float  # +1 when lower is better (minimised studies), -1 when higher is
     metric: str  # "test_metric" or "validation_metric": the column analysed
     names: dict = field(default_factory=dict)  # variant -> study names
+    recipe: str = GREFF  # the training recipe of every study read
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:
@@ -41,16 +46,30 @@ def _dataset_variant(summary) -> tuple[str | None, str]:
     return dataset, str(variant)
 
 
-def load(storage, dataset: str, metric: str = "auto") -> Studies:
-    """Every trial of the studies of `dataset`; `metric` is auto, test or validation."""
+def recipe_of(summary) -> str:
+    return str(summary.user_attrs.get("recipe", GREFF))
+
+
+def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None) -> Studies:
+    """Every trial of the studies of `dataset` trained with `recipe` (None: the only recipe
+    its studies have); `metric` is auto, test or validation."""
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     found: dict[str, list] = {}
+    recipes: set[str] = set()
     for summary in summaries:
         their_dataset, variant = _dataset_variant(summary)
-        if their_dataset == dataset:
-            found.setdefault(variant, []).append(summary)
-        elif summary.study_name == dataset:
-            found.setdefault(summary.study_name, []).append(summary)
+        if their_dataset == dataset or summary.study_name == dataset:
+            recipes.add(recipe_of(summary))
+            if recipe is not None and recipe_of(summary) != recipe:
+                continue
+            found.setdefault(variant if their_dataset == dataset else summary.study_name, []).append(summary)
+    if recipe is None and len(recipes) > 1:
+        raise UserError(f"the studies of {dataset!r} were trained with several recipes ({', '.join(sorted(recipes))}); "
+                        f"set analysis.recipe to one of them, or to a list such as [{', '.join(sorted(recipes))}] "
+                        "to put them side by side.")
+    if not found and recipes:
+        raise UserError(f"No study of data set {dataset!r} was trained with recipe {recipe!r}; its recipes are "
+                        f"{', '.join(sorted(recipes))}. Set analysis.recipe to one of them.")
     if not found:
         others = sorted({_dataset_variant(s)[0] for s in summaries} - {None}
                         | {s.study_name for s in summaries})
@@ -95,7 +114,8 @@ def load(storage, dataset: str, metric: str = "auto") -> Studies:
     if not len(frame):
         frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
-    return Studies(frame, distributions, curves, sign, column, names)
+    return Studies(frame, distributions, curves, sign, column, names,
+                   recipe if recipe is not None else next(iter(recipes)))
 
 
 def _trial_row(variant, trial, column) -> dict:
@@ -106,6 +126,8 @@ def _trial_row(variant, trial, column) -> dict:
     failure = attrs.get("failure")
     if trial.state == optuna.trial.TrialState.FAIL or failure:
         excluded = "failed"
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        excluded = "pruned"
     elif trial.state != optuna.trial.TrialState.COMPLETE:
         excluded = "not finished"
     elif not finite(value):
