@@ -5,7 +5,9 @@ The path of the data is the path of the code:
     harness.datasets  (readers)  ->  harness.networks (cells.py inside)  ->  harness.train
     ->  harness.sweep (one Optuna trial per configuration)  ->  harness.analysis  ->  figures
 
-See README.md for the commands and docs/ for the science (engine.md, analysis.md, own_dataset.md).
+See README.md for the commands, docs/architecture.md for the modules and where to add a
+model, a data format, a launcher or a figure, and docs/ for the science (cells.md,
+tasks.md, training.md, analysis.md, engine.md, own_dataset.md).
 """
 
 from pathlib import Path
