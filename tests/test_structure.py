@@ -146,6 +146,49 @@ def import_graph(package: Path = PACKAGE):
     return graph, private
 
 
+def top_level_names(source: str) -> tuple[set[str], dict[str, str]]:
+    """(names a module defines at its top level, {name: where from} of what it imports there),
+    the `where from` being the absolute module of a `from ... import`."""
+    defined, imported = set(), {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.If, ast.Try)):  # a guarded definition still defines
+            nodes = [n for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))]
+        else:
+            nodes = [node]
+        for n in nodes:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(n.name)
+            elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                defined |= {name.id for t in targets for name in ast.walk(t) if isinstance(name, ast.Name)}
+            elif isinstance(n, ast.ImportFrom):
+                imported.update({alias.asname or alias.name: n.module or "" for alias in n.names})
+            elif isinstance(n, ast.Import):
+                imported.update({alias.asname or alias.name.split(".")[0]: alias.name for alias in n.names})
+    return defined, imported
+
+
+def borrowed_names(files, package: Path = PACKAGE) -> list[str]:
+    """`from harness.a import n` in `files` where module a does not define n but imports it
+    itself from elsewhere: a second address for a name. A package gathering the names of its
+    own submodules (harness.engine's steps) is their one address, and allowed."""
+    modules = module_names(package)
+    tops = {name: top_level_names(file.read_text()) for name, file in modules.items()}
+    found = []
+    for file in files:
+        for node in ast.walk(ast.parse(Path(file).read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in modules:
+                continue
+            defined, imported = tops[node.module]
+            for alias in node.names:
+                origin = imported.get(alias.name)
+                if (f"{node.module}.{alias.name}" in modules or alias.name in defined or origin is None
+                        or origin.startswith(node.module + ".")):
+                    continue
+                found.append(f"{file}:{node.lineno}: {alias.name} from {node.module}, which has it from {origin}")
+    return found
+
+
 # ------------------------------------------------------------------ the checks themselves
 
 
@@ -192,6 +235,29 @@ def test_no_module_uses_another_modules_private_names():
     _, private = import_graph()
     assert not private, "private names used across modules: " + "; ".join(f"{where} {what}"
                                                                           for where, what in private)
+
+
+def test_the_borrowed_name_check_finds_a_second_address(tmp_path):
+    copy = tmp_path / "harness"
+    (copy / "engine").mkdir(parents=True)
+    (copy / "__init__.py").write_text("")
+    (copy / "storage.py").write_text("def open_storage(url):\n    return url\n")
+    (copy / "sweep.py").write_text("from harness.storage import open_storage\n")
+    (copy / "engine" / "__init__.py").write_text("from harness.engine.native import NativeStep\n")
+    (copy / "engine" / "native.py").write_text("class NativeStep:\n    pass\n")
+    user = tmp_path / "test_user.py"
+    user.write_text("from harness.sweep import open_storage\nfrom harness.storage import open_storage\n"
+                    "from harness.engine import NativeStep\n")
+    assert borrowed_names([user], copy) == [f"{user}:1: open_storage from harness.sweep, which has it from "
+                                            "harness.storage"]
+
+
+def test_every_name_is_imported_from_where_it_is_defined():
+    """One address for each name: code and tests import a function from its own module,
+    not from another module that happens to import it (a re-export is a second address)."""
+    files = [file for folder in ("harness", "tests", "scripts") for file in sorted((ROOT / folder).rglob("*.py"))]
+    found = borrowed_names(files)
+    assert not found, "names imported from a module that only borrows them:\n" + "\n".join(found)
 
 
 def test_nothing_in_the_repository_points_outside_it():
