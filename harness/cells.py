@@ -13,9 +13,10 @@ where x^t is the input (M values), y^t the block output and c^t the cell state (
 sigma the logistic sigmoid, g = h = tanh, W_* are N x M, R_* are N x N, p_* and b_* have N
 entries and * is the elementwise product. All state starts at zero.
 
-A variant is a setting of seven switches (`SWITCHES`), not a class; Greff's are the
-presets of `PRESETS` (read into the cell flags of `LSTMSwitches`: `LSTM_VARIANTS`), and a
-variant config may carry its own `switches:` (make_layer also takes the mapping):
+A variant is a setting of seven switches (harness.models.SWITCHES), not a class; Greff's
+are the presets of harness.models.PRESETS (read into the cell flags of `LSTMSwitches`),
+and a variant config may carry its own `switches:` (make_layer also takes the mapping).
+Which names exist, and what each is, is the registry harness.models. Greff's eight:
 
     NIG   i^t = 1                   NFG   f^t = 1                NOG   o^t = 1
     NIAF  g(x) = x                  NOAF  h(x) = x               NP    no p_* terms (= torch.nn.LSTM)
@@ -46,136 +47,17 @@ Public API (the weight contract, which the tests rely on):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from harness import kernels
 from harness.gated_feedback import GatedFeedbackRNN
+from harness.models import LSTMSwitches, resolve
 from harness.weights import WeightContract
 
 # Rows of the fused pre-activation, and the gates (the last three of them).
 BLOCKS = ("z", "i", "f", "o")
 GATES = ("i", "f", "o")
-
-
-# The switches of a variant config (`switches:` in conf/variant/NAME.yaml, or the mapping
-# make_layer takes): every LSTM variant is one setting of them; a switch left out keeps
-# its vanilla value, the first listed.
-SWITCHES: dict[str, tuple] = {
-    "input_gate": (True, False),                  # false: i^t = 1
-    "forget_gate": (True, False, "coupled"),      # false: f^t = 1; coupled: f^t = 1 - i^t
-    "output_gate": (True, False),                 # false: o^t = 1
-    "input_activation": ("tanh", "linear"),       # g
-    "output_activation": ("tanh", "linear"),      # h
-    "peepholes": (True, False),                   # p_* of the gates present
-    "gate_recurrence": (False, True),             # the R_a_b of FGR (needs all three gates)
-}
-
-# Greff et al.'s variants, each a preset of the switches above.
-PRESETS: dict[str, dict] = {
-    "vanilla": {},
-    "nig": {"input_gate": False},
-    "nfg": {"forget_gate": False},
-    "nog": {"output_gate": False},
-    "niaf": {"input_activation": "linear"},
-    "noaf": {"output_activation": "linear"},
-    "np": {"peepholes": False},
-    "cifg": {"forget_gate": "coupled"},
-    "fgr": {"gate_recurrence": True},
-}
-
-
-def _switch_error(message: str, unknown_name: bool = False) -> Exception:
-    from harness.errors import UserError  # a variant's switches come from the user's config
-
-    if unknown_name:  # a ValueError to Python callers, one line on the command line
-
-        class UnknownVariant(UserError, ValueError):
-            pass
-
-        return UnknownVariant(message)
-    return UserError(message)
-
-
-@dataclass(frozen=True)
-class LSTMSwitches:
-    """Which parts of the vanilla LSTM a variant keeps (True) or changes.
-
-    The fields are the cell's own flags; `from_switches` reads the `SWITCHES` of a variant
-    config into them and `as_switches` writes them back. Impossible settings (a coupled
-    forget gate without an input gate, gate recurrence without all three gates of their
-    own) are refused with a UserError.
-    """
-
-    input_gate: bool = True
-    forget_gate: bool = True
-    output_gate: bool = True
-    input_activation: bool = True  # g = tanh; False: g(x) = x
-    output_activation: bool = True  # h = tanh; False: h(x) = x
-    peepholes: bool = True
-    coupled_input_forget_gate: bool = False  # f = 1 - i
-    full_gate_recurrence: bool = False  # gates see the three gates of t-1
-
-    def __post_init__(self):
-        if self.coupled_input_forget_gate and not self.forget_gate:
-            raise _switch_error("a forget gate cannot be both removed and coupled; use forget_gate: false or "
-                                "forget_gate: coupled.")
-        if self.coupled_input_forget_gate and not self.input_gate:
-            raise _switch_error("switches forget_gate: coupled (f = 1 - i) needs the input gate; set input_gate: "
-                                "true or choose forget_gate true or false.")
-        own = {"input_gate": self.input_gate, "forget_gate": self.forget_gate and not self.coupled_input_forget_gate,
-               "output_gate": self.output_gate}
-        if self.full_gate_recurrence and not all(own.values()):
-            missing = ", ".join(name for name, kept in own.items() if not kept)
-            raise _switch_error(f"switches gate_recurrence: true needs all three gates with weights of their own, "
-                                f"but {missing} is not; set gate_recurrence: false or keep the gates.")
-
-    @classmethod
-    def from_switches(cls, switches, where: str = "variant.switches") -> LSTMSwitches:
-        """The cell flags of a `switches` mapping (keys and values of `SWITCHES`)."""
-        if switches is None:
-            switches = {}
-        if not hasattr(switches, "items"):
-            raise _switch_error(f"{where} must be a mapping of switches, e.g. {{peepholes: false}}; "
-                                f"got {switches!r}.")
-        values = {str(key): value for key, value in switches.items()}
-        for key, value in values.items():
-            if key not in SWITCHES:
-                raise _switch_error(f"{where}.{key} is not a switch; use some of {', '.join(SWITCHES)}.")
-            allowed = SWITCHES[key]
-            if not any(type(value) is type(choice) and value == choice for choice in allowed):
-                raise _switch_error(f"{where}.{key}: {value!r} is not one of "
-                                    f"{', '.join(str(c).lower() for c in allowed)}.")
-        chosen = {key: values.get(key, allowed[0]) for key, allowed in SWITCHES.items()}
-        return cls(
-            input_gate=chosen["input_gate"],
-            forget_gate=chosen["forget_gate"] is not False,
-            output_gate=chosen["output_gate"],
-            input_activation=chosen["input_activation"] == "tanh",
-            output_activation=chosen["output_activation"] == "tanh",
-            peepholes=chosen["peepholes"],
-            coupled_input_forget_gate=chosen["forget_gate"] == "coupled",
-            full_gate_recurrence=chosen["gate_recurrence"],
-        )
-
-    def as_switches(self) -> dict:
-        """All seven switches of this cell, as a variant config writes them."""
-        return {
-            "input_gate": self.input_gate,
-            "forget_gate": "coupled" if self.coupled_input_forget_gate else self.forget_gate,
-            "output_gate": self.output_gate,
-            "input_activation": "tanh" if self.input_activation else "linear",
-            "output_activation": "tanh" if self.output_activation else "linear",
-            "peepholes": self.peepholes,
-            "gate_recurrence": self.full_gate_recurrence,
-        }
-
-
-LSTM_VARIANTS: dict[str, LSTMSwitches] = {
-    name: LSTMSwitches.from_switches(preset, where=f"PRESETS[{name!r}]") for name, preset in PRESETS.items()
-}
 
 
 def _tanh(a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -560,62 +442,26 @@ class GRULayer(WeightContract, nn.Module):
         return views
 
 
-# One layer with the weight contract above; then the gated-feedback stacks
-# (harness.gated_feedback), which take the whole stack of `layers` layers as one module.
-CELL_VARIANTS = tuple(LSTM_VARIANTS) + ("gru",)
-GATED_FEEDBACK_VARIANTS = ("gfrnn", "gfgru")
-VARIANTS = CELL_VARIANTS + GATED_FEEDBACK_VARIANTS
-
-
-def variant_switches(variant, switches=None) -> LSTMSwitches | None:
-    """The cell flags of a variant given as a name, a mapping of switches, or a name with
-    the `switches:` of its config; None for the GRU and the gated-feedback stacks.
-
-    A name of the preset table with switches that differ from its preset is refused (the
-    studies and figures would carry the name of a variant they are not), as is a name
-    that is neither a variant nor carries switches.
-    """
-    if hasattr(variant, "items"):
-        return LSTMSwitches.from_switches(variant, where="make_layer's switches")
-    if switches is not None:
-        try:
-            cell = LSTMSwitches.from_switches(switches, where=f"variant '{variant}': switches")
-        except Exception as error:  # an impossible combination: say which variant has it
-            if str(error).startswith("variant "):
-                raise
-            raise _switch_error(f"variant '{variant}': {error}") from None
-        if variant in LSTM_VARIANTS and cell != LSTM_VARIANTS[variant]:
-            raise _switch_error(f"variant '{variant}' is Greff's preset {PRESETS[variant] or 'vanilla'}, but its "
-                                f"config sets switches {dict(switches)}; give a variant of other switches a name "
-                                "of its own.")
-        if variant in VARIANTS and variant not in LSTM_VARIANTS:
-            raise _switch_error(f"variant '{variant}' has no switches (they are the LSTM's); remove `switches:` "
-                                "from its config.")
-        return cell
-    if variant in LSTM_VARIANTS:
-        return LSTM_VARIANTS[variant]
-    if variant in VARIANTS:
-        return None
-    raise _switch_error(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}, or give its variant "
-                        "config `switches:` (README, 'Your own data and your own variant').", unknown_name=True)
-
-
 def make_layer(variant, input_size: int, hidden_size: int, switches=None, **options) -> nn.Module:
     """One unidirectional layer of `variant`; x (T, B, M) -> y (T, B, N).
 
-    `variant` is a name of `VARIANTS` or a mapping of `SWITCHES` (an LSTM composed of
-    them); `switches` is the `switches:` of a variant config, which gives a variant of a
-    new name its cell. Options: `init_std` (default 0.1, Greff et al.), `forget_bias`
-    (LSTM family and gfrnn, default 0); for gfrnn (GF-LSTM) and gfgru (GF-GRU) also
-    `layers` (default 3) and `concat_layers` (default false): they return a whole stack,
-    x (T, B, M) -> (T, B, `output_size`).
+    `variant` is a model's name (harness.models.MODELS: vanilla ... fgr and gru have the
+    weight contract) or a mapping of harness.models.SWITCHES (an LSTM composed of them);
+    `switches` is the `switches:` of a variant config, which gives a model of a new name
+    its cell.
+    Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (the LSTM cells, default
+    0; dropped where there is no forget gate); for the gated-feedback stacks (gflstm,
+    alias gfrnn, and gfgru) also `layers` (default 3) and `concat_layers` (default false):
+    they return a whole stack, x (T, B, M) -> (T, B, `output_size`).
     """
-    cell = variant_switches(variant, switches)
-    if cell is not None:
-        return LSTMLayer(cell, input_size, hidden_size, **options)
-    if variant == "gru":
+    if hasattr(variant, "items"):
+        return LSTMLayer(LSTMSwitches.from_switches(variant, where="make_layer's switches"), input_size,
+                         hidden_size, **options)
+    model = resolve(variant, switches)
+    if model.cell == "gru":
         options.pop("forget_bias", None)
+    if model.gated_feedback:
+        return GatedFeedbackRNN(model.name, input_size, hidden_size, **options)
+    if model.cell == "gru":
         return GRULayer(input_size, hidden_size, **options)
-    if variant == "gfgru":
-        options.pop("forget_bias", None)
-    return GatedFeedbackRNN(variant, input_size, hidden_size, **options)
+    return LSTMLayer(model.switches, input_size, hidden_size, **options)

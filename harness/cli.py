@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from harness import project_root
 from harness.errors import UserError
+from harness.models import LISTS, list_error
 
 COMMANDS = ("train", "sweep", "analyze", "data", "bench")
 USAGE = __doc__.split("\n\n")[1]
@@ -126,7 +127,8 @@ def split_arguments(arguments: list[str]) -> tuple[list[str], list[str], list[st
 
 def check_choices(options: list[str], overrides: list[str]) -> None:
     """One line for an unknown dataset or variant, listing the configs there are (here and
-    in a --config-dir), before Hydra's longer message."""
+    in a --config-dir), before Hydra's longer message; and for a list of models given as
+    `variant=` (lstm, all: harness.models.LISTS), which is `search.variants`."""
     directories = [project_root() / "conf"]
     for flag, value in zip(options, options[1:] + [""]):
         if flag in ("--config-dir", "-cd"):
@@ -144,6 +146,9 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
         group, _, value = override.partition("=")
         if group not in ("dataset", "variant") or not value:
             continue
+        if group == "variant" and (lists := [v for v in value.split(",") if v in LISTS]):
+            print(f"odyssey: error: {list_error(lists[0])}", file=sys.stderr)
+            sys.exit(2)
         known = sorted({p.stem for d in directories for p in (d / group).glob("*.yaml")})
         unknown = [v for v in value.split(",") if v not in known]
         if unknown:

@@ -9,7 +9,7 @@ global reset gate::
 where h*_{t-1} is all L layers' states at t-1 concatenated (L N values) and w_g, u_g are
 vectors (no bias, as in the paper). The global gates act only on the candidate:
 
-GF-LSTM (variant `gfrnn`)::
+GF-LSTM (variant `gflstm`; `gfrnn`, its former name, is an alias)::
 
     i_t^j = sigma(W_i h_t^{j-1} + R_i h_{t-1}^j + b_i)     (f, o alike; no peepholes)
     c~_t^j = tanh(W_c h_t^{j-1} + sum_i g^{i->j} U_c^{i->j} h_{t-1}^i + b_c)
@@ -62,7 +62,7 @@ from harness.weights import WeightContract
 
 # The unit-wise gates of each cell (from below and the layer's own state), then the candidate.
 CELLS = {
-    "gfrnn": {"gates": ("i", "f", "o"), "candidate": "c"},
+    "gflstm": {"gates": ("i", "f", "o"), "candidate": "c"},
     "gfgru": {"gates": ("z", "r"), "candidate": "h"},
 }
 
@@ -299,7 +299,7 @@ def fused_weights(weight_below, bias, weight_recurrent, feedback):
 
 
 class GatedFeedbackRNN(WeightContract, nn.Module):
-    """A GF-LSTM (`cell="gfrnn"`) or GF-GRU (`cell="gfgru"`) stack; x (T, B, M) -> (T, B, output_size).
+    """A GF-LSTM (`cell="gflstm"`) or GF-GRU (`cell="gfgru"`) stack; x (T, B, M) -> (T, B, output_size).
 
     Parameters, layer j = 1..L (index j - 1 in the lists), G unit-wise gates a layer:
     - `weight_below[j]` (G N + L + N, M_j), M_1 = M, M_j = N otherwise: rows W of the G
@@ -359,13 +359,13 @@ class GatedFeedbackRNN(WeightContract, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return GatedFeedbackRecurrence.apply(
             x, self.feedback, self.global_gate_recurrent, self._fixed_gates(x.shape[1], x.dtype),
-            self.cell == "gfrnn", self.concat_layers, *self.weight_below, *self.bias, *self.weight_recurrent)
+            self.cell == "gflstm", self.concat_layers, *self.weight_below, *self.bias, *self.weight_recurrent)
 
     def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The same computation as `forward` through autograd: the reference of the tests."""
         T, B, M = x.shape
         N, L, G = self.hidden_size, self.layers, len(self.gates)
-        lstm = self.cell == "gfrnn"
+        lstm = self.cell == "gflstm"
         feedback, bias = self._step_weights()
         own = torch.block_diag(*[w.t() for w in self.weight_recurrent]).view(L * N, L, G * N)
         gate = self.global_gate_recurrent.permute(2, 1, 0)  # [(k, n), j, i] = u_g^{i->j}[(k, n)]

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness import project_root
 from harness.errors import UserError
+from harness.models import resolve
 
 CONF = project_root() / "conf"
 COMMON_DATASET_KEYS = {"name", "format", "path", "task", "bidirectional", "generate"}
@@ -130,7 +131,7 @@ def _optional(key: str, baseline) -> bool:
     """Whether `+key` / `~key` concerns a key odyssey reads although a config may leave it out."""
     if key.startswith("search.space.") and key.count(".") == 2:
         return True  # a parameter added to or removed from the search (the sweep checks its name)
-    if key.startswith("variant.switches."):
+    if key == "variant.switches" or key.startswith("variant.switches."):
         return True
     if key.startswith("dataset.") and key.count(".") == 1:
         options = reader_keys(OmegaConf.select(baseline, "dataset.format", default=None))
@@ -434,6 +435,8 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
         if section == "train":
             kinds.pop("threads", None)  # auto or a whole number: _check_threads
         _check_kinds(cfg, section, kinds, overrides, files)
+    if "variant" in sections:  # one model (a list is search.variants), known or with switches of its own
+        resolve(cfg.variant.name, cfg.variant.get("switches"))
     if "train" in sections:
         for key, test, wanted in TRAIN_RULES:
             _number(cfg, key, test, wanted, overrides, files)

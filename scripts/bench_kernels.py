@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_kernels.py [--repeats 15] [--out results/bench_kernels.json]
 
 Forward + backward (autograd, as training calls them) of one sequence at Greff et al.'s
-sizes (batch 1, T = 100, M = 88 inputs, N = 50, 100, 200): GF-LSTM (gfrnn) and GF-GRU
+sizes (batch 1, T = 100, M = 88 inputs, N = 50, 100, 200): GF-LSTM (gflstm) and GF-GRU
 (gfgru) stacks of 3 layers against a 3-layer torch.nn.LSTM of the same N; the GRU
 against torch.nn.GRU; and a bidirectional case (one stack a direction against a
 bidirectional 3-layer torch.nn.LSTM). Also the plain compiled functions without autograd
@@ -67,7 +67,7 @@ def plain_step(stack, x: torch.Tensor):
     bias = [b.detach() for b in stack.bias]
     recurrent = [w.detach() for w in stack.weight_recurrent]
     feedback, global_gates = stack.feedback.detach(), stack.global_gate_recurrent.detach()
-    lstm = stack.cell == "gfrnn"
+    lstm = stack.cell == "gflstm"
 
     def step():
         y, *saved = compiled.forward(x, below, bias, recurrent, feedback, global_gates, None, lstm, False)
@@ -122,8 +122,8 @@ def main():
     print("-" * len(header))
     rows = []
     x = torch.randn(STEPS, 1, INPUTS)
-    cases = [(variant, N, False) for N in args.sizes for variant in ("gfrnn", "gfgru", "gru")]
-    cases += [(variant, 100, True) for variant in ("gfrnn", "gfgru")]
+    cases = [(variant, N, False) for N in args.sizes for variant in ("gflstm", "gfgru", "gru")]
+    cases += [(variant, 100, True) for variant in ("gflstm", "gfgru")]
     for variant, N, bidirectional in cases:
         if bidirectional:
             ours = Bidirectional(variant, N)

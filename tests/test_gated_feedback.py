@@ -18,8 +18,8 @@ from harness.networks import SequenceNetwork, count_parameters
 from harness.train import train
 
 M, N, L, T, B = 5, 4, 3, 6, 2
-GATES = {"gfrnn": "ifo", "gfgru": "zr"}
-CANDIDATE = {"gfrnn": "c", "gfgru": "h"}
+GATES = {"gflstm": "ifo", "gfgru": "zr"}
+CANDIDATE = {"gflstm": "c", "gfgru": "h"}
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # every test here runs in float64 (conftest.py)
@@ -40,17 +40,17 @@ def torch_stack(variant, weights, layers=L, feedback_scale=1.0):
     order i, f, g = c~, o; bias_hh = 0). GF-GRU layer likewise = torch.nn.GRU layer with
     r * (U h) inside the candidate, which is torch's reset placement, and torch's update
     gate z' = 1 - z = sigma(-a): the z weights negated (order r, z', n; bias_hh = 0)."""
-    if variant == "gfrnn":
+    if variant == "gflstm":
         network = torch.nn.LSTM(M, N, num_layers=layers)
     else:
         network = torch.nn.GRU(M, N, num_layers=layers)
     with torch.no_grad():
         for j in range(1, layers + 1):
             w = {k: weights[f"{k}^{j}"] for k in ("W_i W_f W_c W_o R_i R_f R_o b_i b_f b_c b_o".split()
-                                                  if variant == "gfrnn" else
+                                                  if variant == "gflstm" else
                                                   "W_z W_r W_h R_z R_r b_z b_r b_h".split())}
             U = feedback_scale * weights[f"U_{CANDIDATE[variant]}^{j}->{j}"]
-            if variant == "gfrnn":
+            if variant == "gflstm":
                 W = [w["W_i"], w["W_f"], w["W_c"], w["W_o"]]
                 R = [w["R_i"], w["R_f"], U, w["R_o"]]
                 b = [w["b_i"], w["b_f"], w["b_c"], w["b_o"]]
@@ -72,7 +72,7 @@ def sigma(a):
 def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
     """The GF-RNN equations (harness.gated_feedback's docstring) written out one layer, one
     step at a time, from the exported weight dict alone (layers numbered 1..L)."""
-    batch, n = x.shape[1], w["W_i^1" if variant == "gfrnn" else "W_z^1"].shape[0]
+    batch, n = x.shape[1], w["W_i^1" if variant == "gflstm" else "W_z^1"].shape[0]
     h = [x.new_zeros(batch, n) for _ in range(layers)]
     c = [x.new_zeros(batch, n) for _ in range(layers)]
     outputs = []
@@ -87,7 +87,7 @@ def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
             for i in range(1, layers + 1):
                 g = sigma(below @ w[f"w_g^{i}->{j}"] + h_star @ w[f"u_g^{i}->{j}"])  # (batch,)
                 feedback = feedback + g.unsqueeze(1) * (h[i - 1] @ w[f"U_{CANDIDATE[variant]}^{i}->{j}"].T)
-            if variant == "gfrnn":
+            if variant == "gflstm":
                 i_gate, f_gate, o_gate = sigma(unit("i")), sigma(unit("f")), sigma(unit("o"))
                 candidate = torch.tanh(below @ w[f"W_c^{j}"].T + feedback + w[f"b_c^{j}"])
                 c[j - 1] = f_gate * c[j - 1] + i_gate * candidate
@@ -103,7 +103,7 @@ def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("layers,concat_layers", [(2, False), (3, False), (3, True)])
 def test_matches_the_spec_equations(variant, layers, concat_layers):
     stack = random_stack(variant, layers=layers, seed=2, concat_layers=concat_layers)
@@ -113,7 +113,7 @@ def test_matches_the_spec_equations(variant, layers, concat_layers):
 
 
 def test_export_names_every_weight_once():
-    stack = make_layer("gfrnn", M, N, layers=2)
+    stack = make_layer("gflstm", M, N, layers=2)
     weights = stack.export_weights()
     assert {"W_c^1", "R_i^2", "b_f^1", "U_c^2->1", "w_g^1->2", "u_g^2->2"} <= set(weights)
     assert weights["w_g^1->2"].shape == (N,) and weights["u_g^2->1"].shape == (2 * N,)
@@ -127,7 +127,7 @@ def test_export_names_every_weight_once():
     assert sorted(values.tolist()) == list(range(1, values.numel() + 1))
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 def test_diagonal_global_gates_give_a_plain_stack(variant):
     """The test hook: g^{i->j} fixed to the identity matrix (1 for i = j, 0 otherwise)."""
     stack = random_stack(variant)
@@ -138,7 +138,7 @@ def test_diagonal_global_gates_give_a_plain_stack(variant):
     assert torch.allclose(stack(x), reference, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 def test_imported_weights_that_cut_the_feedback_give_a_plain_stack(variant):
     """No hook, only weights: w_g = u_g = 0 makes every gate sigma(0) = 1/2 exactly, and
     U^{i->j} = 0 for i != j leaves 1/2 U^{j->j} h^j: a plain stack whose candidate
@@ -158,7 +158,7 @@ def test_imported_weights_that_cut_the_feedback_give_a_plain_stack(variant):
     assert torch.allclose(stack(x), reference, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("layers", [2, 3])
 def test_gradcheck(variant, layers):
     stack = make_layer(variant, 3, 2, layers=layers)
@@ -172,7 +172,7 @@ def test_gradcheck(variant, layers):
     assert torch.autograd.gradcheck(function, (x, *params), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("concat_layers,fixed", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("python_loops", ["0", "1"])
 def test_hand_written_backward_matches_autograd(variant, concat_layers, fixed, python_loops, monkeypatch):
@@ -220,7 +220,7 @@ def stack_results(monkeypatch, python_loops, variant, dtype, layers, concat_laye
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("layers,concat_layers,fixed,m,n,steps,batch", [
     (2, False, False, 5, 4, 6, 1),
     (3, True, False, 3, 7, 5, 3),
@@ -242,7 +242,7 @@ def test_compiled_loops_equal_the_python_loops(compiled_loops, monkeypatch, dtyp
         assert torch.allclose(ours, reference, **TOLERANCE[dtype]), f"result {k}"
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 def test_plain_functions_without_autograd(compiled_loops, monkeypatch, variant):
     """forward(x, weight_below, bias, weight_recurrent, feedback, global_gate_recurrent, fixed,
     lstm, concat) -> [y, *saved] and backward(dY, x, weight_below, fixed, *saved, lstm, concat,
@@ -256,7 +256,7 @@ def test_plain_functions_without_autograd(compiled_loops, monkeypatch, variant):
                   *stack.weight_recurrent]
     monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1")
     expected = torch.autograd.grad(stack(x), [x, *parameters], dY)
-    lstm = variant == "gfrnn"
+    lstm = variant == "gflstm"
     with torch.no_grad():
         below = [w.detach() for w in stack.weight_below]
         y, *saved = compiled_loops.forward(x.detach(), below, [b.detach() for b in stack.bias],
@@ -277,7 +277,7 @@ def parameter_formula(variant, m, n, layers):
 
         sum_j [(G+1) n m_j + (G+1) n + G n^2 + L n^2 + L m_j + L^2 n]
     """
-    G = 3 if variant == "gfrnn" else 2
+    G = 3 if variant == "gflstm" else 2
     total = 0
     for j in range(layers):
         m_j = m if j == 0 else n
@@ -285,7 +285,7 @@ def parameter_formula(variant, m, n, layers):
     return total
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("layers", [2, 3, 4])
 def test_parameter_count(variant, layers):
     stack = make_layer(variant, 88, 60, layers=layers)
@@ -296,10 +296,10 @@ def test_parameter_count(variant, layers):
 def test_gf_lstm_with_60_blocks_on_jsb_has_this_many_parameters():
     # layer 1: 4*60*88 + 240 + 3*3600 + 3*3600 + 3*88 + 9*60 = 21120 + 240 + 10800 + 10800 + 264 + 540 = 43764
     # layers 2, 3: 4*60*60 + 240 + 10800 + 10800 + 180 + 540 = 36960 each
-    assert parameter_formula("gfrnn", 88, 60, 3) == 43764 + 2 * 36960
+    assert parameter_formula("gflstm", 88, 60, 3) == 43764 + 2 * 36960
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 @pytest.mark.parametrize("concat_layers", [False, True])
 def test_bidirectional_network_has_one_stack_a_direction(variant, concat_layers):
     torch.manual_seed(0)
@@ -332,9 +332,9 @@ def test_output_size_and_concatenated_layers():
 
 def test_forget_bias_shifts_the_gf_lstm_forget_gates_and_gfgru_accepts_it():
     torch.manual_seed(0)
-    plain = make_layer("gfrnn", M, N).export_weights()
+    plain = make_layer("gflstm", M, N).export_weights()
     torch.manual_seed(0)
-    shifted = make_layer("gfrnn", M, N, forget_bias=1.0).export_weights()
+    shifted = make_layer("gflstm", M, N, forget_bias=1.0).export_weights()
     for j in range(1, L + 1):
         assert torch.allclose(shifted[f"b_f^{j}"], plain[f"b_f^{j}"] + 1.0)
         assert torch.equal(shifted[f"b_i^{j}"], plain[f"b_i^{j}"])
@@ -342,7 +342,7 @@ def test_forget_bias_shifts_the_gf_lstm_forget_gates_and_gfgru_accepts_it():
 
 
 def test_weights_start_normal_with_deviation_init_std():
-    values = torch.cat([p.detach().flatten() for p in make_layer("gfrnn", 88, 150, init_std=0.1).parameters()])
+    values = torch.cat([p.detach().flatten() for p in make_layer("gflstm", 88, 150, init_std=0.1).parameters()])
     assert abs(values.std().item() - 0.1) < 0.002 and abs(values.mean().item()) < 0.002
 
 
@@ -353,12 +353,25 @@ def test_gated_feedback_does_not_import_the_cell_module():
     assert result.stdout.strip() == "False"
 
 
+def test_gfrnn_is_the_former_name_of_gflstm(compose_config):
+    """The alias builds the same stack (the same weights from the same seed) and composes
+    the same config, named gflstm (so runs and new studies carry the model's name)."""
+    torch.manual_seed(0)
+    alias = make_layer("gfrnn", M, N, layers=2).export_weights()
+    torch.manual_seed(0)
+    model = make_layer("gflstm", M, N, layers=2).export_weights()
+    assert alias.keys() == model.keys() and all(torch.equal(alias[k], model[k]) for k in model)
+    assert "W_i^1" in model and "W_z^1" not in model  # an LSTM stack
+    cfg = compose_config(["variant=gfrnn", "variant.layers=4"])
+    assert dict(cfg.variant) == {"name": "gflstm", "layers": 4, "concat_layers": False}
+
+
 def test_one_layer_is_refused_with_a_message_naming_the_key():
     with pytest.raises(UserError, match="variant.layers=1"):
-        make_layer("gfrnn", M, N, layers=1)
+        make_layer("gflstm", M, N, layers=1)
 
 
-@pytest.mark.parametrize("variant", ["gfrnn", "gfgru"])
+@pytest.mark.parametrize("variant", ["gflstm", "gfgru"])
 def test_variant_configs_train(compose_config, variant):
     """The configs as the command line composes them (train adds forget_bias to every
     variant but gru): one short epoch on a few JSB sequences."""
@@ -382,11 +395,38 @@ def run_jsb_check(variant, tmp_path, max_epochs=10):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["gru", "gfrnn"])
+@pytest.mark.parametrize("variant", ["gru", "gflstm"])
 def test_jsb_test_nll_at_most_10_in_ten_epochs(variant, tmp_path):
     """N = 60, lr 1e-2, momentum 0.9, no noise, 10 epochs, seed 0: test NLL at most 10.0
-    (the unigram model: 11.09). When written: gru 8.75, gfrnn 9.44 (the 3-layer stack stays
+    (the unigram model: 11.09). When written: gru 8.75, gflstm 9.44 (the 3-layer stack stays
     near the unigram level for about five epochs first); with the compiled loops gru 8.75
-    (about 10 s) and gfrnn 9.43 (about 17 s, against 170 s with the Python loops)."""
+    (about 10 s) and gflstm 9.43 (about 17 s, against 170 s with the Python loops)."""
     metrics = run_jsb_check(variant, tmp_path, max_epochs=10)
     assert metrics["test_metric"] <= 10.0
+
+
+def test_a_sweep_of_gfrnn_writes_gflstm_and_tops_up_an_old_gfrnn_study(tmp_path):
+    """A new sweep under the former name writes the study <dataset>.gflstm; where a study
+    <dataset>.gfrnn of an earlier version exists (and no .gflstm), it is topped up under
+    its old name instead of a new study being started."""
+    import optuna
+    from test_own_dataset import odyssey, user_config_dir
+
+    _, conf = user_config_dir(tmp_path)
+    arguments = ("sweep", "--config-dir", str(conf), "dataset=mine", "variant=gfrnn", "variant.layers=2",
+                 "search.n_trials=1", "max_epochs=1")
+    fresh = f"sqlite:///{tmp_path}/fresh.db"
+    run = odyssey(*arguments, f"search.storage={fresh}")
+    assert run.returncode == 0, run.stderr
+    assert optuna.get_all_study_names(fresh) == ["mine.gflstm"]
+
+    old = f"sqlite:///{tmp_path}/old.db"
+    study = optuna.create_study(study_name="mine.gfrnn", storage=old)
+    study.set_user_attr("dataset", "mine")
+    study.set_user_attr("variant", "gfrnn")
+    run = odyssey(*arguments, f"search.storage={old}")
+    assert run.returncode == 0, run.stderr
+    assert optuna.get_all_study_names(old) == ["mine.gfrnn"]
+    study = optuna.load_study(study_name="mine.gfrnn", storage=old)
+    assert len(study.trials) == 1 and study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert study.user_attrs["dataset"] == "mine" and study.user_attrs["variant"] == "gfrnn"

@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.cells import LSTM_VARIANTS, PRESETS, SWITCHES, make_layer
+from harness.cells import make_layer
+from harness.models import LSTM_VARIANTS, PRESETS, SWITCHES
 from harness.errors import UserError
 
 M, N, T, B = 4, 3, 6, 2
@@ -217,3 +218,77 @@ def test_composed_cells_train_alike_on_both_engines(name):
     for key in native:
         assert torch.allclose(native[key], reference[key], atol=1e-6), key
     assert (native["forward_layer.weight_input"] - initial).abs().max() > 1e-3  # the cell's weights moved
+
+
+def lstm_parameters(hidden: int, inputs: int, outputs: int, blocks: int, peepholes: int) -> int:
+    """Parameters of a one-layer LSTM model by the weight rule: W, R, b of each block with
+    weights of its own, p of each gate with peepholes, and the read-out."""
+    return blocks * (hidden * inputs + hidden * hidden + hidden) + peepholes * hidden + hidden * outputs + outputs
+
+
+def test_a_model_of_a_user_config_dir_goes_through_train_sweep_and_analyze(tmp_path):
+    """DIR/variant/cifg_np.yaml (two lines, no code) is trained, swept in a list beside a
+    built-in model (search.variants), and analysed: every trial has the parameter count
+    of its own cell (z, i, o without peepholes for cifg_np), not of `variant`'s."""
+    import optuna
+    from test_own_dataset import odyssey, user_config_dir
+
+    _, conf = user_config_dir(tmp_path)  # `mine`: framewise npz, 2 inputs, 3 classes
+    (conf / "variant").mkdir()
+    (conf / "variant" / "cifg_np.yaml").write_text("name: cifg_np\nswitches: {forget_gate: coupled, peepholes: false}\n")
+    inputs, classes = 2, 3
+
+    run = odyssey("train", "--config-dir", str(conf), "dataset=mine", "variant=cifg_np", "hidden_size=3",
+                  "max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["variant"] == "cifg_np" and metrics["n_params"] == lstm_parameters(3, inputs, classes, 3, 0)
+
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    run = odyssey("sweep", "--config-dir", str(conf), "dataset=mine", "search.variants=[vanilla,cifg_np]",
+                  "search.n_trials=2", "max_epochs=1", f"search.storage={storage}")
+    assert run.returncode == 0, run.stderr
+    shape = {"vanilla": (4, 3), "cifg_np": (3, 0)}  # blocks with weights, gates with peepholes
+    for variant, (blocks, peepholes) in shape.items():
+        study = optuna.load_study(study_name=f"mine.{variant}", storage=storage)
+        assert study.user_attrs["dataset"] == "mine" and study.user_attrs["variant"] == variant
+        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(trials) == 2
+        for trial in trials:
+            hidden = trial.params["hidden_size"]
+            assert trial.user_attrs["n_params"] == lstm_parameters(hidden, inputs, classes, blocks, peepholes)
+
+    out = tmp_path / "analysis"
+    run = odyssey("analyze", "analysis.dataset=mine", f"analysis.storage={storage}", f"analysis.out={out}")
+    assert run.returncode == 0, run.stderr
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and sum(row.startswith("cifg_np,") for row in rows) == 2, rows
+    assert "cifg_np" in (out / "variants.csv").read_text()
+
+
+def test_the_registry_of_models_and_its_lists():
+    """One table of names: every model has its config file and every config file is a
+    model (or an alias of one); the lists of search.variants are named apart from both."""
+    from harness import project_root
+    from harness.models import ALIASES, LISTS, MODELS, canonical, names_of
+
+    greff = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"]
+    assert list(MODELS) == [*greff, "gru", "gflstm", "gfgru"]
+    assert list(LISTS["lstm"]) == greff and list(LISTS["all"]) == list(MODELS)
+    assert ALIASES == {"gfrnn": "gflstm"} and not set(LISTS) & (set(MODELS) | set(ALIASES))
+    files = {path.stem for path in (project_root() / "conf" / "variant").glob("*.yaml")}
+    assert files == set(MODELS) | set(ALIASES)
+    assert [m for m in MODELS if MODELS[m].gated_feedback] == ["gflstm", "gfgru"]
+    assert all(MODELS[m].switches == LSTM_VARIANTS[m] for m in greff)
+    assert names_of(None, "gfrnn") == ["gflstm"] and canonical("cifg") == "cifg"
+    assert names_of("lstm", "vanilla") == greff and names_of("all", "vanilla") == list(MODELS)
+    assert names_of(["gfrnn", "gflstm", "cifg"], "vanilla") == ["gflstm", "cifg"]
+    assert names_of("cifg", "vanilla") == ["cifg"]
+
+
+def test_each_variant_config_composes_to_its_model(compose_config):
+    from harness.models import MODELS, canonical, resolve
+
+    for name in [*MODELS, "gfrnn"]:
+        variant = compose_config([f"variant={name}"]).variant
+        assert variant.name == canonical(name) and resolve(variant.name, variant.get("switches")) is MODELS[canonical(name)]

@@ -154,6 +154,28 @@ def test_malformed_yaml_and_an_unknown_variant(capsys, tmp_path, run_dir):
     refused(capsys, "train", "variant=lstmm", *run_dir, words=("unknown variant 'lstmm'", "vanilla"))
 
 
+def test_a_list_of_models_is_not_a_variant(capsys, tmp_path, run_dir):
+    """variant= is one model; the lists are search.variants, and no model may take their names."""
+    refused(capsys, "train", "variant=lstm", *run_dir,
+            words=("variant=lstm is a list of models", "vanilla, nig, nfg, nog, niaf, noaf, np, cifg, fgr)",
+                   "search.variants=lstm"))
+    refused(capsys, "sweep", "variant=all", *run_dir, words=("variant=all is a list", "gflstm", "search.variants=all"))
+    refused(capsys, "sweep", "variant=vanilla,lstm", *run_dir, words=("variant=lstm is a list",))
+    conf = tmp_path / "myconf"
+    write_config(conf, "variant", "pooled", "name: all\nswitches: {peepholes: false}\n")
+    refused(capsys, "train", "--config-dir", str(conf), "variant=pooled", *run_dir,
+            words=("cannot be called 'all'", "pooled group"))
+    storage = f"search.storage=sqlite:///{tmp_path}/studies.db"
+    refused(capsys, "sweep", "search.variants=[vanilla,nope]", storage, *run_dir,
+            words=("search.variants: unknown model 'nope'", "gflstm", "--config-dir"))
+    refused(capsys, "sweep", "search.variants=[cifg,lstm]", storage, *run_dir,
+            words=("'lstm' is a list", "search.variants=lstm alone"))
+    refused(capsys, "sweep", "search.variants=3", storage, *run_dir, words=("search.variants=3", "[vanilla, cifg]"))
+    refused(capsys, "train", "variant=gfgru", "+variant.switches={peepholes: false}", *run_dir,
+            words=("variant 'gfgru' has no switches",))
+    assert not (tmp_path / "studies.db").exists()  # refused before any study was made
+
+
 # ---------------------------------------------------------------------- data files
 
 def data_refused(capsys, tmp_path, data_dir, task="framewise", words=(), extra=""):

@@ -27,8 +27,8 @@ from harness import kernels, project_root
 from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
 from harness.bench.study import project_studies, time_study
-from harness.cells import VARIANTS
 from harness.errors import UserError
+from harness.models import MODELS, resolve
 
 SECTIONS = ("layers", "epochs", "study")
 
@@ -47,7 +47,7 @@ def bench(cfg) -> dict:
     result: dict = {"torch": torch.__version__, "threads": 1, "compiled_loops": compiled}
     if "layers" in sections:
         print("\nforward + backward of one layer (fresh weights), against torch in the same run:")
-        result["layers"] = time_layers(list(options.variants or VARIANTS), int(options.repeats))
+        result["layers"] = time_layers([resolve(v).name for v in options.variants or MODELS], int(options.repeats))
     if "epochs" in sections:
         print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
         result["epochs"] = time_epochs(cfg, options.epochs)

@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 
 from harness import project_root
 from harness.bench.layers import TorchRecurrent
-from harness.cells import VARIANTS
 from harness.datasets import load_dataset
 from harness.engine import TorchStep, make_step
+from harness.models import MODELS, resolve, variant_config
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
 from harness.train import EpochRunner, evaluate
@@ -34,13 +34,17 @@ REFERENCES = {"torch.nn.LSTM": ("lstm", 1), "torch.nn.GRU": ("gru", 1), "torch.n
 
 
 def reference_name(model: str) -> str:
-    if model == "gru":
-        return "torch.nn.GRU"
-    return "torch.nn.LSTM x3" if model in ("gfrnn", "gfgru") else "torch.nn.LSTM"
+    """What `model` is timed against: a 3-layer torch.nn.LSTM for a gated-feedback stack,
+    torch.nn.GRU for the GRU, torch.nn.LSTM for an LSTM."""
+    kind = resolve(model)
+    if kind.gated_feedback:
+        return "torch.nn.LSTM x3"
+    return "torch.nn.GRU" if kind.cell == "gru" else "torch.nn.LSTM"
 
 
-def build(model: str, data, hidden_size: int) -> tuple[SequenceNetwork, object]:
-    """The network of `model` (ours, or one of REFERENCES) and its training step."""
+def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tuple[SequenceNetwork, object]:
+    """The network of `model` (ours, with the options of its variant config `variant`, or
+    one of REFERENCES) and its training step."""
     torch.manual_seed(0)
     if model in REFERENCES:
         kind, layers = REFERENCES[model]
@@ -49,16 +53,15 @@ def build(model: str, data, hidden_size: int) -> tuple[SequenceNetwork, object]:
         if data.bidirectional:
             network.backward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
         return network, TorchStep(network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM))
-    variant_cfg = OmegaConf.load(project_root() / "conf" / "variant" / f"{model}.yaml")
-    options = {k: v for k, v in OmegaConf.to_container(variant_cfg).items() if k != "name"}
+    options = {k: v for k, v in (variant or {}).items() if k != "name"}
     network = SequenceNetwork(model, data.input_dim, hidden_size, data.n_outputs,
                               bidirectional=data.bidirectional, **options)
-    return network, make_step("native", network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM),
-                                log=lambda _: None)
+    return network, make_step("native", network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM), log=lambda _: None)
 
 
-def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True) -> dict:
-    network, step = build(model, data, hidden_size)
+def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True,
+                  variant: dict | None = None) -> dict:
+    network, step = build(model, data, hidden_size, variant)
     runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=np.random.default_rng(0))
     torch.set_flush_denormal(flush)
     seconds, best, failure = [], math.inf, None
@@ -92,7 +95,8 @@ def time_epochs(cfg, options) -> list[dict]:
         except Exception as error:  # a stand-in not generated yet: say so and go on
             print(f"  {dataset}: skipped ({str(error).splitlines()[0][:120]})", flush=True)
             continue
-        models = list(task_options.models or VARIANTS)
+        models = [resolve(m).name for m in task_options.models or MODELS]
+        variants = {m: variant_config(cfg, m) for m in models}  # their options (GF stacks: layers)
         warm, timed = int(task_options.warm), int(task_options.timed)
         references = sorted({reference_name(m) for m in models}, key=list(REFERENCES).index)
         print(f"  {dataset}: {len(data.train)} training sequences, {data.summary()['train']['frames']} frames; "
@@ -102,7 +106,7 @@ def time_epochs(cfg, options) -> list[dict]:
         if dataset == "jsb_chorales" and "vanilla" in models:
             runs.append(("vanilla", False))
         for model, flush in runs:
-            figures = epoch_seconds(model, data, hidden_size, warm, timed, flush)
+            figures = epoch_seconds(model, data, hidden_size, warm, timed, flush, variants.get(model))
             label = model if flush else f"{model} (denormals not flushed)"
             reference = model if model in REFERENCES else reference_name(model)
             base = measured.get(reference, {})

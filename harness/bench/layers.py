@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from harness.cells import make_layer
+from harness.models import resolve
 
 SHAPES = ({"hidden_size": 100, "batch": 1, "steps": 60}, {"hidden_size": 128, "batch": 16, "steps": 200})
 INPUTS = 88
@@ -33,10 +34,11 @@ class TorchRecurrent(nn.Module):
 
 
 def reference_for(variant: str, hidden_size: int) -> tuple[str, nn.Module]:
-    if variant == "gru":
-        return "torch.nn.GRU", TorchRecurrent("gru", INPUTS, hidden_size)
-    if variant in ("gfrnn", "gfgru"):
+    model = resolve(variant)
+    if model.gated_feedback:
         return "torch.nn.LSTM x3", TorchRecurrent("lstm", INPUTS, hidden_size, layers=3)
+    if model.cell == "gru":
+        return "torch.nn.GRU", TorchRecurrent("gru", INPUTS, hidden_size)
     return "torch.nn.LSTM", TorchRecurrent("lstm", INPUTS, hidden_size)
 
 

@@ -24,10 +24,12 @@ import time
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from harness.models import LISTS
 from harness.sweep import trial_config
 from harness.train import train
 
-STUDY_MODELS = ("vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru", "gfrnn")
+# The models of the projected study (harness.models): Greff's nine, the GRU and the GF-LSTM.
+STUDY_MODELS = (*LISTS["lstm"], "gru", "gflstm")
 
 
 def configurations(space, count: int) -> list[dict]:
