@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 import harness
 from harness import figures, report
@@ -35,34 +36,9 @@ from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
 from harness.errors import UserError
 from harness.storage import open_storage
 
-DEFAULTS = {
-    "storage": "sqlite:///results/odyssey.db",
-    "out": None,
-    "metric": "auto",
-    "task": None,
-    "n_trees": 32,
-    "min_samples_leaf": 3,
-    "seed": 0,
-    "n_bootstrap": 100,
-    "bootstrap_trees": 4,
-    "ci_level": 0.95,
-    "diverged_rule": "auto",
-    "diverged_k": 5.0,
-    "diverged_ratio": 10.0,
-    "top_fraction": 0.1,
-    "min_trials_for_fanova": 20,
-    "alpha": 0.05,
-    "reference_variant": "vanilla",
-    "scorecard_min_trials": 50,
-    "negligible_fraction": 0.05,
-    "small_interactions": 0.15,
-    "lr_shift_tolerance": 0.5,
-    "curves_per_variant": 3,
-    "grid_points": 40,
-    "crosscheck": True,
-    "figures": True,
-    "recipe": None,
-}
+# Every key and its default: conf/analysis/default.yaml, the one place they are written,
+# read here too so that run() takes a partial mapping (a script's, a test's) as well.
+DEFAULTS = OmegaConf.to_container(OmegaConf.load(harness.project_root() / "conf" / "analysis" / "default.yaml"))
 POOLED = "all"
 IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high", "optuna_fraction"]
 
