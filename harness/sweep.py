@@ -42,8 +42,10 @@
   epoch (trial.report), so optuna-dashboard shows learning curves.
   Workers on other machines started against the same PostgreSQL URL or journal file
   cooperate on the same studies.
-- `variant=all` sweeps every variant in turn, `variant=lstm` Greff's nine LSTM variants;
-  a Hydra multirun (`-m variant=vanilla,cifg`) works too.
+- `search.variants` sweeps several models in turn: a list of names, `lstm` (Greff's nine
+  LSTM variants) or `all` (every model of harness.models); `variant=` is always one model.
+  A Hydra multirun (`-m variant=vanilla,cifg`) works too. A study of a model's former
+  name (`<dataset>.gfrnn`, now gflstm) is topped up under that name (`study_variant`).
 
 Storage URLs (harness.storage): `sqlite:///results/odyssey.db` (relative paths from the
 project root), `journal:/nfs/x.log` (Optuna's JournalStorage on a file; fine on a
@@ -69,9 +71,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from harness import project_root
-from harness.cells import LSTM_VARIANTS, VARIANTS, variant_switches
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage, stop_on_signals
 from harness.train import train
@@ -137,7 +139,21 @@ def study_name(dataset: str, variant: str) -> str:
     return f"{dataset}.{variant}"
 
 
+def study_variant(storage, dataset: str, variant: str) -> str:
+    """The variant name of the study of model `variant`: its own name, or a former name
+    of it (harness.models.ALIASES: gfrnn for gflstm) whose study exists while the study of
+    the current name does not, so that an old study is topped up, never started anew."""
+    former = [alias for alias, model in ALIASES.items() if model == canonical(variant)]
+    if not former:
+        return variant
+    existing = set(optuna.get_all_study_names(storage))
+    if study_name(dataset, canonical(variant)) in existing:
+        return canonical(variant)
+    return next((alias for alias in former if study_name(dataset, alias) in existing), canonical(variant))
+
+
 def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
+    variant = study_variant(storage, dataset, variant)
     study = create_study(storage, study_name=study_name(dataset, variant), direction="minimize",
                          sampler=TrialNumberSampler(seed))
     if study.user_attrs.get("dataset") != dataset:
@@ -269,9 +285,9 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
     `local_workers` processes on this machine (for its torch threads)."""
     search = cfg.search
     dataset = cfg.dataset.name
-    if cfg.variant.name != variant:  # variant=all: this variant's own config
+    if cfg.variant.name != canonical(variant):  # a model of search.variants: its own config
         with open_dict(cfg):
-            cfg.variant = OmegaConf.load(project_root() / "conf" / "variant" / f"{variant}.yaml")
+            cfg.variant = variant_config(cfg, canonical(variant))
     space = search_space(search.space)
     with open_dict(cfg):  # train.threads: auto -> this worker's share of the cores
         cfg.train.threads = torch_threads(cfg.train.get("threads"), local_workers)
@@ -394,15 +410,10 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     Without it the workers run on this machine."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stop_on_signals(signal.SIGTERM)  # `kill` or a batch system's time limit: stop cleanly
-    variant = cfg.variant.name
-    groups = {"all": list(VARIANTS), "lstm": list(LSTM_VARIANTS)}
-    variants = groups.get(variant, [variant])
-    own_switches = cfg.variant.get("switches")  # a user's variant: its cell from the switches
-    if variant not in groups and variant not in VARIANTS and own_switches is None:
-        raise UserError(f"variant '{variant}' is unknown; choose one of {', '.join(VARIANTS)}, "
-                        "lstm (Greff's nine) or all, or give its config `switches:`.")
-    if own_switches is not None:
-        variant_switches(variant, own_switches)  # a bad switch fails here, before any trial
+    configs = variant_configs(cfg)  # search.variants, or just `variant`; a bad model fails here
+    with open_dict(cfg):  # so that every worker (here or a SLURM task) has each model's config
+        cfg.search.variants = configs
+    variants = [config["name"] for config in configs]
     search = cfg.search
     search_space(search.space)  # fail on a bad space before any work
     workers = int(search.workers)

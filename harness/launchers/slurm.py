@@ -1,6 +1,6 @@
 """`search.launcher=slurm`: a sweep's workers as the tasks of one SLURM array job.
 
-    odyssey sweep dataset=jsb_chorales variant=lstm search.launcher=slurm search.workers=32 \
+    odyssey sweep dataset=jsb_chorales search.variants=lstm search.launcher=slurm search.workers=32 \
         search.storage=journal:/nfs/odyssey.log search.slurm.partition=cpu search.slurm.time_min=600
 
 Every array task is one sweep worker (harness.sweep.run_worker) that works through the
