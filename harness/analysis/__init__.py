@@ -39,6 +39,7 @@ from harness.storage import open_storage
 # Every key and its default: conf/analysis/default.yaml, the one place they are written,
 # read here too so that run() takes a partial mapping (a script's, a test's) as well.
 DEFAULTS = OmegaConf.to_container(OmegaConf.load(harness.project_root() / "conf" / "analysis" / "default.yaml"))
+DEFAULTS.pop("defaults", None)  # Hydra's defaults list of the file, not a key of the analysis
 POOLED = "all"
 IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high", "optuna_fraction"]
 
