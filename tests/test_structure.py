@@ -280,3 +280,15 @@ def test_nothing_in_the_repository_points_outside_it():
         for number, line in enumerate(text.splitlines(), start=1):
             found += [f"{name}:{number}: {line.strip()}" for _ in outside.finditer(line)][:1]
     assert not found, "pointers outside the repository:\n" + "\n".join(found)
+
+
+def test_the_readme_links_the_architecture_page_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/architecture.md)" in readme
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "links to nothing: " + ", ".join(broken)
+
