@@ -112,6 +112,25 @@ def config_value(cfg, key: str, default=None):
     return default if value is None else value
 
 
+def format_task(cfg, fmt: str, task: str) -> str:
+    """The one task that format `fmt` serves; UserError naming the data set when its config
+    asks for another."""
+    asked = config_value(cfg, "task", task)
+    if asked != task:
+        raise UserError(f"dataset '{config_value(cfg, 'name', fmt)}': format {fmt} serves task {task} only, not "
+                        f"'{asked}'; set dataset.task={task}.")
+    return task
+
+
+def config_choice(cfg, key: str, choices: tuple, default=None):
+    """`key` of a reader's config, one of `choices` (absent or null: `default`, else the
+    first choice); UserError naming the key and the choices otherwise."""
+    value = config_value(cfg, key, choices[0] if default is None else default)
+    if value not in choices:
+        raise UserError(f"dataset key {key}: '{value}' is unknown; use one of {', '.join(choices)}.")
+    return value
+
+
 @dataclass(frozen=True)
 class ZScore:
     """Inputs normalised with the training split's statistics: (x - mean) / std per input.

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import DataSplits, Sequence, ZScore, config_value
+from harness.datasets import DataSplits, Sequence, ZScore, config_value, format_task
 from harness.errors import UserError
 
 FEATURES = ("dx", "dy", "time", "pen_lifted")
@@ -242,9 +242,7 @@ def read(cfg, path) -> DataSplits:
     """Read IAM-OnDB (or a corpus in its layout) at `path` into train/valid/test splits."""
     path = Path(path)
     name = config_value(cfg, "name", "iam_ondb")
-    task = config_value(cfg, "task", "ctc")
-    if task != "ctc":
-        raise UserError(f"dataset '{name}': the iam_ondb format serves task 'ctc', not '{task}'; set dataset.task=ctc.")
+    format_task(cfg, "iam_ondb", "ctc")
     skip_bad = bool(config_value(cfg, "skip_bad", False))
     raw, bad = _read_raw(path, skip_bad)
     if bad:

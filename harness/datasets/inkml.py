@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value, split_folders
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_choice, config_value, format_task, split_folders
 from harness.datasets.iam_ondb import BLANK, FEATURES, point_features, text_labels
 from harness.errors import UserError
 
@@ -194,12 +194,8 @@ def read_file(file: Path, unit: str, annotation: str, view_type: str) -> list[tu
 def read(cfg, path) -> DataSplits:
     """Read the InkML folder at `path` as configured by `cfg` (keys in the module docstring)."""
     name = str(config_value(cfg, "name", "inkml"))
-    task = config_value(cfg, "task", "ctc")
-    if task != "ctc":
-        raise UserError(f"dataset '{name}': format inkml supports task: ctc only, not '{task}'.")
-    unit = config_value(cfg, "unit", "file")
-    if unit not in UNITS:
-        raise UserError(f"dataset key unit: '{unit}' is unknown; use file or traceView.")
+    format_task(cfg, "inkml", "ctc")
+    unit = config_choice(cfg, "unit", UNITS)
     annotation = str(config_value(cfg, "annotation", "truth"))
     view_type = str(config_value(cfg, "view_type", "Textline"))
     root = Path(path)

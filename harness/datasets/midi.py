@@ -53,7 +53,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence, config_value, split_folders
+from harness.datasets import SPLITS, DataSplits, Sequence, config_choice, config_value, format_task, split_folders
 from harness.datasets.cache import cache_file, cached
 from harness.errors import UserError
 
@@ -179,12 +179,8 @@ def parse_all(pieces: dict[str, list[Path]], settings: dict, root: Path) -> dict
 def read(cfg, path) -> DataSplits:
     """Read the MIDI folder at `path` as configured by `cfg` (keys in the module docstring)."""
     name = str(config_value(cfg, "name", "midi"))
-    task = config_value(cfg, "task", "next_step")
-    if task != "next_step":
-        raise UserError(f"dataset '{name}': format midi supports task: next_step only, not '{task}'.")
-    out_of_range = config_value(cfg, "out_of_range", "error")
-    if out_of_range not in OUT_OF_RANGE:
-        raise UserError(f"dataset key out_of_range: '{out_of_range}' is unknown; use error or drop.")
+    format_task(cfg, "midi", "next_step")
+    out_of_range = config_choice(cfg, "out_of_range", OUT_OF_RANGE)
     settings = {"frames_per_beat": _positive_int(cfg, "frames_per_beat", 1),
                 "lowest_note": int(config_value(cfg, "lowest_note", 21)), "keys": _positive_int(cfg, "keys", 88),
                 "out_of_range": out_of_range}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.datasets import SPLITS, DataSplits, Sequence
+from harness.datasets import SPLITS, DataSplits, Sequence, format_task
 from harness.errors import UserError
 
 
@@ -119,8 +119,7 @@ def to_roll(sequence, lowest_note: int, keys: int, path: Path, where: str) -> np
 
 def read(cfg, path: Path) -> DataSplits:
     lowest_note, keys = int(cfg.get("lowest_note", 21)), int(cfg.get("keys", 88))
-    if cfg.get("task") != "next_step":
-        raise UserError(f"dataset '{cfg.get('name')}': format pianoroll supports task next_step only, not '{cfg.get('task')}'.")
+    format_task(cfg, "pianoroll", "next_step")
     if path.is_dir():
         raise UserError(f"dataset '{cfg.get('name')}': {path} is a directory; point dataset.path at the .json or .pickle file.")
     rolls = load_rolls(path)

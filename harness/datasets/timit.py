@@ -50,7 +50,7 @@ import numpy as np
 import soundfile
 
 from harness import project_root
-from harness.datasets import DataSplits, Sequence, ZScore, config_value, resolve_path
+from harness.datasets import DataSplits, Sequence, ZScore, config_choice, config_value, format_task, resolve_path
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
 
@@ -159,7 +159,7 @@ def find_utterances(root: Path) -> list[Utterance]:
 
 def assign_splits(utterances: list[Utterance], rule: str, include_sa: bool = False) -> dict[str, list[Utterance]]:
     """The utterances of each split under a split rule (see the module docstring)."""
-    if rule not in SPLIT_RULES:
+    if rule not in SPLIT_RULES:  # callers other than read(), which checks the config's choice
         raise UserError(f"dataset key split: '{rule}' is unknown; use one of {', '.join(SPLIT_RULES)}.")
     kept = [u for u in utterances if include_sa or not u.is_dialect_sentence]
     splits = {"train": [u for u in kept if u.part == "train"], "valid": [], "test": []}
@@ -279,13 +279,9 @@ def cached_features(cfg, name: str, settings: FeatureSettings, utterances: list[
 def read(cfg, path) -> DataSplits:
     """Read a TIMIT-layout corpus at `path` as configured by `cfg` (keys in the module docstring)."""
     name = config_value(cfg, "name", "timit")
-    task = config_value(cfg, "task", "framewise")
-    if task != "framewise":
-        raise UserError(f"dataset '{name}': format timit supports task: framewise only, not '{task}'.")
-    rule = config_value(cfg, "split", "halberstadt")
-    phone_set = config_value(cfg, "phones", "timit61")
-    if phone_set not in PHONE_SETS:
-        raise UserError(f"dataset key phones: '{phone_set}' is unknown; use one of {', '.join(PHONE_SETS)}.")
+    format_task(cfg, "timit", "framewise")
+    rule = config_choice(cfg, "split", SPLIT_RULES)
+    phone_set = config_choice(cfg, "phones", PHONE_SETS)
     settings = FeatureSettings.from_config(config_value(cfg, "features"))
     root = Path(path)
 

@@ -53,7 +53,7 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value, split_folders
+from harness.datasets import SPLITS, DataSplits, Sequence, ZScore, config_value, format_task, split_folders
 from harness.datasets.cache import cache_file, cached
 from harness.datasets.speech_features import FeatureSettings, features, majority_labels, n_frames
 from harness.errors import UserError
@@ -181,9 +181,7 @@ def compute_features(recordings, settings: FeatureSettings, tier: str, silence: 
 def read(cfg, path) -> DataSplits:
     """Read the WAV + TextGrid folder at `path` as configured by `cfg` (keys in the module docstring)."""
     name = str(config_value(cfg, "name", "wav_textgrid"))
-    task = config_value(cfg, "task", "framewise")
-    if task != "framewise":
-        raise UserError(f"dataset '{name}': format wav_textgrid supports task: framewise only, not '{task}'.")
+    format_task(cfg, "wav_textgrid", "framewise")
     tier, silence = str(config_value(cfg, "tier", "phones")), str(config_value(cfg, "silence_label", "sil"))
     settings = FeatureSettings.from_config(config_value(cfg, "features"))
     root = Path(path)
