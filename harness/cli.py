@@ -47,8 +47,9 @@ def _dispatch(cfg: DictConfig) -> None:
         sweep(cfg, launch)
     elif command == "analyze":
         from harness.analysis import run
+        from harness.analysis.compare import compare, is_comparison
 
-        report = run(cfg.analysis)
+        report = compare(cfg.analysis) if is_comparison(cfg.analysis) else run(cfg.analysis)
         print(f"report: {report}")
     elif command == "data":
         from harness.datasets.prepare import prepare
@@ -144,7 +145,7 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
             directories += [Path(entry.removeprefix("file://")) for entry in entries]
     for override in overrides:
         group, _, value = override.partition("=")
-        if group not in ("dataset", "variant") or not value:
+        if group not in ("dataset", "variant", "train") or not value:
             continue
         if group == "variant" and (lists := [v for v in value.split(",") if v in LISTS]):
             print(f"odyssey: error: {list_error(lists[0])}", file=sys.stderr)
@@ -152,7 +153,8 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
         known = sorted({p.stem for d in directories for p in (d / group).glob("*.yaml")})
         unknown = [v for v in value.split(",") if v not in known]
         if unknown:
-            print(f"odyssey: error: unknown {group} '{unknown[0]}'; choose one of {', '.join(known)}"
+            what = "recipe (train)" if group == "train" else group
+            print(f"odyssey: error: unknown {what} '{unknown[0]}'; choose one of {', '.join(known)}"
                   + (" (or add DIR/dataset/NAME.yaml and pass --config-dir DIR)." if group == "dataset" else "."),
                   file=sys.stderr)
             sys.exit(2)

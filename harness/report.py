@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 
-def _table(frame: pd.DataFrame, digits: int = 4) -> str:
+def table(frame: pd.DataFrame, digits: int = 4) -> str:
     """A Markdown table (no `tabulate` needed)."""
     def cell(v):
         if isinstance(v, (bool, np.bool_)):
@@ -46,13 +46,30 @@ def _summary(card) -> list[str]:
     return [" ".join(lines), ""]
 
 
-def write(out: Path, *, dataset, storage, trials, variants, importance, results, unscreened,
+def pruned_lines(trials) -> list[str]:
+    """What pruning (search.pruner) cut: how many trials, the epochs and seconds they ran,
+    beside the trials that ran to their end (what a pruned trial would have cost is not known)."""
+    pruned = trials[trials.state == "PRUNED"]
+    if not len(pruned):
+        return []
+    full = trials[trials.state == "COMPLETE"]
+    line = (f"{len(pruned)} of {len(trials)} trials were pruned (search.pruner): they count toward n_trials "
+            f"and are left out of fANOVA, box plots and tests. Together they trained {int(pruned.epochs.sum())} "
+            f"epochs in {pruned.seconds.sum():.0f} s (mean {pruned.epochs.mean():.1f} epochs, "
+            f"{pruned.seconds.mean():.1f} s each)")
+    if len(full):
+        line += (f"; the {len(full)} complete trials ran a mean of {full.epochs.mean():.1f} epochs in "
+                 f"{full.seconds.mean():.1f} s each")
+    return [line + ".", ""]
+
+
+def write(out: Path, *, dataset, recipe="greff", storage, trials, variants, importance, results, unscreened,
           fences, scorecard, task, curves, figures, column, sign, options, seconds) -> Path:
     reference = options["reference_variant"]
     better = "lower" if sign > 0 else "higher"
     metric_words = "the test metric" if column == "test_metric" else "the objective value"
-    lines = [f"# Analysis of `{dataset}`", "",
-             f"Storage: `{storage}`. Studies: {trials.variant.nunique()} variants, "
+    lines = [f"# Analysis of `{dataset}`" + ("" if recipe == "greff" else f", recipe `{recipe}`"), "",
+             f"Storage: `{storage}`. Training recipe: `{recipe}`. Studies: {trials.variant.nunique()} variants, "
              f"{len(trials)} trials. Analysed: {metric_words} ({better} is better); the best "
              f"{options['top_fraction']:.0%} are chosen by the validation metric. Task: "
              f"{task or 'unknown'}. Intervals are {options['ci_level']:.0%} percentile "
@@ -60,7 +77,7 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
 
     lines += ["## What this study says about the paper", ""]
     lines += _summary(scorecard)
-    lines += [_table(scorecard[["finding", "verdict", "evidence"]]), "",
+    lines += [table(scorecard[["finding", "verdict", "evidence"]]), "",
               f"Rules: significance is Welch's t-test on all trials with Holm's correction over "
               f"the variants (p < {options['alpha']}); a finding of a difference that is not "
               f"significant is *undecided* below {options['scorecard_min_trials']} usable trials "
@@ -68,7 +85,7 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
               "when its whole bootstrap interval lies on one side of the threshold. Table: "
               "`scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
-    lines += ["## Trials", "", _table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
+    lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     excluded = trials[trials.excluded != ""]
     if len(excluded):
         reasons = excluded.excluded.value_counts()
@@ -81,6 +98,7 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
                 lines += [f"Variant `{variant}` has no usable trial.", ""]
     else:
         lines += ["Every trial finished with a finite validation and analysed metric.", ""]
+    lines += pruned_lines(trials)
     flagged = trials[trials.diverged]
     if options["diverged_rule"] == "none":
         lines += ["The rule for diverged-but-finite trials is off (analysis.diverged_rule=none).", ""]
@@ -106,7 +124,7 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
             terms = [t for t in without if ":" not in t]
             lines += ["Pooled fANOVA without the rule (all usable trials, "
                       f"{unscreened.n_trials}) beside the headline with it:", "",
-                      _table(pd.DataFrame({"term": terms,
+                      table(pd.DataFrame({"term": terms,
                                            "without rule": [without[t] for t in terms],
                                            "with rule": [with_rule.get(t, np.nan) for t in terms]}), 2),
                       "", "Full table: `importance_without_rule.csv`.", ""]
@@ -136,7 +154,7 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
         shown[f"Welch p ({key})"] = variants[f"welch_p_{key}"]
         shown[f"Holm p ({key})"] = variants[f"welch_holm_{key}"]
     shown["parameters"] = variants["mean_n_params"].round().astype("Int64")
-    lines += [_table(shown, 3), "", "All columns: `variants.csv`.", ""]
+    lines += [table(shown, 3), "", "All columns: `variants.csv`.", ""]
     if "boxplots" in figures:
         lines += [f"![Metric per variant]({figures['boxplots']})", ""]
 
@@ -159,13 +177,13 @@ def write(out: Path, *, dataset, storage, trials, variants, importance, results,
     if len(importance):
         pooled = importance[importance.variant == "all"]
         if len(pooled):
-            lines += ["Pooled over all variants:", "", _table(pooled.drop(columns="variant"), 3), ""]
+            lines += ["Pooled over all variants:", "", table(pooled.drop(columns="variant"), 3), ""]
         singles = importance[~importance.term.str.contains(":")].copy()
         singles["cell"] = [f"{f:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else f"{f:.2f}"
                            for f, lo, hi in zip(singles.fraction, singles.ci_low, singles.ci_high)]
         wide = singles.pivot(index="variant", columns="term", values="cell").reset_index()
         lines += ["Single-parameter fractions per variant with intervals (full table: "
-                  "`importance.csv`):", "", _table(wide), ""]
+                  "`importance.csv`):", "", table(wide), ""]
     effects = results["all"].effects if "all" in results else {}
     if effects:
         words = {"noise_effect": "predicted metric at the largest minus the smallest input noise",

@@ -66,32 +66,66 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.distributions import FloatDistribution, IntDistribution
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from harness import project_root
 from harness.datasets import load_dataset
 from harness.errors import UserError
 from harness.models import ALIASES, canonical, variant_config, variant_configs
+from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage, stop_on_signals
 from harness.train import train
 
-# The searched parameters and the top-level config key each one sets.
+# The searched parameters and the top-level config key each one sets; a space may also
+# search a number of the recipe (train.batch_size, train.weight_decay, ...: `recipe_key`).
 PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
+NOT_SEARCHABLE = ("eval_batch_size", "threads", "init_std", "plateau_patience")  # no sense in a search
+PRUNERS = ("none", "median", "hyperband")
 EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (module docstring)
 
 
 # -- configuration checks ---------------------------------------------------------------
 
-def search_space(space_cfg) -> dict:
-    """Optuna distributions from `search.space`, with one clear message per mistake."""
+def recipe_key(recipe, name: str) -> bool:
+    """Whether `name` is a number of the recipe `recipe` (cfg.train) that a space may search."""
+    if recipe is None or name not in recipe or name in NOT_SEARCHABLE:
+        return False
+    value = recipe.get(name)  # a number, or null (off) such as max_grad_norm
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def space_of(cfg) -> dict:
+    """The distributions a sweep of `cfg` samples: the recipe's own `train.space` when its
+    file has one (conf/train/adam.yaml), which replaces search.space; else search.space
+    (conf/search/greff.yaml, Greff's)."""
+    own = cfg.train.get("space")
+    if own is None:
+        return search_space(cfg.search.space, recipe=cfg.train)
+    return search_space(own, where="train.space", recipe=cfg.train)
+
+
+def search_space(space_cfg, where: str = "search.space", recipe=None) -> dict:
+    """Optuna distributions from `search.space` (or a recipe's `train.space`), with one
+    clear message per mistake; `recipe` (cfg.train) says which recipe keys may be searched."""
     space = {}
+    optimizer = recipe.get("optimizer", "sgd_nesterov") if recipe is not None else "sgd_nesterov"
     for name, spec in dict(space_cfg).items():
-        key = f"search.space.{name}"
-        if name not in PARAMETERS:
-            raise UserError(f"{key}: unknown parameter '{name}'; the searchable ones are {', '.join(PARAMETERS)}.")
+        key = f"{where}.{name}"
+        if name == "one_minus_momentum" and optimizer != "sgd_nesterov":
+            raise UserError(f"{key}: train={recipe.get('name')} ({optimizer}) has no momentum; search its own keys "
+                            f"instead, or use train=greff.")
+        if name not in PARAMETERS and not recipe_key(recipe, name):
+            known = [*PARAMETERS, *(k for k in (recipe or {}) if recipe_key(recipe, k))]
+            raise UserError(f"{key}: unknown parameter '{name}'; the searchable ones are {', '.join(known)}.")
+        if spec.get("type") == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, (list, tuple, ListConfig)) or not choices:
+                raise UserError(f"{key}: type categorical needs a list of choices, e.g. choices: [4, 8, 16].")
+            space[name] = CategoricalDistribution(tuple(choices))
+            continue
         kind, low, high, log = spec.get("type", "float"), spec.get("low"), spec.get("high"), bool(spec.get("log", False))
         if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
             raise UserError(f"{key}: set numeric low and high (got low={low}, high={high}).")
@@ -100,17 +134,18 @@ def search_space(space_cfg) -> dict:
         if log and low <= 0:
             raise UserError(f"{key}: a log-uniform range needs low > 0 (got {low}); raise low or set log: false.")
         if kind == "int":
-            if name != "hidden_size" or int(low) != low or int(high) != high:
-                raise UserError(f"{key}: type int needs integer bounds (and only hidden_size is an integer).")
+            whole = name == "hidden_size" or (name not in PARAMETERS and isinstance(recipe.get(name), int))
+            if not whole or int(low) != low or int(high) != high:
+                raise UserError(f"{key}: type int needs integer bounds (and an integer key such as hidden_size).")
             space[name] = IntDistribution(int(low), int(high), log=log)
         elif kind == "float":
             if name == "hidden_size":
                 raise UserError(f"{key}: hidden_size is a number of blocks; use type: int.")
             space[name] = FloatDistribution(float(low), float(high), log=log)
         else:
-            raise UserError(f"{key}: type '{kind}' is unknown; use int or float.")
+            raise UserError(f"{key}: type '{kind}' is unknown; use int, float or categorical.")
     if name_ranges := [n for n in ("one_minus_momentum",) if n in space and (space[n].low <= 0 or space[n].high > 1)]:
-        raise UserError(f"search.space.{name_ranges[0]} must lie in (0, 1]: momentum = 1 - value.")
+        raise UserError(f"{where}.{name_ranges[0]} must lie in (0, 1]: momentum = 1 - value.")
     return space
 
 
@@ -127,16 +162,35 @@ def counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts toward n_trials (see the module docstring)."""
     if trial.user_attrs.get("duplicate_of") is not None:
         return False
-    return trial.state == TrialState.COMPLETE or (
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         trial.state == TrialState.FAIL and trial.user_attrs.get("failure") is not None)
+
+
+def make_pruner(search) -> optuna.pruners.BasePruner | None:
+    """search.pruner: none, median (optuna.pruners.MedianPruner) or hyperband
+    (optuna.pruners.HyperbandPruner), on the per-epoch validation reports."""
+    name = str(search.get("pruner", "none"))
+    if name not in PRUNERS:
+        raise UserError(f"search.pruner={name} is unknown; choose one of {', '.join(PRUNERS)}.")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(search.pruner_startup_trials),
+                                           n_warmup_steps=int(search.pruner_warmup_epochs))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, int(search.pruner_warmup_epochs)),
+                                              reduction_factor=int(search.pruner_reduction_factor))
+    return None
 
 
 
 
 # -- one study --------------------------------------------------------------------------
 
-def study_name(dataset: str, variant: str) -> str:
-    return f"{dataset}.{variant}"
+GREFF = "greff"  # the default recipe: its studies keep the name <dataset>.<variant>
+
+
+def study_name(dataset: str, variant: str, recipe: str = GREFF) -> str:
+    """<dataset>.<variant> for Greff's recipe, <dataset>.<recipe>.<variant> for any other."""
+    return f"{dataset}.{variant}" if recipe == GREFF else f"{dataset}.{recipe}.{variant}"
 
 
 def study_variant(storage, dataset: str, variant: str) -> str:
@@ -152,14 +206,17 @@ def study_variant(storage, dataset: str, variant: str) -> str:
     return next((alias for alias in former if study_name(dataset, alias) in existing), canonical(variant))
 
 
-def open_study(storage, dataset: str, variant: str, seed: int) -> optuna.Study:
-    variant = study_variant(storage, dataset, variant)
-    study = create_study(storage, study_name=study_name(dataset, variant), direction="minimize",
-                         sampler=TrialNumberSampler(seed))
-    if study.user_attrs.get("dataset") != dataset:
-        study.set_user_attr("dataset", dataset)
-    if study.user_attrs.get("variant") != variant:
-        study.set_user_attr("variant", variant)
+def open_study(storage, dataset: str, variant: str, seed: int, recipe: str = GREFF,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """The study of (dataset, variant, recipe), made if new, with user attributes `dataset`,
+    `variant` and `recipe`; `pruner` (make_pruner) prunes its trials."""
+    if recipe == GREFF:  # former names of a model exist only among Greff-recipe studies
+        variant = study_variant(storage, dataset, variant)
+    study = create_study(storage, study_name=study_name(dataset, variant, recipe), direction="minimize",
+                         sampler=TrialNumberSampler(seed), pruner=pruner or optuna.pruners.NopPruner())
+    for key, value in (("dataset", dataset), ("variant", variant), ("recipe", recipe)):
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
     return study
 
 
@@ -210,14 +267,17 @@ class TrialNumberSampler(optuna.samplers.BaseSampler):
 
 
 def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
-    """The root config of one trial: the sampled values set as the top-level keys."""
+    """The root config of one trial: the sampled values set as the top-level keys, or as
+    the recipe's keys (train.<name>) for the parameters that are not top-level."""
     trial_cfg = cfg.copy()
     with open_dict(trial_cfg):
         for name, value in params.items():
             if name == "one_minus_momentum":
                 trial_cfg.momentum = 1.0 - value
-            else:
+            elif name in PARAMETERS:
                 trial_cfg[name] = value
+            else:
+                trial_cfg.train[name] = value
     return trial_cfg
 
 
@@ -268,10 +328,25 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
     with open_dict(trial_cfg):
         trial_cfg.seed = seed
     trial.set_user_attr("seed", seed)
-    result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
-                   on_epoch=lambda epoch, value: _report(trial, value, epoch))
+    started, reported = time.perf_counter(), []
+
+    def on_epoch(epoch: int, value: float) -> None:
+        _report(trial, value, epoch)
+        reported.append(epoch)
+        if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
+            raise optuna.TrialPruned()
+
+    try:
+        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None, on_epoch=on_epoch)
+    except optuna.TrialPruned:  # counted, out of the analysis's fANOVA: what it ran is recorded
+        attrs = {"seed": seed, "epochs": len(reported), "seconds": time.perf_counter() - started,
+                 "pruned_at_epoch": reported[-1]}
+        finish_trial(study, trial, liveness, TrialState.PRUNED, None, attrs)
+        return {"pruned": True, "failure": None, "epochs": len(reported), "seconds": attrs["seconds"]}
     attrs = {key: result[key] for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure")}
-    attrs.update(seed=seed, momentum=float(trial_cfg.momentum), metrics=str(out_dir / "metrics.json"))
+    attrs.update(seed=seed, metrics=str(out_dir / "metrics.json"))
+    if Recipe.from_config(trial_cfg).optimizer == "sgd_nesterov":
+        attrs["momentum"] = float(trial_cfg.momentum)
     if result["failure"] or result["val_metric"] is None:
         attrs["failure"] = result["failure"] or "no finite validation metric"
         finish_trial(study, trial, liveness, TrialState.FAIL, None, attrs)
@@ -288,13 +363,14 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
     if cfg.variant.name != canonical(variant):  # a model of search.variants: its own config
         with open_dict(cfg):
             cfg.variant = variant_config(cfg, canonical(variant))
-    space = search_space(search.space)
+    space = space_of(cfg)
     with open_dict(cfg):  # train.threads: auto -> this worker's share of the cores
         cfg.train.threads = torch_threads(cfg.train.get("threads"), local_workers)
     storage = open_storage(search.storage, heartbeat_seconds=float(search.heartbeat_seconds))
     liveness = Liveness(storage, float(search.heartbeat_seconds))
     target, beat = int(search.n_trials), liveness.interval
-    study = open_study(storage, dataset, variant, seed=int(cfg.seed))
+    study = open_study(storage, dataset, variant, seed=int(cfg.seed), recipe=str(cfg.train.name),
+                       pruner=make_pruner(search))
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
@@ -333,7 +409,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
         best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
         rate = done_here / max(time.time() - started, 1e-9) * 3600
         shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
-        outcome = (f"FAILED ({result['failure']})" if result["failure"]
+        outcome = ("pruned" if result.get("pruned") else f"FAILED ({result['failure']})" if result["failure"]
                    else f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}")
         print(f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
               f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour", flush=True)
@@ -401,6 +477,19 @@ def run_processes(cfg: DictConfig, variant: str, workers: int) -> list[str]:
     return died
 
 
+def check_batch_sizes(cfg, space: dict, n_train: int, dataset: str) -> None:
+    """No batch size, fixed or searched, larger than the training split."""
+    sizes = {int(cfg.train.get("batch_size", 1))} if "batch_size" not in space else set()
+    if isinstance(space.get("batch_size"), CategoricalDistribution):
+        sizes = {int(c) for c in space["batch_size"].choices}
+    elif "batch_size" in space:
+        sizes = {int(space["batch_size"].high)}
+    if sizes and max(sizes) > n_train:
+        key = "train.batch_size" if "batch_size" not in space else "the search space's batch_size"
+        raise UserError(f"{key}: {max(sizes)} is larger than the training split of {dataset} ({n_train} sequences); "
+                        f"choose at most {n_train}.")
+
+
 def sweep(cfg: DictConfig, launch=None) -> list[str]:
     """Run the sweep the config asks for; returns the names of the studies.
 
@@ -415,7 +504,9 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         cfg.search.variants = configs
     variants = [config["name"] for config in configs]
     search = cfg.search
-    search_space(search.space)  # fail on a bad space before any work
+    space = space_of(cfg)  # fail on a bad space or pruner before any work
+    make_pruner(search)
+    recipe = str(cfg.train.name)
     workers = int(search.workers)
     if workers < 1 or int(search.n_trials) < 1:
         raise UserError("search.workers and search.n_trials must be positive integers.")
@@ -428,11 +519,12 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     workers = cap_workers(workers)
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
+    check_batch_sizes(cfg, space, len(data.train), data.name)
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
     names, died, without_complete = [], [], []
     for name in variants:
-        study = open_study(storage, cfg.dataset.name, name, seed=0)
+        study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         print(f"{study.study_name}: {counted}/{search.n_trials} trials already done", flush=True)
         if workers == 1:
@@ -442,12 +534,14 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
                 died += run_processes(cfg, name, workers)
             finally:  # the trial of a worker that died (or was killed at a stop) is not left RUNNING
                 Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)
-        study = open_study(storage, cfg.dataset.name, name, seed=0)
+        study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
         best = min(complete, key=lambda t: t.value) if complete else None
         print(f"{study.study_name}: {sum(counts(t) for t in trials)} trials counted "
-              f"({len(complete)} complete, {sum(counts(t) for t in trials) - len(complete)} diverged)"
+              f"({len(complete)} complete, {pruned} pruned, "
+              f"{sum(counts(t) for t in trials) - len(complete) - pruned} diverged)"
               + (f", best val {best.value:.4f} / test {best.user_attrs.get('test_metric'):.4f}" if best else ""),
               flush=True)
         if not complete:

@@ -133,6 +133,8 @@ def _optional(key: str, baseline) -> bool:
         return True  # a parameter added to or removed from the search (the sweep checks its name)
     if key == "variant.switches" or key.startswith("variant.switches."):
         return True
+    if key.startswith("train.space.") and key.count(".") == 2:
+        return True  # a parameter added to or removed from a recipe's own search
     if key.startswith("dataset.") and key.count(".") == 1:
         options = reader_keys(OmegaConf.select(baseline, "dataset.format", default=None))
         return options is None or key.split(".", 1)[1] in COMMON_DATASET_KEYS | set(options)
@@ -146,6 +148,19 @@ def _compose(directories: list[Path], config_name: str, overrides: list[str]):
     extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     with initialize_config_dir(config_dir=str(directories[0]), version_base="1.3"):
         return compose(config_name=config_name, overrides=[*overrides, *extra])
+
+
+def recipes_with(directories: list[Path], config_name: str, key: str) -> list[str]:
+    """The recipes (files of the `train` group, here and in the user's directories) that have `key`."""
+    names = sorted({p.stem for d in directories for p in (d / "train").glob("*.yaml")})
+    owners = []
+    for name in names:
+        try:
+            if _exists(_compose(directories, config_name, [f"train={name}"]), key):
+                owners.append(name)
+        except Exception:  # a recipe file that does not compose: its own choice says so
+            continue
+    return owners
 
 
 def check_arguments(command: str, options: list[str], overrides: list[str]) -> None:
@@ -211,6 +226,9 @@ def check_arguments(command: str, options: list[str], overrides: list[str]) -> N
                 continue
             if optional:
                 raise UserError(f"{text}: '{key}' is an option the config leaves out; add it with +{text}.")
+            if key.startswith("train.") and (owners := recipes_with(directories, _config_name(options), key)):
+                raise UserError(f"{text}: '{key}' is a key of the recipe {' and '.join(owners)}, not of "
+                                f"train={baseline.train.get('name')}; choose train={owners[0]}, or leave it out.")
             raise UserError(f"{text}: '{key}' is not a config key{_hint(key, known)}; {listing}.")
 
 
@@ -314,11 +332,15 @@ TOP_RULES = [("hidden_size", lambda v: isinstance(v, int) and v >= 1, "give a wh
              ("patience", lambda v: isinstance(v, int) and v >= 1, "give a whole number of epochs, at least 1"),
              ("seed", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more")]
 TRAIN_RULES = [("train.batch_size", lambda v: isinstance(v, int) and v >= 1, "give at least 1 sequence an update"),
+               ("train.plateau_patience", lambda v: isinstance(v, int) and v >= 0, "give a whole number of epochs, 0 or more"),
                ("train.eval_batch_size", lambda v: isinstance(v, int) and v >= 1, "give at least 1 sequence a pass"),
                ("train.init_std", lambda v: v >= 0, "a standard deviation cannot be negative; Greff et al. use 0.1")]
 SEARCH_RULES = [("search.n_trials", lambda v: isinstance(v, int) and v >= 1, "give a whole number of trials, at least 1"),
                 ("search.workers", lambda v: isinstance(v, int) and v >= 1, "give a whole number of workers, at least 1"),
-                ("search.heartbeat_seconds", lambda v: v >= 0, "give a number of seconds, 0 or more")]
+                ("search.heartbeat_seconds", lambda v: v >= 0, "give a number of seconds, 0 or more"),
+                ("search.pruner_startup_trials", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
+                ("search.pruner_warmup_epochs", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
+                ("search.pruner_reduction_factor", lambda v: isinstance(v, int) and v >= 2, "give a whole number, 2 or more")]
 ANALYSIS_RULES = [("analysis.n_trees", lambda v: isinstance(v, int) and v >= 1, "give at least 1 tree"),
                   ("analysis.min_samples_leaf", lambda v: isinstance(v, int) and v >= 1, "give at least 1 trial a leaf"),
                   ("analysis.n_bootstrap", lambda v: isinstance(v, int) and v >= 0, "give 0 (no intervals) or more"),
@@ -354,6 +376,38 @@ def _check_space(cfg, overrides, files) -> None:
     from harness.sweep import search_space
 
     search_space(space)  # names, bounds, low <= high, log ranges: one message each
+
+
+def _given(key: str, overrides: list[str]) -> str | None:
+    """The override that sets `key` (or a key under it), if any."""
+    return next((o for o in overrides if o.lstrip("+~").split("=", 1)[0].split("@")[0] == key
+                 or o.lstrip("+~").startswith(f"{key}.")), None)
+
+
+def _check_recipe(cfg, overrides) -> None:
+    """The recipe's keys (harness.recipes), its name against its file, and no key it does not read."""
+    from harness.recipes import Recipe
+
+    recipe = Recipe.from_config(cfg)
+    chosen = next((o.split("=", 1)[1] for o in reversed(overrides) if o.split("=", 1)[0] in ("train", "+train")), None)
+    if chosen is not None and chosen != recipe.name:
+        raise UserError(f"train={chosen}: its file sets name: {recipe.name}; a recipe's name is part of its studies' "
+                        f"names, so set name: {chosen} in train/{chosen}.yaml.")
+    if recipe.optimizer != "sgd_nesterov" and (given := _given("momentum", overrides)):
+        raise UserError(f"{given}: train={recipe.name} ({recipe.optimizer}) reads no momentum (its moments are "
+                        "train.betas); choose train=greff for Nesterov momentum, or leave momentum out.")
+
+
+def _check_recipe_space(cfg, overrides) -> None:
+    """A recipe with a space of its own is searched over that, so search.space would be ignored."""
+    from harness.sweep import make_pruner, space_of
+
+    if cfg.train.get("space") is not None and (given := _given("search.space", overrides)):
+        name = given.lstrip("+~").split("=", 1)[0].replace("search.space", "train.space", 1)
+        raise UserError(f"{given}: train={cfg.train.name} searches its own space (train.space), not search.space; "
+                        f"set {name} instead.")
+    space_of(cfg)  # names, bounds, categorical choices: one message each
+    make_pruner(cfg.search)
 
 
 def _check_fanova(cfg, overrides, files) -> None:
@@ -441,10 +495,12 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
         for key, test, wanted in TRAIN_RULES:
             _number(cfg, key, test, wanted, overrides, files)
         _check_threads(cfg, overrides, files)
+        _check_recipe(cfg, overrides)
     if "search" in sections:
         for key, test, wanted in SEARCH_RULES:
             _number(cfg, key, test, wanted, overrides, files)
         _check_space(cfg, overrides, files)
+        _check_recipe_space(cfg, overrides)
         if cfg.search.get("launcher", "local") == "local":
             check_storage(cfg.search.get("storage"))
     if "analysis" in sections:

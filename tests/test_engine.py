@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness import kernels, tasks
-from harness.cells import LSTM_VARIANTS
+from harness.models import LSTM_VARIANTS
 from harness.datasets import Sequence
 from harness.engine import NativeStep, TorchStep, make_step
 from harness.networks import SequenceNetwork
