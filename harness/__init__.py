@@ -19,3 +19,14 @@ def project_root() -> Path:
     """The directory holding conf/ and datasets/: relative data paths in configs start here."""
     here = Path(__file__).resolve().parent.parent
     return here if (here / "conf").is_dir() else Path.cwd()
+
+
+def _register_config_schemas() -> None:
+    """The types of the search and analysis configs (harness.schema), known to Hydra before
+    any config is composed: the command line's, the tests', a script's."""
+    from harness.schema import register
+
+    register()
+
+
+_register_config_schemas()

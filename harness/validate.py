@@ -34,6 +34,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from harness import project_root
 from harness.errors import UserError
 from harness.models import resolve
+from harness.schema import SCHEMAS
+from harness.schema import kinds as schema_kinds
 
 CONF = project_root() / "conf"
 COMMON_DATASET_KEYS = {"name", "format", "path", "task", "bidirectional", "generate"}
@@ -230,6 +232,41 @@ def check_arguments(command: str, options: list[str], overrides: list[str]) -> N
                 raise UserError(f"{text}: '{key}' is a key of the recipe {' and '.join(owners)}, not of "
                                 f"train={baseline.train.get('name')}; choose train={owners[0]}, or leave it out.")
             raise UserError(f"{text}: '{key}' is not a config key{_hint(key, known)}; {listing}.")
+        if not override.is_delete() and SCHEMA_KINDS.get(key) == "bool" and not isinstance(override.value(), bool):
+            raise UserError(_wrong_kind(key, override.value(), "bool", "on the command line"))
+    _check_schema(directories, _config_name(options), [*chosen, *(_first_value(text, o) for text, o in keyed)],
+                  command)
+
+
+def _first_value(text: str, override) -> str:
+    """key=a,b (a sweep of a key) as key=a: what one run of it composes."""
+    if not override.is_sweep_override():
+        return text
+    return f"{text.split('=', 1)[0]}={next(iter(override.sweep_string_iterator()))}"
+
+
+def _check_schema(directories: list[Path], config_name: str, overrides: list[str], command: str) -> None:
+    """Compose with every override, so that Hydra checks the values against the schemas
+    (harness.schema); a value of the wrong type is one line naming its key."""
+    from omegaconf.errors import ValidationError
+
+    try:
+        _compose(directories, config_name, [*overrides, f"command={command}"])
+    except Exception as error:  # Hydra's ConfigCompositionException, caused by OmegaConf's ValidationError
+        cause = error.__cause__ if isinstance(error.__cause__, ValidationError) else error
+        key = getattr(cause, "full_key", None)
+        if not isinstance(cause, ValidationError) or not key:
+            raise UserError((str(error).strip().splitlines() or [type(error).__name__])[0]) from None
+        given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == key]
+        where = "on the command line" if given else "in the config"
+        value = given[-1] if given else getattr(cause, "msg", "")
+        raise UserError(_wrong_kind(key, value, SCHEMA_KINDS.get(key, "any"), where)) from None
+
+
+def _wrong_kind(key: str, value, kind: str, where: str) -> str:
+    shown = f"'{value}' (a string)" if isinstance(value, str) and kind == "bool" else f"{value}"
+    extra = (", without quotes (a quoted 'false' is a string, and a string counts as true)" if kind == "bool" else "")
+    return f"{key} is {shown} {where}; give {SCHEMA_WANTED.get(kind, 'a value of its type (harness/schema.py)')}{extra}."
 
 
 # -- the composed config -----------------------------------------------------------------
@@ -291,6 +328,9 @@ def _fits(kind: str, value) -> bool:
 
 WANTED = {"bool": "true or false", "number": "a number", "str": "a string",
           "list": "a list, e.g. [a, b]", "dict": "a mapping of keys"}
+# The declared types of the search and analysis keys (harness.schema), and what each wants.
+SCHEMA_KINDS = schema_kinds()
+SCHEMA_WANTED = {**WANTED, "int": "a whole number", "float": "a number"}
 
 
 def _where(key: str, overrides: list[str], files: dict[str, Path]) -> str:
@@ -482,7 +522,15 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             for key, test, wanted in TOP_RULES:
                 _number(cfg, key, test, wanted, overrides, files)
             continue
-        kinds = _shipped_kinds(sorted((CONF / section).glob("*.yaml")))
+        if section in SCHEMAS:  # declared types, which Hydra has checked in a config built on the schema
+            shipped = _shipped_kinds(sorted((CONF / section).glob("*.yaml")))
+            if OmegaConf.get_type(cfg.get(section)) is SCHEMAS[section]:  # what the schema leaves open (space)
+                kinds = {key: kind for key, kind in shipped.items() if f"{section}.{key}" not in SCHEMA_KINDS}
+            else:  # a user's own config of the group without the schema: its types all the same
+                kinds = {key.split(".", 1)[1]: {"int": "number", "float": "number"}.get(kind, kind)
+                         for key, kind in SCHEMA_KINDS.items() if key.startswith(f"{section}.") and kind != "any"}
+        else:
+            kinds = _shipped_kinds(sorted((CONF / section).glob("*.yaml")))
         if section == "dataset":
             options = reader_keys(cfg.dataset.get("format")) or {}
             kinds.update({key: kind for key, kind in options.items() if key not in kinds})
