@@ -109,6 +109,33 @@ def test_a_boolean_given_anything_but_true_or_false(capsys, run_dir, override):
     refused(capsys, "sweep", override, *run_dir, words=(key, "true or false"))
 
 
+@pytest.mark.parametrize("command,override,words", [
+    ("sweep", "search.n_trials=2.5", ("search.n_trials is 2.5 on the command line", "whole number")),
+    ("sweep", "search.heartbeat_seconds=soon", ("search.heartbeat_seconds", "a number")),
+    ("analyze", "analysis.n_trees=many", ("analysis.n_trees is many", "whole number")),
+    ("analyze", "analysis.crosscheck=1", ("analysis.crosscheck", "true or false")),
+])
+def test_a_value_of_the_wrong_type_for_the_schema(capsys, run_dir, command, override, words):
+    """harness/schema.py types the search and analysis keys; Hydra's refusal is one line."""
+    extra = ("analysis.dataset=x",) if command == "analyze" else ()
+    refused(capsys, command, *extra, override, *run_dir, words=words)
+
+
+def test_the_schemas_have_the_keys_of_their_yaml_files():
+    """Every key of conf/search/greff.yaml and conf/analysis/default.yaml is typed in
+    harness/schema.py and every typed key has its value there (defaults live in the YAML)."""
+    import yaml
+
+    from harness.schema import kinds
+
+    typed = kinds()
+    for group, name in (("search", "greff"), ("analysis", "default")):
+        values = yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text())
+        assert values.pop("defaults") == ["schema", "_self_"]
+        written = {f"{group}.{key}" for key in values} | {f"{group}.slurm.{key}" for key in values.get("slurm", {})}
+        assert written == {key for key in typed if key.startswith(f"{group}.")}, group
+
+
 def write_config(directory: Path, group: str, name: str, text: str) -> Path:
     (directory / group).mkdir(parents=True, exist_ok=True)
     path = directory / group / f"{name}.yaml"
