@@ -10,9 +10,13 @@ Two steps, each ending a mistake with one UserError sentence that names the key 
   a config leaves out (a reader's options, dataset.CONFIG_KEYS, or a new search.space
   parameter); `~key` removes a parameter from search.space or a reader's option, and
   nothing else (every other key is read). A config file that is not valid YAML is named.
-- `check_config` (on the composed config): every key has the type of the same key in
-  conf/'s shipped configs (a boolean is true or false, never the string 'false'; an
-  integer is not 2.5), and the ranges the code relies on hold (batch sizes and threads
+  Then the config is composed with every override, so that Hydra checks the search and
+  analysis values against their structured configs (harness.schema): a value of the
+  wrong type is named with its key, and a boolean of the schemas is true or false only.
+- `check_config` (on the composed config): every other key has the type of the same key
+  in conf/'s shipped configs, the schema's where a user's own search or analysis config
+  does without it (a boolean is true or false, never the string 'false'; an integer is
+  not 2.5), and the ranges the code relies on hold (batch sizes and threads
   at least 1, init_std not negative, search.space entries given and low <= high,
   analysis.min_trials_for_fanova enough for the forest, ...). A sweep's storage is
   checked too: a missing directory is created (and said so); a read-only file or
