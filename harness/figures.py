@@ -107,8 +107,8 @@ def pie_pooled(out, result, dataset) -> str:
     return _save(fig, out, "fanova_pie")
 
 
-def pies_by_variant(out, results) -> str | None:
-    groups = [g for g, r in results.items() if g != "all" and r.fitted]
+def pies_by_variant(out, results, pooled) -> str | None:
+    groups = [g for g, r in results.items() if g != pooled and r.fitted]
     if not groups:
         return None
     columns = min(4, len(groups))
@@ -313,16 +313,18 @@ def learning_curves(out, curves, dataset) -> str | None:
     return _save(fig, out, "learning_curves")
 
 
-def draw_all(out: Path, usable, top, variants, results, curves, column, options) -> dict[str, str]:
+def draw_all(out: Path, usable, top, variants, results, curves, column, options, pooled: str) -> dict[str, str]:
+    """Every figure that the results allow; `pooled` is the name of the group of all
+    variants' trials in `results`."""
     dataset = str(options["dataset"])
     drawn = {}
-    pooled = results.get("all")
-    if pooled is not None and pooled.fitted:
-        drawn["fanova_pie"] = pie_pooled(out, pooled, dataset)
-        drawn["marginals"] = marginals(out, pooled, dataset)
-        if pooled.pair:
-            drawn["interaction"] = interaction(out, pooled.pair, dataset)
-    drawn["fanova_pies_by_variant"] = pies_by_variant(out, results)
+    everything = results.get(pooled)
+    if everything is not None and everything.fitted:
+        drawn["fanova_pie"] = pie_pooled(out, everything, dataset)
+        drawn["marginals"] = marginals(out, everything, dataset)
+        if everything.pair:
+            drawn["interaction"] = interaction(out, everything.pair, dataset)
+    drawn["fanova_pies_by_variant"] = pies_by_variant(out, results, pooled)
     drawn["fanova_bars"] = bars(out, results, dataset)
     drawn["boxplots"] = boxplots(out, usable, top, variants, column, options, dataset)
     drawn["learning_curves"] = learning_curves(out, curves, dataset)

@@ -63,7 +63,7 @@ def pruned_lines(trials) -> list[str]:
     return [line + ".", ""]
 
 
-def write(out: Path, *, dataset, recipe="greff", storage, trials, variants, importance, results, unscreened,
+def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
           fences, scorecard, task, curves, figures, column, sign, options, seconds) -> Path:
     reference = options["reference_variant"]
     better = "lower" if sign > 0 else "higher"
@@ -119,7 +119,7 @@ def write(out: Path, *, dataset, recipe="greff", storage, trials, variants, impo
                                       for v, p in flagged.groupby("variant")) if len(flagged) else "")
                   + ".", ""]
         if unscreened is not None and unscreened.fitted:
-            with_rule = {r["term"]: r["fraction"] for r in results["all"].rows} if "all" in results else {}
+            with_rule = {r["term"]: r["fraction"] for r in results[pooled].rows} if pooled in results else {}
             without = {r["term"]: r["fraction"] for r in unscreened.rows}
             terms = [t for t in without if ":" not in t]
             lines += ["Pooled fANOVA without the rule (all usable trials, "
@@ -175,16 +175,16 @@ def write(out: Path, *, dataset, recipe="greff", storage, trials, variants, impo
                       + ", ".join(f"`{k}` ({why})" for k, why in result.left_out.items())]
     lines += [""]
     if len(importance):
-        pooled = importance[importance.variant == "all"]
-        if len(pooled):
-            lines += ["Pooled over all variants:", "", table(pooled.drop(columns="variant"), 3), ""]
+        together = importance[importance.variant == pooled]
+        if len(together):
+            lines += ["Pooled over all variants:", "", table(together.drop(columns="variant"), 3), ""]
         singles = importance[~importance.term.str.contains(":")].copy()
         singles["cell"] = [f"{f:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else f"{f:.2f}"
                            for f, lo, hi in zip(singles.fraction, singles.ci_low, singles.ci_high)]
         wide = singles.pivot(index="variant", columns="term", values="cell").reset_index()
         lines += ["Single-parameter fractions per variant with intervals (full table: "
                   "`importance.csv`):", "", table(wide), ""]
-    effects = results["all"].effects if "all" in results else {}
+    effects = results[pooled].effects if pooled in results else {}
     if effects:
         words = {"noise_effect": "predicted metric at the largest minus the smallest input noise",
                  "lr_shift": "decades the best learning rate moves from the smallest to the "

@@ -420,3 +420,10 @@ def test_the_fanova_compatibility_step_refuses_releases_it_was_not_written_for()
         check_versions({**TESTED, "pyrfr": "0.9.1"})
     with pytest.raises(ImportError, match="pyrfr is not installed"):
         check_versions({"fanova": TESTED["fanova"]})
+
+
+def test_a_study_whose_variant_has_the_pooled_groups_name_is_refused(tmp_path):
+    url = _journal(tmp_path)
+    _study(url, "elsewhere", "all", [], {})
+    with pytest.raises(UserError, match="study 'elsewhere.all' has variant 'all', the analysis's name"):
+        _run(url, tmp_path / "out", "elsewhere")

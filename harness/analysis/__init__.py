@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 import harness
 from harness import figures, report
 from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
+from harness.analysis.read import POOLED
 from harness.errors import UserError
 from harness.storage import open_storage
 
@@ -40,7 +41,6 @@ from harness.storage import open_storage
 # read here too so that run() takes a partial mapping (a script's, a test's) as well.
 DEFAULTS = OmegaConf.to_container(OmegaConf.load(harness.project_root() / "conf" / "analysis" / "default.yaml"))
 DEFAULTS.pop("defaults", None)  # Hydra's defaults list of the file, not a key of the analysis
-POOLED = "all"
 IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high", "optuna_fraction"]
 
 
@@ -132,8 +132,9 @@ def run(cfg) -> Path:
     drawn = {}
     if options["figures"]:
         print("[analyze] drawing figures")
-        drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options)
-    path = report.write(out, dataset=dataset, recipe=studies.recipe, storage=options["storage"], trials=table,
+        drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options, pooled=POOLED)
+    path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=options["storage"],
+                        trials=table,
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,
                         curves=curves, figures=drawn, column=column, sign=sign, options=options,

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 import harness
 from harness.analysis import run
+from harness.analysis.read import POOLED
 from harness.errors import UserError
 from harness.report import table
 
@@ -72,7 +73,7 @@ def side_by_side(parts: dict) -> pd.DataFrame:
 
 
 def _fraction(importance: pd.DataFrame, term: str) -> str:
-    rows = importance[(importance.variant == "all") & (importance.term == term)]
+    rows = importance[(importance.variant == POOLED) & (importance.term == term)]
     if not len(rows):
         return ""
     row = rows.iloc[0]
@@ -100,7 +101,7 @@ def page(dataset: str, recipes: list[str], parts: dict, cards: pd.DataFrame) -> 
     terms = []
     for recipe in recipes:
         importance = parts[recipe]["importance"]
-        pooled = importance[(importance.variant == "all") & ~importance.term.str.contains(":")]
+        pooled = importance[(importance.variant == POOLED) & ~importance.term.str.contains(":")]
         terms += [t for t in pooled.term if t not in terms]
     if terms:
         fractions = pd.DataFrame({"term": terms, **{r: [_fraction(parts[r]["importance"], t) for t in terms]

@@ -23,6 +23,9 @@ from harness.errors import UserError
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
 GREFF = "greff"  # the recipe of a study without a `recipe` attribute (made before recipes)
+# The group of every variant's trials together. harness.models lets no model take the name;
+# a study made elsewhere whose variant has it is refused (load).
+POOLED = "all"
 
 
 @dataclass
@@ -76,6 +79,9 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
         listing = ", ".join(others) if others else "none (the storage holds no study)"
         raise UserError(f"No study of data set {dataset!r} in this storage; the data sets and "
                         f"studies there are: {listing}. Set analysis.dataset to one of them.")
+    if POOLED in found:
+        raise UserError(f"study {found[POOLED][0].study_name!r} has variant {POOLED!r}, the analysis's name for the "
+                        "trials of every variant pooled; set its `variant` user attribute to another name.")
     directions = set()
     for variant, group in found.items():
         for summary in group:

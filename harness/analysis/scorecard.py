@@ -22,7 +22,7 @@ import re
 
 import pandas as pd
 
-from harness.analysis.read import finite
+from harness.analysis.read import POOLED, finite
 
 RATE, SIZE, MOMENTUM, NOISE = "learning_rate", "hidden_size", "one_minus_momentum", "input_noise_std"
 TASK_PATTERNS = {"music": r"jsb|chorale|nottingham|muse|piano|music|midi",
@@ -110,7 +110,7 @@ class _Judge:
 
     # -- fractions of the pooled fANOVA
     def term(self, name):
-        rows = self.importance[(self.importance.variant == "all") & (self.importance.term == name)]
+        rows = self.importance[(self.importance.variant == POOLED) & (self.importance.term == name)]
         if not len(rows):
             return None
         row = rows.iloc[0]
@@ -133,7 +133,7 @@ def judge(dataset, task, variants, importance, effects, options, sign=1.0) -> pd
     j = _Judge(variants, importance, effects, options)
     j.sign = sign
     rows = []
-    pooled = importance[importance.variant == "all"] if len(importance) else importance
+    pooled = importance[importance.variant == POOLED] if len(importance) else importance
     singles = [t for t in pooled.term if ":" not in t and t != "higher_order"] if len(pooled) else []
     for key, finding, tasks in FINDINGS:
         if task is None and tasks != ALL:
