@@ -311,3 +311,18 @@ def test_a_recipe_of_ones_own_from_a_config_dir(tmp_path, capsys):
     assert "mine (adam)" in out and "plateau schedule" in out and "batch 4" in out
     line = refused(capsys, "train", "--config-dir", str(tmp_path), "train=unnamed", "max_epochs=1")
     assert "name: adam" in line and "name: unnamed" in line
+
+
+def test_bench_has_a_row_for_each_recipe():
+    from omegaconf import OmegaConf
+
+    from harness.bench import markdown
+    from harness.bench.recipes import time_recipes
+
+    rows = time_recipes(OmegaConf.create({"names": ["greff", "adam"], "hidden_size": 8, "warm": 1, "timed": 1}))
+    assert [(r["recipe"], r["optimizer"], r["batch_size"]) for r in rows] == [("greff", "sgd_nesterov", 1),
+                                                                             ("adam", "adam", 8)]
+    expected_engine = "native" if kernels.lstm() is not None else "torch"
+    assert all(r["engine"] == expected_engine and r["trained_s"] > 0 and r["torch_trained_s"] > 0 for r in rows)
+    table = markdown({"recipes": rows})
+    assert "| greff (sgd_nesterov) | 1 |" in table and "| adam (adam) | 8 |" in table

@@ -1,6 +1,6 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Three sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Four sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
@@ -9,6 +9,8 @@ written to results/bench/bench.json:
   (one update a sequence, then validation), fresh and after the network has trained
   (`warm` epochs untimed, then `timed` epochs), for every model and task asked, against
   torch.nn.LSTM (and torch.nn.GRU) in the same recipe, denormals flushed for both;
+- `recipes` (harness.bench.recipes): trained JSB epochs of every training recipe
+  (conf/train/) on the engine its trials use, and on the torch path for comparison;
 - `study` (harness.bench.study): a small fixed full-protocol JSB study (configurations
   drawn once from Greff et al.'s space) with 1 and 2 worker processes: trials an hour,
   and the projected hours of 200-trial-a-model studies of each task on this machine.
@@ -26,11 +28,12 @@ import torch
 from harness import kernels, project_root
 from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
+from harness.bench.recipes import time_recipes
 from harness.bench.study import project_studies, time_study
 from harness.errors import UserError
 from harness.models import MODELS, resolve
 
-SECTIONS = ("layers", "epochs", "study")
+SECTIONS = ("layers", "epochs", "recipes", "study")
 
 
 def bench(cfg) -> dict:
@@ -51,6 +54,9 @@ def bench(cfg) -> dict:
     if "epochs" in sections:
         print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
         result["epochs"] = time_epochs(cfg, options.epochs)
+    if "recipes" in sections:
+        print("\nepochs of each training recipe (conf/train/), on its engine and on the torch path:")
+        result["recipes"] = time_recipes(options.recipes)
     if "study" in sections:
         print("\na small full-protocol JSB study:")
         result["study"] = time_study(cfg, options.study)
@@ -75,6 +81,13 @@ def markdown(result: dict) -> str:
             note = f" (stopped: {r['failure']})" if r.get("failure") else ""
             lines.append(f"| {r['dataset']} | {r['model']}{note} | {r['fresh_s']:.3f} | {r['trained_s']:.3f} | "
                          f"{r['ratio_trained']:.2f} | {r['reference']} |")
+        lines.append("")
+    if result.get("recipes"):
+        lines += ["| recipe (JSB, vanilla) | batch | engine | fresh epoch (s) | trained epoch (s) | torch path, trained (s) "
+                  "| torch path slower |", "|---|---|---|---|---|---|---|"]
+        for r in result["recipes"]:
+            lines.append(f"| {r['recipe']} ({r['optimizer']}) | {r['batch_size']} | {r['engine']} | {r['fresh_s']:.3f} | "
+                         f"{r['trained_s']:.3f} | {r['torch_trained_s']:.3f} | {r['torch_slower']:.2f}x |")
         lines.append("")
     if result.get("study"):
         lines += ["| JSB study, full protocol | workers | wall (s) | trials an hour | mean epochs | mean s a trial |",

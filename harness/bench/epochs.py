@@ -62,7 +62,13 @@ def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tu
 def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True,
                   variant: dict | None = None) -> dict:
     network, step = build(model, data, hidden_size, variant)
-    runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=np.random.default_rng(0))
+    return runner_seconds(network, step, data, 1, warm, timed, flush)
+
+
+def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, flush: bool = True) -> dict:
+    """Fresh (mean of the first two) and trained (after `warm`) seconds of epochs as a trial
+    runs them: the training part (harness.train.EpochRunner), validation, and test on improvement."""
+    runner = EpochRunner(step, data, batch_size=batch_size, noise_std=0.0, rng=np.random.default_rng(0))
     torch.set_flush_denormal(flush)
     seconds, best, failure = [], math.inf, None
     try:
