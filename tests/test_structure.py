@@ -282,6 +282,27 @@ def test_nothing_in_the_repository_points_outside_it():
     assert not found, "pointers outside the repository:\n" + "\n".join(found)
 
 
+def test_every_pointer_into_docs_finds_its_page_and_section():
+    """A page of docs/ named in any tracked file exists, and a section named after it (the
+    page, a comma, the section in double quotes) is a heading of that page."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout.decode()
+    pointer = re.compile(r'docs/([A-Za-z_]+\.md)(?:, "([^"]+)")?')
+    missing = []
+    for name in filter(None, listed.split("\0")):
+        file = ROOT / name
+        if not file.is_file() or file.suffix not in (".py", ".md", ".yaml", ".sh", ".toml", ".cpp", ".h"):
+            continue
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            for page, section in pointer.findall(line):
+                target = ROOT / "docs" / page
+                if not target.is_file():
+                    missing.append(f"{name}:{number}: docs/{page}")
+                elif section and not any(row.startswith("#") and section.lower() in row.lower()
+                                         for row in target.read_text().splitlines()):
+                    missing.append(f"{name}:{number}: docs/{page}, \"{section}\"")
+    assert not missing, "pointers to no page or section: " + "; ".join(missing)
+
+
 def test_the_readme_links_the_architecture_page_and_every_link_resolves():
     readme = (ROOT / "README.md").read_text()
     assert "(docs/architecture.md)" in readme
