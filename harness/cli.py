@@ -38,8 +38,8 @@ def _dispatch(cfg: DictConfig) -> None:
         out_dir = HydraConfig.get().runtime.output_dir
         result = train(cfg, out_dir=out_dir)
         print(f"metrics: {out_dir}/metrics.json")
-        if result["failure"]:
-            raise UserError(f"the run failed: {result['failure']}; try a smaller learning_rate.")
+        if result.failure:
+            raise UserError(f"the run failed: {result.failure}; try a smaller learning_rate.")
     elif command == "sweep":
         from harness.launchers import launch
         from harness.sweep import sweep

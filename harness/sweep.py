@@ -4,13 +4,18 @@
         search.storage=sqlite:///results/odyssey.db search.workers=2
 
 - Random search over `search.space` (conf/search/greff.yaml: Greff et al.'s
-  ranges); the study is named `<dataset>.<variant>` and carries the user attributes
-  `dataset` and `variant`. A trial's value is the validation metric (minimised); its
+  ranges), or over the recipe's own `train.space` when its file has one (conf/train/adam.yaml:
+  `space_of`); the study is named `<dataset>.<variant>` for Greff's recipe and
+  `<dataset>.<recipe>.<variant>` for any other (`train=adam`), and carries the user
+  attributes `dataset`, `variant` and `recipe`, so studies of two recipes never mix. A trial's value is the validation metric (minimised); its
   user attributes hold `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`,
   `momentum` and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
   <storage> being the database or file name, e.g. odyssey).
 - `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
-  tops a study up and never repeats work. A trial counts when it is COMPLETE, or FAIL
+  tops a study up and never repeats work. A trial counts when it is COMPLETE, PRUNED
+  (`search.pruner=median|hyperband`, Optuna's pruners on the per-epoch reports; it records
+  the `epochs` and `seconds` it ran and `pruned_at_epoch`, and the analysis leaves it out
+  of fANOVA), or FAIL
   with a `failure` reason (its loss became NaN or infinite: the configuration was tried
   and diverged; the analysis leaves such trials out of fANOVA and box plots and reports
   them). A trial that was stopped (Ctrl-C, SIGTERM: user attribute `lost`), whose worker
@@ -77,7 +82,7 @@ from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage, stop_on_signals
-from harness.train import train
+from harness.train import TrainingResult, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
 # search a number of the recipe (train.batch_size, train.weight_decay, ...: `recipe_key`).
@@ -315,8 +320,9 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, s
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, out_dir: Path,
-              target: int, liveness: Liveness) -> dict | None:
-    """Train the trial's configuration and tell the study; None if the trial was surplus."""
+              target: int, liveness: Liveness) -> TrainingResult | dict | None:
+    """Train the trial's configuration and tell the study; None if the trial was surplus,
+    {"pruned": True, ...} if the pruner stopped it."""
     ahead = sum(1 for t in study.get_trials(deepcopy=False)
                 if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
     if ahead >= target:  # another worker took the last place first
@@ -343,15 +349,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
                  "pruned_at_epoch": reported[-1]}
         finish_trial(study, trial, liveness, TrialState.PRUNED, None, attrs)
         return {"pruned": True, "failure": None, "epochs": len(reported), "seconds": attrs["seconds"]}
-    attrs = {key: result[key] for key in ("test_metric", "n_params", "seconds", "epochs", "best_epoch", "failure")}
-    attrs.update(seed=seed, metrics=str(out_dir / "metrics.json"))
+    attrs = {**result.trial_attributes(), "seed": seed, "metrics": str(out_dir / "metrics.json")}
     if Recipe.from_config(trial_cfg).optimizer == "sgd_nesterov":
         attrs["momentum"] = float(trial_cfg.momentum)
-    if result["failure"] or result["val_metric"] is None:
-        attrs["failure"] = result["failure"] or "no finite validation metric"
+    if result.failure or result.val_metric is None:
+        attrs["failure"] = result.failure or "no finite validation metric"
         finish_trial(study, trial, liveness, TrialState.FAIL, None, attrs)
     else:
-        finish_trial(study, trial, liveness, TrialState.COMPLETE, result["val_metric"], attrs)
+        finish_trial(study, trial, liveness, TrialState.COMPLETE, result.val_metric, attrs)
     return result
 
 

@@ -21,7 +21,7 @@ A loss that becomes NaN or infinite stops the run; the result then carries `fail
 (the reason) and the best figures reached before it (harness.sweep records such a trial
 as failed).
 
-Entry point: `train(cfg, data=None, out_dir=None) -> dict` (the metrics of metrics.json).
+Entry point: `train(cfg, data=None, out_dir=None) -> TrainingResult` (what metrics.json holds).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -108,9 +110,51 @@ def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], bat
     return total / count
 
 
+@dataclass(frozen=True)
+class TrainingResult(Mapping):
+    """The outcome of one training: the fields of metrics.json, typed.
+
+    It also reads as that mapping (`result["test_metric"]` is `result.test_metric`).
+    The metrics are those of the epoch of best validation; None where no epoch gave a
+    finite one. `failure` says why the training stopped early (a non-finite loss), or None.
+    """
+
+    dataset: str
+    variant: str
+    recipe: str
+    metric: str                  # the task's metric, e.g. nll (harness.tasks.METRICS)
+    val_metric: float | None
+    test_metric: float | None
+    best_epoch: int
+    epochs: int
+    n_params: int
+    seconds: float
+    failure: str | None
+    hyperparameters: dict
+    train: dict                  # the recipe's settings and the batch size
+    learning_curve: list         # one {epoch, train_loss_per_frame, val_metric, seconds} an epoch
+    data: dict                   # sequences and frames of each split, input_dim, n_outputs
+
+    def __getitem__(self, key: str):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return (field.name for field in fields(self))
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    def trial_attributes(self) -> dict:
+        """The figures a sweep's trial records as user attributes."""
+        return {"test_metric": self.test_metric, "n_params": self.n_params, "seconds": self.seconds,
+                "epochs": self.epochs, "best_epoch": self.best_epoch, "failure": self.failure}
+
+
 def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
           log: Callable[[str], None] = print,
-          on_epoch: Callable[[int, float], None] | None = None) -> dict:
+          on_epoch: Callable[[int, float], None] | None = None) -> TrainingResult:
     """Train the configuration `cfg` (the root config) and return its metrics.
 
     `data` may be passed in to avoid reading the data set again (a sweep reads it once);
@@ -119,9 +163,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     raises ends the training and propagates (a pruner's TrialPruned, for instance).
     """
     check_hyperparameters(cfg)
-    variant = cfg.variant.name
-    if variant == "all":
-        raise UserError("variant=all is for `odyssey sweep`; `odyssey train` trains one variant, e.g. variant=vanilla.")
+    variant = cfg.variant.name  # one model (harness.models; validate has refused a list)
     options = dict(cfg.train)
     recipe = Recipe.from_config(cfg)
     # auto: all cores for one training (a sweep worker sets its share, cores / workers)
@@ -186,30 +228,29 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
             log(f"  early stop: no improvement for {patience} epochs")
             break
 
-    result = {
-        "dataset": data.name,
-        "variant": variant,
-        "recipe": recipe.name,
-        "metric": metric,
-        "val_metric": best["val_metric"] if math.isfinite(best["val_metric"]) else None,
-        "test_metric": best["test_metric"] if math.isfinite(best["test_metric"]) else None,
-        "best_epoch": best["best_epoch"],
-        "epochs": len(curve),
-        "n_params": count_parameters(network),
-        "seconds": time.perf_counter() - start,
-        "failure": failure,
-        "hyperparameters": {key: cfg[key] for key in
-                            ("hidden_size", "learning_rate", "momentum", "input_noise_std",
-                             "max_epochs", "patience", "seed")},
-        "train": {**recipe.as_dict(), "batch_size": batch_size},
-        "learning_curve": curve,
-        "data": data.summary(),
-    }
-    log(f"  {variant}: best validation {metric} {result['val_metric']} at epoch {result['best_epoch']}, "
-        f"test {metric} {result['test_metric']}, {result['seconds']:.1f} s")
+    result = TrainingResult(
+        dataset=data.name,
+        variant=variant,
+        recipe=recipe.name,
+        metric=metric,
+        val_metric=best["val_metric"] if math.isfinite(best["val_metric"]) else None,
+        test_metric=best["test_metric"] if math.isfinite(best["test_metric"]) else None,
+        best_epoch=best["best_epoch"],
+        epochs=len(curve),
+        n_params=count_parameters(network),
+        seconds=time.perf_counter() - start,
+        failure=failure,
+        hyperparameters={key: cfg[key] for key in ("hidden_size", "learning_rate", "momentum", "input_noise_std",
+                                                   "max_epochs", "patience", "seed")},
+        train={**recipe.as_dict(), "batch_size": batch_size},
+        learning_curve=curve,
+        data=data.summary(),
+    )
+    log(f"  {variant}: best validation {metric} {result.val_metric} at epoch {result.best_epoch}, "
+        f"test {metric} {result.test_metric}, {result.seconds:.1f} s")
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "metrics.json", "w") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump(asdict(result), handle, indent=2)
     return result
