@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -130,19 +129,11 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
     """One line for an unknown dataset or variant, listing the configs there are (here and
     in a --config-dir), before Hydra's longer message; and for a list of models given as
     `variant=` (lstm, all: harness.models.LISTS), which is `search.variants`."""
-    directories = [project_root() / "conf"]
-    for flag, value in zip(options, options[1:] + [""]):
-        if flag in ("--config-dir", "-cd"):
-            directories.append(Path(value))
-        elif flag.startswith(("--config-dir=", "-cd=")):
-            directories.append(Path(flag.split("=", 1)[1]))
-    for override in overrides:  # hydra.searchpath=[file://DIR,...] adds directories too
-        key, _, value = override.partition("=")
-        if key.lstrip("+") == "hydra.searchpath":
-            entries = [entry.strip() for entry in value.strip("[]").split(",") if entry.strip()]
-            if not all(entry.startswith("file://") for entry in entries):
-                return  # a pkg:// search path: leave the check to Hydra
-            directories += [Path(entry.removeprefix("file://")) for entry in entries]
+    from harness.validate import config_dirs
+
+    directories = config_dirs(options, overrides)  # conf/, --config-dir, hydra.searchpath=[file://DIR]
+    if directories is None:
+        return  # a pkg:// search path or --config-path: leave the check to Hydra
     for override in overrides:
         group, _, value = override.partition("=")
         if group not in ("dataset", "variant", "train") or not value:
