@@ -232,9 +232,10 @@ def resolve(name, switches=None) -> Model:
     return model
 
 
-def names_of(variants, variant: str) -> list[str]:
+def names_of(variants, variant: str, key: str = "search.variants") -> list[str]:
     """The models a sweep runs: `search.variants` (None: just `variant`; a name of
-    `LISTS`; a model's name; or a list of names), canonical and each once."""
+    `LISTS`; a model's name; or a list of names), canonical and each once. `key` names
+    the config key in the messages (the bench takes lists of models too)."""
     if variants is None:
         return [canonical(variant)]
     if isinstance(variants, str):
@@ -242,20 +243,20 @@ def names_of(variants, variant: str) -> list[str]:
             return list(LISTS[variants])
         variants = [variants]
     if not hasattr(variants, "__iter__") or hasattr(variants, "items"):
-        raise UserError(f"search.variants={variants!r}: give a list of models, e.g. [vanilla, cifg], one of "
+        raise UserError(f"{key}={variants!r}: give a list of models, e.g. [vanilla, cifg], one of "
                         f"{', '.join(LISTS)}, or null (just `variant`).")
     names = []
     for entry in variants:
         name = entry.get("name") if hasattr(entry, "items") else entry
         if not isinstance(name, str):
-            raise UserError(f"search.variants: {entry!r} is not a model's name; give names, e.g. [vanilla, cifg].")
+            raise UserError(f"{key}: {entry!r} is not a model's name; give names, e.g. [vanilla, cifg].")
         if name in LISTS:
-            raise UserError(f"search.variants: '{name}' is a list of models; give search.variants={name} alone, or "
-                            "list the models by name.")
+            raise UserError(f"{key}: '{name}' is a list of models; give {key}={name} alone, or list the models by "
+                            "name.")
         if canonical(name) not in names:
             names.append(canonical(name))
     if not names:
-        raise UserError("search.variants is an empty list; give at least one model, or null (just `variant`).")
+        raise UserError(f"{key} is an empty list; give at least one model, or null.")
     return names
 
 

@@ -31,7 +31,7 @@ from harness.bench.layers import time_layers
 from harness.bench.recipes import time_recipes
 from harness.bench.study import project_studies, time_study
 from harness.errors import UserError
-from harness.models import MODELS, resolve
+from harness.models import names_of, resolve
 
 SECTIONS = ("layers", "epochs", "recipes", "study")
 
@@ -50,7 +50,8 @@ def bench(cfg) -> dict:
     result: dict = {"torch": torch.__version__, "threads": 1, "compiled_loops": compiled}
     if "layers" in sections:
         print("\nforward + backward of one layer (fresh weights), against torch in the same run:")
-        result["layers"] = time_layers([resolve(v).name for v in options.variants or MODELS], int(options.repeats))
+        models = [resolve(name).name for name in names_of(options.variants or "all", "vanilla", "bench.variants")]
+        result["layers"] = time_layers(models, int(options.repeats))
     if "epochs" in sections:
         print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
         result["epochs"] = time_epochs(cfg, options.epochs)

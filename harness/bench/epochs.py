@@ -24,7 +24,7 @@ from harness import project_root
 from harness.bench.layers import TorchRecurrent
 from harness.datasets import load_dataset
 from harness.engine import TorchStep, make_step
-from harness.models import MODELS, resolve, variant_config
+from harness.models import names_of, resolve, variant_config
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
 from harness.train import EpochRunner, evaluate
@@ -101,7 +101,8 @@ def time_epochs(cfg, options) -> list[dict]:
         except Exception as error:  # a stand-in not generated yet: say so and go on
             print(f"  {dataset}: skipped ({str(error).splitlines()[0][:120]})", flush=True)
             continue
-        models = [resolve(m).name for m in task_options.models or MODELS]
+        models = [resolve(m).name for m in names_of(task_options.models or "all", "vanilla",
+                                                    f"bench.epochs.tasks.{dataset}.models")]
         variants = {m: variant_config(cfg, m) for m in models}  # their options (GF stacks: layers)
         warm, timed = int(task_options.warm), int(task_options.timed)
         references = sorted({reference_name(m) for m in models}, key=list(REFERENCES).index)
