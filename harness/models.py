@@ -160,10 +160,16 @@ LSTM_VARIANTS: dict[str, LSTMSwitches] = {
     name: LSTMSwitches.from_switches(preset, where=f"PRESETS[{name!r}]") for name, preset in PRESETS.items()
 }
 
+
+
+def _greff(name: str) -> Model:
+    """The row of one of Greff et al.'s LSTM variants (a preset of PRESETS)."""
+    what = f"{name.upper()}, switches {PRESETS[name]}" if PRESETS[name] else "vanilla LSTM, with peepholes"
+    return Model(name, "lstm", f"Greff et al.'s {what}", LSTM_VARIANTS[name])
+
+
 MODELS: dict[str, Model] = {
-    **{name: Model(name, "lstm", f"Greff et al.'s {name.upper() if name != 'vanilla' else 'vanilla LSTM'}"
-                   + (f", switches {PRESETS[name]}" if PRESETS[name] else ", with peepholes"), switches)
-       for name, switches in LSTM_VARIANTS.items()},
+    **{name: _greff(name) for name in PRESETS},
     "gru": Model("gru", "gru", "the GRU of Cho et al. (2014)"),
     "gflstm": Model("gflstm", "lstm", "gated-feedback LSTM stack of Chung et al. (2015)", gated_feedback=True),
     "gfgru": Model("gfgru", "gru", "gated-feedback GRU stack of Chung et al. (2015)", gated_feedback=True),
