@@ -8,8 +8,9 @@
   `space_of`); the study is named `<dataset>.<variant>` for Greff's recipe and
   `<dataset>.<recipe>.<variant>` for any other (`train=adam`), and carries the user
   attributes `dataset`, `variant` and `recipe`, so studies of two recipes never mix.
-  A trial's value is the validation metric (minimised); its user attributes hold `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`,
-  `momentum` and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
+  A trial's value is the validation metric (minimised); its user attributes hold
+  `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`, `momentum` (recipes with
+  momentum only) and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
   <storage> being the database or file name, e.g. odyssey).
 - `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
   tops a study up and never repeats work. A trial counts when it is COMPLETE, PRUNED
