@@ -532,7 +532,9 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     for name in variants:
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
-        print(f"{study.study_name}: {counted}/{search.n_trials} trials already done", flush=True)
+        former = study.user_attrs.get("variant") != name  # a study of the model's former name (gfrnn)
+        print(f"{study.study_name}: {counted}/{search.n_trials} trials already done"
+              + (f" (a study of {name} under its former name)" if former else ""), flush=True)
         if workers == 1:
             run_worker(cfg.copy(), name, 0, data=data)
         else:

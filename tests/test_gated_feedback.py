@@ -426,6 +426,7 @@ def test_a_sweep_of_gfrnn_writes_gflstm_and_tops_up_an_old_gfrnn_study(tmp_path)
     study.set_user_attr("variant", "gfrnn")
     run = odyssey(*arguments, f"search.storage={old}")
     assert run.returncode == 0, run.stderr
+    assert "mine.gfrnn: 0/1 trials already done (a study of gflstm under its former name)" in run.stdout
     assert optuna.get_all_study_names(old) == ["mine.gfrnn"]
     study = optuna.load_study(study_name="mine.gfrnn", storage=old)
     assert len(study.trials) == 1 and study.trials[0].state == optuna.trial.TrialState.COMPLETE
