@@ -10,7 +10,9 @@
 `MODELS` is that table; the cells (harness.cells, harness.gated_feedback) compute what a
 row says, and the command line, the sweep, the bench and the docs read the names here.
 `gfrnn` is the former name of `gflstm` and stays accepted (`ALIASES`): it resolves to
-gflstm everywhere (configs, studies, the analysis).
+gflstm everywhere (the composed config and its runs are gflstm, and a new sweep writes
+the study <dataset>.gflstm), except that an existing <dataset>.gfrnn study of an earlier
+version is topped up under its old name (harness.sweep.study_variant), never started anew.
 
 A model of one's own is a variant config and no code: DIR/variant/NAME.yaml with
 `name: NAME` and `switches: {...}` (an LSTM cell, keys and values of `SWITCHES`), run with
