@@ -428,6 +428,19 @@ def _given(key: str, overrides: list[str]) -> str | None:
                  or o.lstrip("+~").startswith(f"{key}.")), None)
 
 
+def _check_variant_and_list(cfg, overrides) -> None:
+    """`variant=X` beside a search.variants that a preset set (+experiment=greff sets lstm):
+    the list would win and X be swept among the others, so say which to write."""
+    chosen = next((o for o in overrides if o.lstrip("+").split("=", 1)[0] == "variant"), None)
+    listed = cfg.search.get("variants")
+    if chosen is None or listed is None or _given("search.variants", overrides):
+        return
+    shown = listed if isinstance(listed, str) else f"[{', '.join(map(str, listed))}]"
+    raise UserError(f"{chosen} names one model, but search.variants={shown} (set by a preset such as "
+                    f"+experiment=greff) chooses this sweep's models; sweep that one model with "
+                    f"search.variants=[{cfg.variant.name}] instead of {chosen}.")
+
+
 def _check_recipe(cfg, overrides) -> None:
     """The recipe's keys (harness.recipes), its name against its file, and no key it does not read."""
     from harness.recipes import Recipe
@@ -553,6 +566,7 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             _number(cfg, key, test, wanted, overrides, files)
         _check_space(cfg, overrides, files)
         _check_recipe_space(cfg, overrides)
+        _check_variant_and_list(cfg, overrides)
         if cfg.search.get("launcher", "local") == "local":
             check_storage(cfg.search.get("storage"))
     if "analysis" in sections:

@@ -198,6 +198,8 @@ def test_a_list_of_models_is_not_a_variant(capsys, tmp_path, run_dir):
     refused(capsys, "sweep", "search.variants=[cifg,lstm]", storage, *run_dir,
             words=("'lstm' is a list", "search.variants=lstm alone"))
     refused(capsys, "sweep", "search.variants=3", storage, *run_dir, words=("search.variants=3", "[vanilla, cifg]"))
+    refused(capsys, "sweep", "+experiment=greff", "variant=cifg", storage, *run_dir,  # the preset's list would win
+            words=("variant=cifg names one model", "search.variants=lstm", "search.variants=[cifg]"))
     refused(capsys, "train", "variant=gfgru", "+variant.switches={peepholes: false}", *run_dir,
             words=("variant 'gfgru' has no switches",))
     assert not (tmp_path / "studies.db").exists()  # refused before any study was made
