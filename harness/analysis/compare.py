@@ -87,7 +87,7 @@ def _trials(frame: pd.DataFrame) -> dict:
     return {"trials": len(frame), "usable": len(usable), "pruned": int((frame.state == "PRUNED").sum()),
             "failed or diverged": len(frame) - len(usable) - int((frame.state == "PRUNED").sum()),
             "trained seconds": f"{frame.seconds.fillna(0).sum():.0f}",
-            "best test metric": f"{usable.test_metric.min():.3f}" if len(usable) else ""}
+            "lowest test metric": f"{usable.test_metric.min():.3f}" if len(usable) else ""}
 
 
 def page(dataset: str, recipes: list[str], parts: dict, cards: pd.DataFrame) -> str:
