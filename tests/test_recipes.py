@@ -326,3 +326,55 @@ def test_bench_has_a_row_for_each_recipe():
     assert all(r["engine"] == expected_engine and r["trained_s"] > 0 and r["torch_trained_s"] > 0 for r in rows)
     table = markdown({"recipes": rows})
     assert "| greff (sgd_nesterov) | 1 |" in table and "| adam (adam) | 8 |" in table
+
+
+def synthetic_studies(url, recipes_and_sizes):
+    """Studies of tiny.vanilla / tiny.nfg under each recipe, trials whose test metric
+    follows the learning rate (the recipe shifts it), as a sweep records them."""
+    import optuna
+
+    from harness.sweep import open_study
+
+    storage = optuna.storages.RDBStorage(url)
+    for recipe, n, shift in recipes_and_sizes:
+        for variant in ("vanilla", "nfg"):
+            study = open_study(storage, "tiny", variant, seed=0, recipe=recipe)
+            for k in range(n):
+                trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                                   "hidden_size": optuna.distributions.IntDistribution(10, 100, log=True)})
+                value = shift + abs(math.log10(trial.params["learning_rate"]) + 2.5) + 0.001 * k
+                for key, item in {"test_metric": value, "epochs": 5, "seconds": 1.0}.items():
+                    trial.set_user_attr(key, item)
+                study.tell(trial, value)
+
+
+def test_two_recipes_never_pool_and_compare_side_by_side(tmp_path):
+    from omegaconf import OmegaConf
+
+    from harness.analysis import compare as comparison
+    from harness.analysis import read
+    from harness.errors import UserError
+
+    url = f"sqlite:///{tmp_path}/two.db"
+    synthetic_studies(url, [("greff", 12, 3.0), ("adam", 10, 100.0)])
+    with pytest.raises(UserError, match=r"several recipes \(adam, greff\).*analysis.recipe"):
+        read.load(url, "tiny")
+    adam = read.load(url, "tiny", recipe="adam")
+    assert adam.recipe == "adam" and len(adam.trials) == 20 and (adam.trials.test_metric > 99).all()
+    assert len(read.load(url, "tiny", recipe="greff").trials) == 24
+    with pytest.raises(UserError, match="recipe 'adamw'.*adam, greff"):
+        read.load(url, "tiny", recipe="adamw")
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "analysis" / "default.yaml")
+    cfg = OmegaConf.merge({k: v for k, v in cfg.items() if k != "defaults"},
+                          {"dataset": "tiny", "storage": url, "recipe": ["greff", "adam"], "out": str(tmp_path / "cmp"),
+                           "n_bootstrap": 0, "figures": False, "crosscheck": False, "min_trials_for_fanova": 10})
+    assert comparison.is_comparison(cfg)
+    page = comparison.compare(cfg)
+    cards = pd_read(tmp_path / "cmp" / "scorecards.csv")
+    assert list(cards.columns) == ["finding", "tasks", "greff", "adam"] and len(cards) == 10
+    for recipe, n in (("greff", 24), ("adam", 20)):
+        assert len(pd_read(tmp_path / "cmp" / recipe / "trials.csv")) == n  # each recipe's own trials only
+        assert f"recipe `{recipe}`" in (tmp_path / "cmp" / recipe / "report.md").read_text() or recipe == "greff"
+    text = page.read_text()
+    lowest = [read.load(url, "tiny", recipe=r).trials.test_metric.min() for r in ("greff", "adam")]
+    assert "| trials | 24 | 20 |" in text and f"| lowest test metric | {lowest[0]:.3f} | {lowest[1]:.3f} |" in text

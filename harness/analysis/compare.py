@@ -83,7 +83,7 @@ def _fraction(importance: pd.DataFrame, term: str) -> str:
 
 
 def _trials(frame: pd.DataFrame) -> dict:
-    usable = frame[(frame.excluded.fillna("") == "") & ~frame.diverged.astype(bool)]
+    usable = frame[(frame.excluded.isna() | (frame.excluded == "")) & ~frame.diverged.astype(bool)]
     return {"trials": len(frame), "usable": len(usable), "pruned": int((frame.state == "PRUNED").sum()),
             "failed or diverged": len(frame) - len(usable) - int((frame.state == "PRUNED").sum()),
             "trained seconds": f"{frame.seconds.fillna(0).sum():.0f}",
