@@ -285,7 +285,7 @@ def launch(cfg, variants: list[str]) -> list[str]:
     target = int(search.n_trials)
     names, remaining = [], 0
     for name in variants:
-        study = open_study(storage, cfg.dataset.name, name, seed=0)
+        study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=str(cfg.train.name))
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         print(f"{study.study_name}: {counted}/{target} trials already done", flush=True)
         names.append(study.study_name)
