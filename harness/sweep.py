@@ -491,7 +491,8 @@ def check_batch_sizes(cfg, space: dict, n_train: int, dataset: str) -> None:
     elif "batch_size" in space:
         sizes = {int(space["batch_size"].high)}
     if sizes and max(sizes) > n_train:
-        key = "train.batch_size" if "batch_size" not in space else "the search space's batch_size"
+        where = "train.space" if cfg.train.get("space") is not None else "search.space"
+        key = "train.batch_size" if "batch_size" not in space else f"{where}.batch_size"
         raise UserError(f"{key}: {max(sizes)} is larger than the training split of {dataset} ({n_train} sequences); "
                         f"choose at most {n_train}.")
 
