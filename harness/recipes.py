@@ -8,7 +8,7 @@
 
 The top-level `learning_rate` is every recipe's learning rate; `momentum` is read by
 sgd_nesterov only. A recipe file names its update (`optimizer`), and adds only the keys
-that update reads (README, "Training recipes and pruning"); a user's recipe is a file DIR/train/NAME.yaml
+that update reads (docs/engine.md, "Recipes"); a user's recipe is a file DIR/train/NAME.yaml
 passed with --config-dir DIR, usually starting from one of these (`defaults: [adam, _self_]`).
 
 The update runs after the engine has left the gradient of the batch's summed loss in

@@ -88,7 +88,7 @@ from harness.train import TrainingResult, train
 # The searched parameters and the top-level config key each one sets; a space may also
 # search a number of the recipe (train.batch_size, train.weight_decay, ...: `recipe_key`).
 PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
-NOT_SEARCHABLE = ("eval_batch_size", "threads", "init_std", "plateau_patience")  # no sense in a search
+NOT_SEARCHABLE = ("eval_batch_size", "threads")  # recipe numbers that do not change a result
 PRUNERS = ("none", "median", "hyperband")
 EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (module docstring)
 
