@@ -241,7 +241,8 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         seconds=time.perf_counter() - start,
         failure=failure,
         hyperparameters={key: cfg[key] for key in ("hidden_size", "learning_rate", "momentum", "input_noise_std",
-                                                   "max_epochs", "patience", "seed")},
+                                                   "max_epochs", "patience", "seed")
+                         if key != "momentum" or recipe.optimizer == "sgd_nesterov"},  # adam has none
         train={**recipe.as_dict(), "batch_size": batch_size},
         learning_curve=curve,
         data=data.summary(),

@@ -192,6 +192,7 @@ def test_a_recipe_sweep_samples_its_own_space_into_its_own_study(tmp_path):
     assert all("momentum" not in t.user_attrs for t in trials)
     metrics = json.loads(Path(trials[0].user_attrs["metrics"]).read_text())
     assert metrics["recipe"] == "adam" and metrics["train"]["batch_size"] == trials[0].params["batch_size"]
+    assert "momentum" not in metrics["hyperparameters"]
     greff = optuna.load_study(study_name="tiny.vanilla", storage=url).trials
     assert all("one_minus_momentum" in t.params for t in greff)
 
