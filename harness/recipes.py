@@ -19,8 +19,8 @@ every parameter's `.grad` (harness.engine):
               adam / adamw: torch.optim.Adam / AdamW with the recipe's betas, eps, weight_decay
     schedule  after each epoch's validation: plateau multiplies the learning rate by
               plateau_factor once more than plateau_patience epochs in a row brought no
-              better validation metric; cosine anneals it from learning_rate to cosine_min_fraction of it
-              over max_epochs (torch.optim.lr_scheduler)
+              better validation metric; cosine anneals it from learning_rate to
+              cosine_min_fraction of it over max_epochs (torch.optim.lr_scheduler)
 
 Entry points: `Recipe.from_config(cfg)` (the root config), `recipe.update(params)`.
 """
