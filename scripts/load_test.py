@@ -40,6 +40,7 @@ def known_value(params: dict) -> float:
 
 def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_dir: str):
     import harness.sweep as sweep
+    from harness.train import TrainingResult
     from omegaconf import OmegaConf
 
     trained = open(os.path.join(log_dir, f"worker_{worker}.txt"), "w")
@@ -52,8 +53,9 @@ def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_di
         time.sleep(sleep)
         value = known_value(params)
         on_epoch(1, value)
-        return {"val_metric": value, "test_metric": value, "n_params": 1, "seconds": sleep, "epochs": 1,
-                "best_epoch": 1, "failure": None}
+        return TrainingResult(dataset="load", variant="vanilla", recipe="greff", metric="nll", val_metric=value,
+                              test_metric=value, best_epoch=1, epochs=1, n_params=1, seconds=sleep, failure=None,
+                              hyperparameters={}, train={}, learning_curve=[], data={})
 
     sweep.train = stub_train
     cfg = OmegaConf.create(cfg_container)

@@ -17,6 +17,7 @@ import harness.sweep as sweep_module
 from harness.resources import cores, torch_threads
 from harness.storage import WORKER_ATTR, Liveness, create_study, open_storage
 from harness.sweep import EXIT_WORKER_DIED, counts, run_worker
+from harness.train import TrainingResult
 from storage_race import race_on_empty_storage
 from test_sweep import finish, odyssey, study_trials, tiny_music
 
@@ -26,8 +27,9 @@ def storage_url(tmp_path, kind):
 
 
 def stub_result(value):
-    return {"val_metric": value, "test_metric": value + 1.0, "n_params": 10, "seconds": 0.1,
-            "epochs": 1, "best_epoch": 1, "failure": None}
+    return TrainingResult(dataset="jsb_chorales", variant="vanilla", recipe="greff", metric="nll",
+                          val_metric=value, test_metric=value + 1.0, best_epoch=1, epochs=1, n_params=10,
+                          seconds=0.1, failure=None, hyperparameters={}, train={}, learning_curve=[], data={})
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
