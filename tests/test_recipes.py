@@ -239,6 +239,30 @@ def test_pruned_trials_count_and_a_stopped_sweep_tops_up(tmp_path):
     assert "pruned" in out
 
 
+@pytest.mark.slow
+def test_hyperband_prunes_at_its_rungs_and_the_study_ends_with_n_trials(tmp_path):
+    """search.pruner=hyperband (min resource 1 epoch, reduction factor 3, at most 9 epochs):
+    a trial is stopped only at the end of a rung, after 1 or 3 epochs (1 * 3^k below 9),
+    and pruned and complete trials together make exactly n_trials."""
+    import optuna
+    from optuna.trial import TrialState
+    from test_sweep import finish, odyssey
+
+    from harness.sweep import counts
+
+    conf, url = tiny_music(tmp_path), f"sqlite:///{tmp_path}/hyperband.db"
+    code, out, err = finish(odyssey(*sweep_command(
+        conf, url, "max_epochs=9", "patience=9", "search.pruner=hyperband", "search.pruner_warmup_epochs=1",
+        "search.pruner_reduction_factor=3", n_trials=16)))
+    assert code == 0, err
+    trials = optuna.load_study(study_name="tiny.vanilla", storage=url).trials
+    counted = [t for t in trials if counts(t)]
+    assert len(counted) == 16
+    pruned = [t for t in counted if t.state == TrialState.PRUNED]
+    assert pruned and any(t.state == TrialState.COMPLETE for t in counted)
+    assert {t.user_attrs["pruned_at_epoch"] for t in pruned} <= {1, 3}
+
+
 def test_pruned_trials_stay_out_of_the_fanova_and_the_report_says_so(tmp_path):
     import optuna
 
