@@ -25,7 +25,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness import project_root
-from harness.launchers.slurm import _task_ids, sbatch_options
+from harness.launchers.slurm import array_task_ids, sbatch_options
 
 ROOT = project_root()
 DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel")
@@ -190,8 +190,8 @@ def job_tasks(cluster, job_id):
 def test_sbatch_options_and_array_task_ids():
     assert sbatch_options(["--account=lab", "#SBATCH --qos=long", " --exclusive "]) == {
         "account": "lab", "qos": "long", "exclusive": True}
-    assert _task_ids("0-3%2") == [0, 1, 2, 3] and _task_ids("0,2,5-6") == [0, 2, 5, 6]
-    assert _task_ids("1-7:3") == [1, 4, 7] and _task_ids("4") == [4]
+    assert array_task_ids("0-3%2") == [0, 1, 2, 3] and array_task_ids("0,2,5-6") == [0, 2, 5, 6]
+    assert array_task_ids("1-7:3") == [1, 4, 7] and array_task_ids("4") == [4]
 
 
 @pytest.mark.parametrize("lines,words", [(["account=lab"], "not a long sbatch option"),

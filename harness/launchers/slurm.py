@@ -138,7 +138,7 @@ def array_task(cfg_container: dict, variants: list[str], worker: int) -> dict:
 
 # -- following the job -------------------------------------------------------------------
 
-def _task_ids(text: str) -> list[int]:
+def array_task_ids(text: str) -> list[int]:
     """ArrayTaskId of scontrol: '3', '0-7%2', '0,2,4-5', '0-9:2'."""
     ids = []
     for part in text.split("%")[0].split(","):
@@ -167,7 +167,7 @@ def task_states(job_id: str) -> dict[int, str] | None:
             fields["ArrayJobId"], fields["ArrayTaskId"] = job_id, "0"
         if fields.get("ArrayJobId") != job_id or "ArrayTaskId" not in fields:
             continue
-        for task in _task_ids(fields["ArrayTaskId"]):
+        for task in array_task_ids(fields["ArrayTaskId"]):
             states[task] = fields.get("JobState", "UNKNOWN")
     return states
 
