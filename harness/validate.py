@@ -417,9 +417,7 @@ def _check_space(cfg, overrides, files) -> None:
         if not isinstance(spec, DictConfig):
             raise UserError(f"{key}={spec!r}: give a range {{type, low, high, log}}, e.g. "
                             f"'{key}={{type: float, low: 0.0, high: 1.0, log: false}}'.")
-    from harness.sweep import search_space
-
-    search_space(space)  # names, bounds, low <= high, log ranges: one message each
+    # names, bounds, low <= high, log ranges: _check_recipe_space, with the recipe's keys
 
 
 def _given(key: str, overrides: list[str]) -> str | None:

@@ -419,3 +419,20 @@ def test_adam_reaches_the_issue_quality_on_jsb(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["recipe"] == "adam" and metrics["epochs"] == 20
     assert metrics["test_metric"] <= 9.0
+
+
+def test_the_checks_take_a_recipe_number_in_search_space_as_the_sweep_does(compose_config, tmp_path):
+    """Greff's recipe may search one of its numbers (train.batch_size) through search.space:
+    the checks before any work accept what the sweep samples, and refuse a bad range."""
+    from harness.errors import UserError
+    from harness.sweep import space_of
+    from harness.validate import check_config
+
+    searched = ["+search.space.batch_size={type: categorical, choices: [1, 2]}",
+                f"search.storage=sqlite:///{tmp_path}/s.db"]
+    cfg = compose_config(searched, command="sweep")
+    check_config(cfg, searched)
+    assert space_of(cfg)["batch_size"].choices == (1, 2)
+    bad = [*searched, "search.space.learning_rate.low=0"]
+    with pytest.raises(UserError, match="log-uniform range needs low > 0"):
+        check_config(compose_config(bad, command="sweep"), bad)
