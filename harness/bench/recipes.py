@@ -14,13 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import project_root
-from harness.bench.epochs import runner_seconds
+from harness.bench.epochs import LEARNING_RATE, MOMENTUM, runner_seconds
 from harness.datasets import load_dataset
 from harness.engine import make_step
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe, recipe_file, shipped_recipes
-
-LEARNING_RATE, MOMENTUM = 1e-2, 0.9
 
 
 def time_recipes(options) -> list[dict]:
