@@ -50,6 +50,7 @@ class SearchSchema:
     variants: Any = MISSING  # null, a name of harness.models.LISTS, or a list of models
     storage: str = MISSING
     workers: int = MISSING
+    lockstep: Any = MISSING  # a positive integer, or auto (harness.lockstep.choose_lockstep)
     heartbeat_seconds: float = MISSING
     pruner: str = MISSING
     pruner_startup_trials: int = MISSING

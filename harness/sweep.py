@@ -68,10 +68,12 @@ import sys
 import time
 import warnings
 import zlib
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -79,11 +81,13 @@ from optuna.trial import TrialState
 from harness import project_root
 from harness.datasets import load_dataset
 from harness.errors import UserError
+from harness.lockstep import LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device, slot_bytes
+from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
 from harness.storage import Liveness, create_study, open_storage, stop_on_signals
-from harness.train import TrainingResult, train
+from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
 # search a number of the recipe (train.batch_size, train.weight_decay, ...: `recipe_key`).
@@ -320,10 +324,9 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, s
           + (f"in its retry, trial {kept}" if kept is not None else "as a trial of its own"), flush=True)
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, out_dir: Path,
-              target: int, liveness: Liveness) -> TrainingResult | dict | None:
-    """Train the trial's configuration and tell the study; None if the trial was surplus,
-    {"pruned": True, ...} if the pruner stopped it."""
+def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, target: int) -> DictConfig | None:
+    """The root config of a trial, its seed set and recorded; None (and the trial told
+    as surplus) if another worker took the last place first."""
     ahead = sum(1 for t in study.get_trials(deepcopy=False)
                 if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
     if ahead >= target:  # another worker took the last place first
@@ -335,22 +338,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
     with open_dict(trial_cfg):
         trial_cfg.seed = seed
     trial.set_user_attr("seed", seed)
-    started, reported = time.perf_counter(), []
+    return trial_cfg
 
-    def on_epoch(epoch: int, value: float) -> None:
-        _report(trial, value, epoch)
-        reported.append(epoch)
-        if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
-            raise optuna.TrialPruned()
 
-    try:
-        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None, on_epoch=on_epoch)
-    except optuna.TrialPruned:  # counted, out of the analysis's fANOVA: what it ran is recorded
-        attrs = {"seed": seed, "epochs": len(reported), "seconds": time.perf_counter() - started,
-                 "pruned_at_epoch": reported[-1]}
-        finish_trial(study, trial, liveness, TrialState.PRUNED, None, attrs)
-        return {"pruned": True, "failure": None, "epochs": len(reported), "seconds": attrs["seconds"]}
-    attrs = {**result.trial_attributes(), "seed": seed, "metrics": str(out_dir / "metrics.json")}
+def tell_result(study: optuna.Study, trial: optuna.Trial, trial_cfg: DictConfig, liveness: Liveness,
+                result: TrainingResult, out_dir: Path) -> None:
+    """Tell a finished training: COMPLETE with its validation metric, or FAIL with `failure`."""
+    attrs = {**result.trial_attributes(), "seed": int(trial_cfg.seed), "metrics": str(out_dir / "metrics.json")}
     if Recipe.from_config(trial_cfg).optimizer == "sgd_nesterov":
         attrs["momentum"] = float(trial_cfg.momentum)
     if result.failure or result.val_metric is None:
@@ -358,7 +352,149 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
         finish_trial(study, trial, liveness, TrialState.FAIL, None, attrs)
     else:
         finish_trial(study, trial, liveness, TrialState.COMPLETE, result.val_metric, attrs)
+
+
+def tell_pruned(study: optuna.Study, trial: optuna.Trial, seed: int, liveness: Liveness,
+                reported: list[int], seconds: float) -> dict:
+    """Tell a trial the pruner stopped (counted, out of the analysis's fANOVA)."""
+    attrs = {"seed": seed, "epochs": len(reported), "seconds": seconds, "pruned_at_epoch": reported[-1]}
+    finish_trial(study, trial, liveness, TrialState.PRUNED, None, attrs)
+    return {"pruned": True, "failure": None, "epochs": len(reported), "seconds": seconds}
+
+
+def reporter(trial: optuna.Trial, reported: list[int]):
+    """on_epoch of a trial's training: report the validation metric, and prune if the pruner says so."""
+    def on_epoch(epoch: int, value: float) -> None:
+        _report(trial, value, epoch)
+        reported.append(epoch)
+        if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
+            raise optuna.TrialPruned()
+    return on_epoch
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, out_dir: Path,
+              target: int, liveness: Liveness) -> TrainingResult | dict | None:
+    """Train the trial's configuration and tell the study; None if the trial was surplus,
+    {"pruned": True, ...} if the pruner stopped it."""
+    trial_cfg = start_trial(study, trial, cfg, target)
+    if trial_cfg is None:
+        return None
+    started, reported = time.perf_counter(), []
+    try:
+        result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
+                       on_epoch=reporter(trial, reported))
+    except optuna.TrialPruned:
+        return tell_pruned(study, trial, int(trial_cfg.seed), liveness, reported, time.perf_counter() - started)
+    tell_result(study, trial, trial_cfg, liveness, result, out_dir)
     return result
+
+
+def trial_line(tag: str, study: optuna.Study, trial, result, target: int, rate: float) -> str:
+    """The progress line of a finished trial."""
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(counts(t) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
+    shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
+    outcome = ("pruned" if result.get("pruned") else f"FAILED ({result['failure']})" if result["failure"]
+               else f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}")
+    return (f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
+            f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour")
+
+
+def largest_network(cfg: DictConfig, space: dict, data):
+    """The network of the largest hidden size the search may draw (for a slot's memory)."""
+    distribution = space.get("hidden_size")
+    if isinstance(distribution, IntDistribution):
+        hidden = distribution.high
+    elif isinstance(distribution, CategoricalDistribution):
+        hidden = max(int(c) for c in distribution.choices)
+    else:
+        hidden = int(cfg.hidden_size)
+    sized = cfg.copy()
+    with open_dict(sized):
+        sized.hidden_size = hidden
+    return make_network(sized, data)
+
+
+def lockstep_plan(cfg: DictConfig, space: dict, data, trials_left: int, say=None) -> tuple[int, object] | None:
+    """(K, device) of a lockstep worker for this model, or None: one trial at a time (the
+    per-trial engine: search.lockstep=1 on the CPU, or a model or recipe lockstep does not
+    cover, which is said once). A device that is not the CPU always trains through lockstep."""
+    device = resolve_device(cfg.train.get("device", "cpu"))
+    setting = check_lockstep_setting(cfg.search.get("lockstep", 1))
+    if setting == 1 and device.type == "cpu":
+        return None
+    network = largest_network(cfg, space, data)
+    reason = lockstep_covers(cfg, network)
+    if reason is not None:
+        if device.type != "cpu":
+            raise UserError(f"train.device={cfg.train.device}: lockstep, the path of every device but the CPU, "
+                            f"does not cover {reason}; use train.device=cpu for it.")
+        (say or (lambda message: print(message, flush=True)))(f"[{cfg.variant.name}] search.lockstep={setting}: lockstep does not cover {reason}; its trials train "
+            "one at a time")
+        return None
+    slots = choose_lockstep(setting, device, slot_bytes(network, data), trials_left)
+    return (slots, device) if slots > 1 or device.type != "cpu" else None
+
+
+def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_root: Path, target: int,
+                 liveness: Liveness, slots: int, device, tag: str) -> None:
+    """A worker of `slots` trials at once (harness.lockstep): a free slot asks the study for
+    a trial, and each trial is told as soon as its slot ends."""
+    trainer = LockstepTrainer(data, slots, device, log=lambda message: None)
+    live: dict[int, tuple] = {}  # trial number -> (trial, its config, heartbeat, reported epochs, start)
+    print(f"{tag} lockstep: {slots} trial(s) at once on {device}", flush=True)
+    started, done_here = time.time(), 0
+    try:
+        while True:
+            liveness.fail_stale(study)
+            while trainer.free > 0:
+                trials = study.get_trials(deepcopy=False)
+                counted = sum(counts(t) for t in trials)
+                if counted + sum(t.state == TrialState.RUNNING for t in trials) >= target:
+                    break
+                beat = ExitStack()
+                try:
+                    with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                        trial = study.ask(space)
+                    beat.enter_context(liveness.alive(study, trial.number))
+                    trial_cfg = start_trial(study, trial, cfg, target)
+                except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale before it began
+                    beat.close()
+                    continue
+                if trial_cfg is None:
+                    beat.close()
+                    continue
+                reported = []
+                live[trial.number] = (trial, trial_cfg, beat, reported, time.perf_counter())
+                trainer.add(trial_cfg, trial.number, on_epoch=reporter(trial, reported),
+                            out_dir=out_root / f"trial_{trial.number:04d}")
+            if not len(trainer):
+                if sum(counts(t) for t in study.get_trials(deepcopy=False)) >= target:
+                    return
+                time.sleep(min(liveness.interval, 5.0))  # the last trials are running elsewhere
+                continue
+            for number, outcome in trainer.run_epoch():
+                trial, trial_cfg, beat, reported, begun = live.pop(number)
+                if isinstance(outcome, optuna.TrialPruned):
+                    result = tell_pruned(study, trial, int(trial_cfg.seed), liveness, reported,
+                                         time.perf_counter() - begun)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    result = outcome
+                    tell_result(study, trial, trial_cfg, liveness, result, out_root / f"trial_{number:04d}")
+                beat.close()
+                done_here += 1
+                rate = done_here / max(time.time() - started, 1e-9) * 3600
+                print(trial_line(tag, study, trial, result, target, rate), flush=True)
+    except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the running trials are lost, not counted
+        for trial, _, beat, _, _ in live.values():
+            release(study, trial, f"stopped: {type(error).__name__}")
+            beat.close()
+        raise
 
 
 def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
@@ -380,6 +516,13 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
+    left = target - sum(counts(t) for t in study.get_trials(deepcopy=False))
+    plan = lockstep_plan(cfg, space, data, left)
+    if plan is not None:
+        torch.set_num_threads(int(cfg.train.threads))
+        torch.set_flush_denormal(bool(cfg.train.get("flush_denormal", True)))
+        run_lockstep(study, cfg, space, data, out_root, target, liveness, *plan, tag)
+        return
     started, done_here = time.time(), 0
     while True:
         liveness.fail_stale(study)
@@ -409,16 +552,8 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
         if result is None:
             continue
         done_here += 1
-        trials = study.get_trials(deepcopy=False)
-        counted = sum(counts(t) for t in trials)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
         rate = done_here / max(time.time() - started, 1e-9) * 3600
-        shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
-        outcome = ("pruned" if result.get("pruned") else f"FAILED ({result['failure']})" if result["failure"]
-                   else f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}")
-        print(f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
-              f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour", flush=True)
+        print(trial_line(tag, study, trial, result, target, rate), flush=True)
 
 
 def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
@@ -527,6 +662,11 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     storage = open_storage(search.storage)
     data = load_dataset(cfg.dataset)  # check the data once, before any worker starts
     check_batch_sizes(cfg, space, len(data.train), data.name)
+    for config in configs:  # a device or a lockstep this machine cannot give: one line now, not in a worker
+        checked = cfg.copy()
+        with open_dict(checked):
+            checked.variant = config
+        lockstep_plan(checked, space_of(checked), data, int(search.n_trials), say=lambda message: None)
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
     names, died, without_complete = [], [], []

@@ -62,21 +62,27 @@ def make_batch(sequences: list[Sequence], task: str) -> Batch:
     return Batch(x=x, lengths=lengths, y=y, mask=mask, target_lengths=target_lengths)
 
 
-def loss(task: str, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The training loss of a batch, summed over its frames; scores (T, B, K)."""
+def sequence_losses(task: str, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The training loss of each sequence of a batch (B,), summed over its frames; scores (T, B, K)."""
     if task == "next_step":
         per_value = F.binary_cross_entropy_with_logits(scores, batch.y, reduction="none")
-        return (per_value.sum(2) * batch.mask).sum()
+        return (per_value.sum(2) * batch.mask).sum(0)
     if task == "framewise":
-        return F.cross_entropy(scores.reshape(-1, scores.shape[2]), batch.y.reshape(-1),
-                               ignore_index=PADDING_CLASS, reduction="sum")
+        per_frame = F.cross_entropy(scores.reshape(-1, scores.shape[2]), batch.y.reshape(-1),
+                                    ignore_index=PADDING_CLASS, reduction="none")
+        return per_frame.view(batch.y.shape).sum(0)
     if task == "regression":
-        return (((scores - batch.y) ** 2).sum(2) * batch.mask).sum()
+        return (((scores - batch.y) ** 2).sum(2) * batch.mask).sum(0)
     if task == "ctc":
         # zero_infinity: a label sequence longer than its input has no alignment; it adds 0.
         return F.ctc_loss(F.log_softmax(scores, dim=2), batch.y, batch.lengths, batch.target_lengths,
-                          blank=0, reduction="sum", zero_infinity=True)
+                          blank=0, reduction="none", zero_infinity=True)
     raise ValueError(f"unknown task {task}")
+
+
+def loss(task: str, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The training loss of a batch, summed over its frames and sequences; scores (T, B, K)."""
+    return sequence_losses(task, scores, batch).sum()
 
 
 METRICS = {"next_step": "nll", "framewise": "frame_error", "regression": "mse", "ctc": "cer"}

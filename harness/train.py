@@ -152,6 +152,89 @@ class TrainingResult(Mapping):
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "failure": self.failure}
 
 
+def make_network(cfg, data: DataSplits) -> SequenceNetwork:
+    """The network of a training of `cfg` on `data`, initialised from torch's current
+    random state (train() seeds it with cfg.seed first): train.forget_bias unless the
+    variant's config sets its own (make_layer drops it where there is no forget gate),
+    and the variant's options such as GF-RNN's `layers`."""
+    options = cfg.train
+    layer_options = {"forget_bias": float(options.get("forget_bias", 0.0)),
+                     **{k: v for k, v in dict(cfg.variant).items() if k != "name"}}
+    return SequenceNetwork(cfg.variant.name, data.input_dim, int(cfg.hidden_size), data.n_outputs,
+                           bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
+                           **layer_options)
+
+
+class Progress:
+    """The record of one training's epochs: the learning curve, the epoch of best
+    validation with its test metric, and the rules that end a training (early stopping
+    after `patience` epochs without improvement, a non-finite validation metric).
+    train() and the lockstep trainer (harness.lockstep) keep theirs the same way."""
+
+    def __init__(self, max_epochs: int, patience: int, metric: str):
+        self.max_epochs, self.patience, self.metric = max_epochs, patience, metric
+        self.curve: list[dict] = []
+        self.best = {"val_metric": math.inf, "test_metric": math.nan, "best_epoch": 0}
+        self.failure: str | None = None
+
+    def validated(self, epoch: int, val_metric: float) -> bool:
+        """Record an epoch's validation; True if it improves (the caller then computes
+        the test metric and passes it to `improved`). A non-finite one ends the training."""
+        if not math.isfinite(val_metric):
+            self.failure = f"validation {self.metric} became {val_metric} in epoch {epoch}"
+            return False
+        return val_metric < self.best["val_metric"]
+
+    def improved(self, epoch: int, val_metric: float, test_metric: float) -> None:
+        self.best = {"val_metric": val_metric, "test_metric": test_metric, "best_epoch": epoch}
+
+    def record(self, epoch: int, total_loss: float, frames: int, val_metric: float, seconds: float) -> None:
+        self.curve.append({"epoch": epoch, "train_loss_per_frame": total_loss / max(frames, 1),
+                           "val_metric": val_metric, "seconds": seconds})
+
+    def log_line(self) -> str:
+        last, best = self.curve[-1], self.best
+        return (f"  epoch {last['epoch']:3d}/{self.max_epochs}  train loss {last['train_loss_per_frame']:8.4f}/frame  "
+                f"val {self.metric} {last['val_metric']:.4f}  best {best['val_metric']:.4f} (epoch "
+                f"{best['best_epoch']}, test {best['test_metric']:.4f})  {last['seconds']:6.1f} s")
+
+    def stops(self, epoch: int) -> bool:
+        """Whether the training ends after `epoch`: patience run out, or the last epoch."""
+        return epoch - self.best["best_epoch"] >= self.patience or epoch >= self.max_epochs
+
+    def result(self, cfg, data: DataSplits, recipe: Recipe, batch_size: int, n_params: int,
+               seconds: float) -> TrainingResult:
+        best = self.best
+        return TrainingResult(
+            dataset=data.name,
+            variant=cfg.variant.name,
+            recipe=recipe.name,
+            metric=self.metric,
+            val_metric=best["val_metric"] if math.isfinite(best["val_metric"]) else None,
+            test_metric=best["test_metric"] if math.isfinite(best["test_metric"]) else None,
+            best_epoch=best["best_epoch"],
+            epochs=len(self.curve),
+            n_params=n_params,
+            seconds=seconds,
+            failure=self.failure,
+            hyperparameters={key: cfg[key] for key in ("hidden_size", "learning_rate", "momentum", "input_noise_std",
+                                                       "max_epochs", "patience", "seed")
+                             if key != "momentum" or recipe.optimizer == "sgd_nesterov"},  # adam has none
+            train={**recipe.as_dict(), "batch_size": batch_size},
+            learning_curve=self.curve,
+            data=data.summary(),
+        )
+
+
+def write_metrics(result: TrainingResult, out_dir: Path | None) -> None:
+    """metrics.json of a training in out_dir (nothing without one)."""
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "metrics.json", "w") as handle:
+            json.dump(asdict(result), handle, indent=2)
+
+
 def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
           log: Callable[[str], None] = print,
           on_epoch: Callable[[int, float], None] | None = None) -> TrainingResult:
@@ -180,13 +263,7 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    # train.forget_bias, unless the variant's config sets its own (make_layer drops it where
-    # there is no forget gate), and the variant's options such as GF-RNN's `layers`.
-    layer_options = {"forget_bias": float(options.get("forget_bias", 0.0)),
-                     **{k: v for k, v in dict(cfg.variant).items() if k != "name"}}
-    network = SequenceNetwork(variant, data.input_dim, int(cfg.hidden_size), data.n_outputs,
-                              bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
-                              **layer_options)
+    network = make_network(cfg, data)
     step = make_step(str(options.get("engine", "native")), network, data.task, recipe, log=log)
     noise_std = float(cfg.input_noise_std)
     runner = EpochRunner(step, data, batch_size, noise_std, rng)
@@ -198,60 +275,31 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         f"noise={noise_std}, {count_parameters(network)} parameters, "
         f"{len(data.train)} training sequences, up to {max_epochs} epochs")
     start = time.perf_counter()
-    curve: list[dict] = []
-    best = {"val_metric": math.inf, "test_metric": math.nan, "best_epoch": 0}
-    failure = None
+    progress = Progress(max_epochs, patience, metric)
     for epoch in range(1, max_epochs + 1):
         network.train()
-        total_loss, frames, failure = runner.run(epoch)
-        if failure:
-            log(f"  stopped: {failure}")
+        total_loss, frames, progress.failure = runner.run(epoch)
+        if progress.failure:
+            log(f"  stopped: {progress.failure}")
             break
         val_metric = evaluate(network, data.task, data.valid, eval_batch_size)
-        if not math.isfinite(val_metric):
-            failure = f"validation {metric} became {val_metric} in epoch {epoch}"
-            log(f"  stopped: {failure}")
+        if progress.validated(epoch, val_metric):
+            progress.improved(epoch, val_metric, evaluate(network, data.task, data.test, eval_batch_size))
+        if progress.failure:
+            log(f"  stopped: {progress.failure}")
             break
-        if val_metric < best["val_metric"]:
-            test_metric = evaluate(network, data.task, data.test, eval_batch_size)
-            best = {"val_metric": val_metric, "test_metric": test_metric, "best_epoch": epoch}
         step.update.end_epoch(val_metric)
-        seconds = time.perf_counter() - start
-        curve.append({"epoch": epoch, "train_loss_per_frame": total_loss / max(frames, 1),
-                      "val_metric": val_metric, "seconds": seconds})
-        log(f"  epoch {epoch:3d}/{max_epochs}  train loss {total_loss / max(frames, 1):8.4f}/frame  "
-            f"val {metric} {val_metric:.4f}  best {best['val_metric']:.4f} (epoch {best['best_epoch']}, "
-            f"test {best['test_metric']:.4f})  {seconds:6.1f} s")
+        progress.record(epoch, total_loss, frames, val_metric, time.perf_counter() - start)
+        log(progress.log_line())
         if on_epoch is not None:
             on_epoch(epoch, val_metric)
-        if epoch - best["best_epoch"] >= patience:
-            log(f"  early stop: no improvement for {patience} epochs")
+        if progress.stops(epoch):
+            if epoch < max_epochs:
+                log(f"  early stop: no improvement for {patience} epochs")
             break
 
-    result = TrainingResult(
-        dataset=data.name,
-        variant=variant,
-        recipe=recipe.name,
-        metric=metric,
-        val_metric=best["val_metric"] if math.isfinite(best["val_metric"]) else None,
-        test_metric=best["test_metric"] if math.isfinite(best["test_metric"]) else None,
-        best_epoch=best["best_epoch"],
-        epochs=len(curve),
-        n_params=count_parameters(network),
-        seconds=time.perf_counter() - start,
-        failure=failure,
-        hyperparameters={key: cfg[key] for key in ("hidden_size", "learning_rate", "momentum", "input_noise_std",
-                                                   "max_epochs", "patience", "seed")
-                         if key != "momentum" or recipe.optimizer == "sgd_nesterov"},  # adam has none
-        train={**recipe.as_dict(), "batch_size": batch_size},
-        learning_curve=curve,
-        data=data.summary(),
-    )
+    result = progress.result(cfg, data, recipe, batch_size, count_parameters(network), time.perf_counter() - start)
     log(f"  {variant}: best validation {metric} {result.val_metric} at epoch {result.best_epoch}, "
         f"test {metric} {result.test_metric}, {result.seconds:.1f} s")
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "metrics.json", "w") as handle:
-            json.dump(asdict(result), handle, indent=2)
+    write_metrics(result, out_dir)
     return result

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness import project_root
 from harness.errors import UserError
+from harness.lockstep.device import check_lockstep_setting, resolve_device
 from harness.models import resolve
 from harness.schema import SCHEMAS
 from harness.schema import kinds as schema_kinds
@@ -559,12 +560,14 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             _number(cfg, key, test, wanted, overrides, files)
         _check_threads(cfg, overrides, files)
         _check_recipe(cfg, overrides)
+        resolve_device(cfg.train.get("device", "cpu"))  # unknown, or a GPU this machine lacks
     if "search" in sections:
         for key, test, wanted in SEARCH_RULES:
             _number(cfg, key, test, wanted, overrides, files)
         _check_space(cfg, overrides, files)
         _check_recipe_space(cfg, overrides)
         _check_variant_and_list(cfg, overrides)
+        check_lockstep_setting(cfg.search.get("lockstep", 1))
         if cfg.search.get("launcher", "local") == "local":
             check_storage(cfg.search.get("storage"))
     if "analysis" in sections:
