@@ -1,6 +1,6 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Four sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Five sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
@@ -13,7 +13,10 @@ written to results/bench/bench.json:
   (conf/train/) on the engine its trials use, and on the torch path for comparison;
 - `study` (harness.bench.study): a small fixed full-protocol JSB study (configurations
   drawn once from Greff et al.'s space) with 1 and 2 worker processes: trials an hour,
-  and the projected hours of 200-trial-a-model studies of each task on this machine.
+  and the projected hours of 200-trial-a-model studies of each task on this machine;
+- `lockstep` (harness.bench.lockstep): the same configurations one at a time (native
+  engine) and K at a time (search.lockstep=K, and the K of auto): slot-epochs a second
+  and full-protocol trials an hour (at the study section's mean epochs a trial).
 
 Every figure is measured on one torch thread a process, as sweep workers train.
 """
@@ -28,12 +31,13 @@ import torch
 from harness import kernels, project_root
 from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
+from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
 from harness.bench.study import project_studies, time_study
 from harness.errors import UserError
 from harness.models import names_of, resolve
 
-SECTIONS = ("layers", "epochs", "recipes", "study")
+SECTIONS = ("layers", "epochs", "recipes", "study", "lockstep")
 
 
 def bench(cfg) -> dict:
@@ -64,6 +68,10 @@ def bench(cfg) -> dict:
         if "epochs" in result:
             result["projection"] = project_studies(result["study"], result["epochs"],
                                                    int(options.study.trials_per_model))
+    if "lockstep" in sections:
+        print("\nlockstep: trials one at a time against K at a time:")
+        measured = result.get("study", {}).get("runs", [{}])[0].get("mean_epochs")
+        result["lockstep"] = time_lockstep(cfg, options.lockstep, epochs_per_trial=measured)
     out = Path(options.out or project_root() / "results" / "bench" / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -104,6 +112,15 @@ def markdown(result: dict) -> str:
                   " | vanilla trial (s) | hours | basis |", "|---|---|---|---|"]
         for dataset, r in projection["tasks"].items():
             lines.append(f"| {dataset} | {r['vanilla_trial_s']:.1f} | {r['study_hours']:.1f} | {r['basis']} |")
+        lines.append("")
+    if result.get("lockstep"):
+        run = result["lockstep"]
+        lines += [f"| lockstep, {run['dataset']} vanilla, {run['epochs']} epochs a configuration | K | slot-epochs/s "
+                  f"| full-protocol trials an hour ({run['epochs_per_trial']:.0f} epochs) | against one at a time |",
+                  "|---|---|---|---|---|"]
+        for r in run["rows"]:
+            lines.append(f"| {r['how']} | {r['slots']} | {r['slot_epochs_per_s']:.3f} | {r['trials_per_hour']:.1f} | "
+                         f"{r['vs_one_at_a_time']:.2f}x |")
         lines.append("")
     if result.get("layers"):
         lines += ["| forward + backward, fresh | model | ours (ms) | reference | reference (ms) | ratio |",
