@@ -48,6 +48,11 @@
   epoch (trial.report), so optuna-dashboard shows learning curves.
   Workers on other machines started against the same PostgreSQL URL or journal file
   cooperate on the same studies.
+- `search.lockstep=K` (or auto) trains K trials of a study at once in each worker
+  (harness.lockstep, `run_lockstep`): a free slot asks for a trial, and each trial is told
+  as soon as its slot ends; the rules above hold trial by trial. `train.device` other
+  than cpu always trains that way. Models and recipes lockstep does not cover train one
+  at a time (said once).
 - `search.variants` sweeps several models in turn: a list of names, `lstm` (Greff's nine
   LSTM variants) or `all` (every model of harness.models); `variant=` is always one model.
   A Hydra multirun (`-m variant=vanilla,cifg`) works too. A study of a model's former

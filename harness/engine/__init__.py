@@ -12,8 +12,9 @@ Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
   (CTC: torch's ctc_loss on the scores alone), the backward pass through time into
   preallocated gradient buffers (the parameters' `.grad`), and Greff's Nesterov update
   in one compiled loop over every tensor; any other update is the recipe's torch.optim
-  optimizer on those same gradients. Models it does not cover (GRU, GF-RNN) train on the
-  reference path, and `make_step` says so once.
+  optimizer on those same gradients. The GRU and the GF-RNN stacks run their own
+  compiled loops through their autograd functions; where the compiled loops could not
+  be built, `make_step` says so once and trains on the reference path.
 
 `train.engine` (conf/train/greff.yaml) chooses; tests/test_engine.py checks that both give
 the same gradients and the same weights after several updates, for every LSTM variant
