@@ -21,7 +21,7 @@ from omegaconf import open_dict
 from optuna.trial import TrialState
 
 from harness import tasks
-from harness.datasets import DataSplits, Sequence
+from harness.datasets import DataSplits
 from harness.errors import UserError
 from harness.lockstep import LockstepTrainer, choose_lockstep, resolve_device, slot_bytes
 from harness.lockstep.stack import SlotModel, SlotStack
@@ -29,27 +29,9 @@ from harness.models import LSTM_VARIANTS
 from harness.networks import SequenceNetwork
 from harness.sweep import counts
 from harness.train import train
+from test_engine import K as O  # outputs (CTC: O - 1 characters + blank)
+from test_engine import M, TASKS, sequences  # random sequences of each task, M inputs
 from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
-
-M, O = 4, 3
-TASKS = {"next_step": False, "regression": False, "framewise": True, "ctc": True}  # task: bidirectional
-
-
-def sequences(task, lengths, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for T in lengths:
-        x = rng.normal(size=(T, M)).astype(np.float32)
-        if task == "next_step":
-            y = (rng.random((T, O)) < 0.3).astype(np.float32)
-        elif task == "regression":
-            y = rng.normal(size=(T, O)).astype(np.float32)
-        elif task == "framewise":
-            y = rng.integers(0, O, size=T)
-        else:
-            y = rng.integers(1, O, size=max(1, T // 3))
-        out.append(Sequence(x=x, y=y))
-    return out
 
 
 def splits(task, n_train=6):
