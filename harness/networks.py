@@ -22,7 +22,7 @@ from harness.cells import make_layer
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each sequence of a padded (T, B, D) batch in its first lengths[b] frames."""
     T = x.shape[0]
-    steps = torch.arange(T).unsqueeze(1)  # (T, 1)
+    steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
     index = torch.where(steps < lengths.unsqueeze(0), lengths.unsqueeze(0) - 1 - steps, steps)  # (T, B)
     return x.gather(0, index.unsqueeze(2).expand_as(x))
 

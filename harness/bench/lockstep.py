@@ -47,12 +47,13 @@ def time_lockstep(cfg, options, epochs_per_trial: float | None = None) -> dict:
     sized = cfg.copy()
     with open_dict(sized):
         sized.variant = {"name": "vanilla"}
-    per_slot = slot_bytes(largest_network(sized, space_of(cfg), data), data)
+    largest = largest_network(sized, space_of(cfg), data)
+    per_slot = slot_bytes(largest, data)
     auto = choose_lockstep("auto", device, per_slot, trials_left=int(options.trials_left))
     sizes = sorted({int(k) for k in options.slots} | {auto})
     points = configurations(cfg.search.space, max(sizes))
     print(f"  {data.name}, vanilla, {epochs} epochs a configuration, {device}; a slot takes up to "
-          f"{per_slot / 2**20:.1f} MiB (N={largest_network(sized, space_of(cfg), data).forward_layer.hidden_size}); "
+          f"{per_slot / 2**20:.1f} MiB (N={largest.forward_layer.hidden_size}); "
           f"auto picks {auto}; a full-protocol trial = {per_trial:.1f} epochs", flush=True)
     torch.set_num_threads(1)
     rows = []

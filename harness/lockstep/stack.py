@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from harness.cells import LSTMLayer
-from harness.networks import SequenceNetwork
+from harness.networks import SequenceNetwork, reverse_within_lengths
 
 N_DIM = "N"  # a hidden dimension in a leaf's template
 
@@ -214,9 +214,8 @@ class SlotStack:
 
 
 def reverse_time(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each sequence of x (K, T, B, D) within its own length (lengths (K, B))."""
-    T = x.shape[1]
-    steps = torch.arange(T, device=x.device).view(1, T, 1)
-    ends = lengths.unsqueeze(1)  # (K, 1, B)
-    index = torch.where(steps < ends, ends - 1 - steps, steps)  # (K, T, B)
-    return x.gather(1, index.unsqueeze(3).expand_as(x))
+    """Reverse each sequence of x (K, T, B, D) within its own length (lengths (K, B)):
+    networks.reverse_within_lengths over the K * B sequences."""
+    K, T, B, D = x.shape
+    flat = x.transpose(0, 1).reshape(T, K * B, D)
+    return reverse_within_lengths(flat, lengths.reshape(K * B)).view(T, K, B, D).transpose(0, 1)

@@ -32,6 +32,7 @@ import torch
 from harness import tasks
 from harness.cells import LSTMLayer
 from harness.datasets import DataSplits
+from harness.errors import UserError
 from harness.lockstep.stack import SlotModel, SlotStack
 from harness.networks import count_parameters
 from harness.recipes import Recipe
@@ -112,7 +113,8 @@ class LockstepTrainer:
         noise.set_state(torch.get_rng_state())  # the trial alone draws its noise from here on
         reason = covers(cfg, network)
         if reason is not None:
-            raise ValueError(f"lockstep does not cover {reason}")
+            raise UserError(f"lockstep (search.lockstep > 1, or a train.device other than cpu) does not cover "
+                            f"{reason}; train it with train.device=cpu and search.lockstep=1.")
         if self.model is None:
             self.model = SlotModel(network)
             self.eval_batch_size = int(cfg.train.get("eval_batch_size", 32))
@@ -253,13 +255,6 @@ def train_on_device(cfg, data: DataSplits, device: torch.device, out_dir: Path |
                     log: Callable[[str], None] = print):
     """`odyssey train` on a device other than the CPU: the trial as the one slot of a
     lockstep (the sweep's path there), with the same result as harness.train.train."""
-    from harness.errors import UserError
-
-    torch.manual_seed(int(cfg.seed))
-    reason = covers(cfg, make_network(cfg, data))
-    if reason is not None:
-        raise UserError(f"train.device={cfg.train.device}: lockstep, the path of every device but the CPU, does not "
-                        f"cover {reason}; use train.device=cpu for it.")
     trainer = LockstepTrainer(data, 1, device, log=log)
     trainer.add(cfg, "run", on_epoch=lambda epoch, value: log(f"  epoch {epoch:3d}  val {value:.4f}"), out_dir=out_dir)
     log(f"{data.name} / {cfg.variant.name}: N={cfg.hidden_size} on {device} (lockstep, one slot)")
