@@ -78,12 +78,16 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     lines += ["## What this study says about the paper", ""]
     lines += _summary(scorecard)
     lines += [table(scorecard[["finding", "verdict", "evidence"]]), "",
-              f"Rules: significance is Welch's t-test on all trials with Holm's correction over "
-              f"the variants (p < {options['alpha']}); a finding of a difference that is not "
-              f"significant is *undecided* below {options['scorecard_min_trials']} usable trials "
-              "a variant and *disagrees* from there on; a claim about a fraction is decided only "
-              "when its whole bootstrap interval lies on one side of the threshold. Table: "
-              "`scorecard.csv`; the rules in full: docs/analysis.md.", ""]
+              f"Rules: a variant is *worse* or *better* than {reference} when Welch's t-test on all trials, "
+              f"after Holm's correction over the variants, gives p < {options['alpha']}; *equivalent* when "
+              f"the difference's {1 - 2 * options['alpha']:.0%} Welch interval lies inside ±margin (two "
+              "one-sided tests); otherwise *undecided*, with the trials a variant that would likely decide it "
+              "at the observed spread. A finding of a difference disagrees only on *equivalent* or the "
+              "opposite difference; a finding of no difference agrees only on *equivalent*. "
+              + (f"Margin: {options['margin']:g} ({options['margin_reason']})."
+                 if options.get("margin") is not None else f"Margin: none ({options.get('margin_reason', '')}).")
+              + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
+              "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     excluded = trials[trials.excluded != ""]
@@ -150,6 +154,10 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     shown[f"mean − {reference}"] = [
         _interval(r, "mean_diff_all", "mean_diff_all_ci_low", "mean_diff_all_ci_high")
         for _, r in variants.iterrows()]
+    shown[f"{1 - 2 * options['alpha']:.0%} Welch interval"] = [
+        "" if not np.isfinite(r["tost_low"]) else f"[{r['tost_low']:.3g}, {r['tost_high']:.3g}]"
+        for _, r in variants.iterrows()]
+    shown["comparison"] = variants["comparison"]
     for key in ("all", "top"):
         shown[f"Welch p ({key})"] = variants[f"welch_p_{key}"]
         shown[f"Holm p ({key})"] = variants[f"welch_holm_{key}"]

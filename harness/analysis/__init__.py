@@ -47,6 +47,9 @@ IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high",
 def _options(cfg) -> dict:
     options = dict(DEFAULTS)
     options.update({k: cfg[k] for k in cfg.keys()} if hasattr(cfg, "keys") else {})
+    if options.get("margin") is not None and not float(options["margin"]) > 0:
+        raise UserError(f"analysis.margin={options['margin']}: give a positive difference in the metric's units, "
+                        "or null for the task's default.")
     if not options.get("dataset"):
         raise UserError("analysis.dataset is not set: name the data set of the studies, "
                         "e.g. `odyssey analyze analysis.dataset=jsb_chorales`.")
@@ -94,6 +97,8 @@ def run(cfg) -> Path:
     table.to_csv(out / "trials.csv", index=False)
     usable = table[table.excluded == ""]
     screened = usable[~usable.diverged].copy()
+    task = scorecard.infer_task(dataset, options.get("task"))
+    options["margin"], options["margin_reason"] = scorecard.margin_for(task, options.get("margin"))
     top = statistics.top_trials(screened, float(options["top_fraction"]), sign)
     variants = statistics.variants_table(table, screened, top, column, sign, options)
     variants.to_csv(out / "variants.csv", index=False)
@@ -123,7 +128,6 @@ def run(cfg) -> Path:
         pd.DataFrame(unscreened.rows, columns=IMPORTANCE_COLUMNS[:4]).to_csv(
             out / "importance_without_rule.csv", index=False)
 
-    task = scorecard.infer_task(dataset, options.get("task"))
     effects = results[POOLED].effects if POOLED in results else {}
     card = scorecard.judge(dataset, task, variants, importance, effects, options, sign)
     card.to_csv(out / "scorecard.csv", index=False)
