@@ -157,16 +157,16 @@ def verdicts(vanilla, variant, looks, alpha: float = 0.05, margin: float | None 
     return list(result[0]) if single else result
 
 
-def shift_interval(vanilla, variant, level: float) -> tuple[float, float, float]:
+def shift_interval(vanilla, variant, critical: float) -> tuple[float, float, float]:
     """Hodges-Lehmann shift of `variant` against `vanilla` (the median of all pairwise
-    differences) and the interval of shifts the two-sided rank test at `level` does not
-    reject (Moses' distribution-free interval, normal approximation); NaN counts as +inf."""
+    differences) and the shifts the rank test with critical value `critical` does not reject
+    (Moses' interval, normal approximation without ties: at a look's boundary, the repeated
+    confidence interval); NaN counts as +inf."""
     x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
     differences = np.sort((y[:, None] - x[None, :]).ravel())
     m, n = len(x), len(y)
-    z = stats.norm.ppf(0.5 + level / 2)
-    k = int(np.floor(m * n / 2 - z * np.sqrt(m * n * (m + n + 1) / 12)))
-    k = max(k, 0)
+    # Hollander & Wolfe: the C-th smallest and the C-th largest difference (1-based)
+    c = max(1, int(np.floor(m * n / 2 - critical * np.sqrt(m * n * (m + n + 1) / 12))))
     with np.errstate(invalid="ignore"):
         middle = float(np.median(differences))
-    return middle, float(differences[k]), float(differences[len(differences) - 1 - k])
+    return middle, float(differences[c - 1]), float(differences[len(differences) - c])
