@@ -63,8 +63,30 @@ def pruned_lines(trials) -> list[str]:
     return [line + ".", ""]
 
 
+def sequential_lines(sequential: dict, trials, reference) -> list[str]:
+    """The rounds of a sweep with search.until=decided: trials each variant got, and at
+    which look and by what its comparison with the reference was decided."""
+    if not sequential:
+        return []
+    first = next(iter(sequential.values()))
+    margin = first.get("margin")
+    lines = ["## Sequential study", "",
+             f"The sweep ran in rounds of {first.get('look_every')} trials a variant (search.until=decided), "
+             f"judging each variant against {reference} after every round by a group-sequential rank test "
+             f"(alpha {first.get('alpha')}, margin {'none' if margin is None else f'±{margin:g}'}, cap "
+             f"{first.get('cap')} trials a variant; docs/analysis.md, \"Sequential studies\"), and stopped each "
+             "variant when decided. Its verdicts are about the median difference between a variant's trial and a "
+             f"{reference} trial; the scorecard above judges the final trials by Welch and the margin.", ""]
+    counts = trials.groupby("variant").size()
+    rows = [{"variant": v, "trials": int(counts.get(v, 0)), "verdict": o.get("verdict"), "at look": o.get("look"),
+             "by": o.get("by", "")} for v, o in sorted(sequential.items())]
+    rows.append({"variant": reference, "trials": int(counts.get(reference, 0)), "verdict": "(reference)",
+                 "at look": "", "by": ""})
+    return lines + [table(pd.DataFrame(rows)), ""]
+
+
 def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
-          fences, scorecard, task, curves, figures, column, sign, options, seconds) -> Path:
+          fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None) -> Path:
     reference = options["reference_variant"]
     better = "lower" if sign > 0 else "higher"
     metric_words = "the test metric" if column == "test_metric" else "the objective value"
@@ -89,6 +111,7 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
               + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
               "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
+    lines += sequential_lines(sequential or {}, trials, reference)
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     excluded = trials[trials.excluded != ""]
     if len(excluded):

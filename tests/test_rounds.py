@@ -5,8 +5,8 @@ metric is 10 + N(0, 1) from its seed, plus 50 for NFG (far worse)."""
 
 import numpy as np
 import optuna
-import pytest
 
+from harness import analysis
 from harness import sweep as sweep_module
 from harness.train import TrainingResult
 
@@ -42,6 +42,13 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
     sweep_module.sweep(compose_config([*overrides[:3], "search.n_trials=40", *overrides[4:]], command="sweep"))
     assert counted(url, "jsb_chorales.nfg")[0] == 10
     assert counted(url, "jsb_chorales.cifg")[0] == 40 and counted(url, "jsb_chorales.vanilla")[0] == 40
+    # the report says how many trials each variant got, and where and by what it was decided
+    report = analysis.run({"dataset": "jsb_chorales", "storage": url, "out": str(tmp_path / "out"),
+                           "n_bootstrap": 0, "figures": False, "crosscheck": False,
+                           "min_trials_for_fanova": 1000}).read_text()
+    section = report[report.index("## Sequential study"):report.index("## Trials")]
+    assert "| nfg | 10 | worse | 10 | rank test |Z|" in section.replace("\\|", "|")
+    assert "| cifg | 40 | undecided | 40 |" in section
 
 
 def test_looks_up_to_the_cap():

@@ -142,6 +142,7 @@ def run(cfg) -> Path:
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,
                         curves=curves, figures=drawn, column=column, sign=sign, options=options,
+                        sequential=studies.sequential,
                         seconds=time.time() - started)
     print(f"[analyze] done in {time.time() - started:.1f} s: {path}")
     return path
