@@ -198,8 +198,8 @@ def _finding(key, j, pooled, singles, effects, task, options, sign):
             return "disagrees", "significantly better: " + "; ".join(better)
         open_ = [e for n, v, e in judged if v == "undecided"]
         if not open_:
-            return "agrees", (f"no variant's interval reaches {j.margin:g} below {j.reference} "
-                              "(Holm-corrected Welch, all trials)")
+            return "agrees", (f"no variant's {1 - 2 * j.alpha:.0%} Welch interval (all trials) reaches "
+                              f"{j.margin:g} past {j.reference} on the better side")
         return "undecided", "not ruled out: " + "; ".join(open_)
     if not len(pooled) or not singles:
         return "undecided", "no pooled fANOVA (too few trials or no shared parameters)"
