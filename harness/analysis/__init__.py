@@ -11,6 +11,7 @@ and write what these computed:
     statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
     fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
     scorecard.py     the paper's findings judged on this study
+    sequential.py    verdicts that stay valid under a look after every round (search.until=decided)
 
 cfg keys: conf/analysis/default.yaml.
 
