@@ -58,6 +58,8 @@ class SearchSchema:
     pruner_reduction_factor: int = MISSING
     launcher: str = MISSING
     slurm: SlurmSchema = MISSING
+    until: str = MISSING
+    look_every: int = MISSING
     space: Dict[str, Any] = MISSING  # parameter: {type, low, high, log} (harness.sweep checks each)
 
 
@@ -83,7 +85,7 @@ class AnalysisSchema:
     min_trials_for_fanova: int = MISSING
     alpha: float = MISSING
     reference_variant: str = MISSING
-    scorecard_min_trials: int = MISSING
+    margin: Optional[float] = MISSING
     negligible_fraction: float = MISSING
     small_interactions: float = MISSING
     lr_shift_tolerance: float = MISSING

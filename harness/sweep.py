@@ -83,7 +83,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import project_root
+from harness import project_root, rounds
 from harness.datasets import load_dataset
 from harness.errors import UserError
 from harness.lockstep import LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device, slot_bytes
@@ -650,6 +650,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     with open_dict(cfg):  # so that every worker (here or a SLURM task) has each model's config
         cfg.search.variants = configs
     variants = [config["name"] for config in configs]
+    rounds.check(cfg, variants)  # search.until
     search = cfg.search
     space = space_of(cfg)  # fail on a bad space or pruner before any work
     make_pruner(search)
@@ -674,18 +675,22 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         lockstep_plan(checked, space_of(checked), data, int(search.n_trials), say=lambda message: None)
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
-    names, died, without_complete = [], [], []
-    for name in variants:
+    names, died, without_complete = {}, [], {}
+
+    def top_up(name: str, target: int) -> None:  # the variant's study to `target` counted trials
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         former = study.user_attrs.get("variant") != name  # a study of the model's former name (gfrnn)
-        print(f"{study.study_name}: {counted}/{search.n_trials} trials already done"
+        print(f"{study.study_name}: {counted}/{target} trials already done"
               + (f" (a study of {name} under its former name)" if former else ""), flush=True)
+        round_cfg = cfg.copy()
+        with open_dict(round_cfg):
+            round_cfg.search.n_trials = target
         if workers == 1:
-            run_worker(cfg.copy(), name, 0, data=data)
+            run_worker(round_cfg, name, 0, data=data)
         else:
             try:
-                died += run_processes(cfg, name, workers)
+                died.extend(run_processes(round_cfg, name, workers))
             finally:  # the trial of a worker that died (or was killed at a stop) is not left RUNNING
                 Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
@@ -698,9 +703,18 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
               f"{sum(counts(t) for t in trials) - len(complete) - pruned} diverged)"
               + (f", best val {best.value:.4f} / test {best.user_attrs.get('test_metric'):.4f}" if best else ""),
               flush=True)
-        if not complete:
-            without_complete.append(study.study_name)
-        names.append(study.study_name)
+        without_complete[name] = None if complete else study.study_name
+        names[name] = study.study_name
+
+    if search.get("until", "n_trials") == "decided":
+        rounds.run(cfg, variants, top_up, lambda name: open_study(storage, cfg.dataset.name, name, seed=0,
+                                                                  recipe=recipe), counts)
+    else:
+        for name in variants:
+            top_up(name, int(search.n_trials))
+    for name in variants:  # a variant decided before this run got no round
+        names.setdefault(name, open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe).study_name)
+    without_complete = [study for study in without_complete.values() if study]
     if died:
         print(f"odyssey sweep: error: {len(died)} worker(s) died: {'; '.join(died)}. Finished trials are kept; "
               "run the same command to top the studies up.", file=sys.stderr, flush=True)
@@ -709,4 +723,4 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         print(f"odyssey sweep: no trial completed in {', '.join(without_complete)} (every trial diverged or was "
               "lost); try a smaller search.space.learning_rate range.", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NO_COMPLETE)
-    return names
+    return list(names.values())

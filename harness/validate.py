@@ -385,14 +385,19 @@ SEARCH_RULES = [("search.n_trials", lambda v: isinstance(v, int) and v >= 1, "gi
                 ("search.heartbeat_seconds", lambda v: v >= 0, "give a number of seconds, 0 or more"),
                 ("search.pruner_startup_trials", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
                 ("search.pruner_warmup_epochs", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
-                ("search.pruner_reduction_factor", lambda v: isinstance(v, int) and v >= 2, "give a whole number, 2 or more")]
+                ("search.pruner_reduction_factor", lambda v: isinstance(v, int) and v >= 2, "give a whole number, 2 or more"),
+                ("search.look_every", lambda v: isinstance(v, int) and v >= 1, "give a whole number of trials a round, at least 1"),
+                ("analysis.margin", lambda v: v > 0, "give a positive difference in the metric's units, or null for "
+                                                     "the task's default")]
 ANALYSIS_RULES = [("analysis.n_trees", lambda v: isinstance(v, int) and v >= 1, "give at least 1 tree"),
                   ("analysis.min_samples_leaf", lambda v: isinstance(v, int) and v >= 1, "give at least 1 trial a leaf"),
                   ("analysis.n_bootstrap", lambda v: isinstance(v, int) and v >= 0, "give 0 (no intervals) or more"),
                   ("analysis.bootstrap_trees", lambda v: isinstance(v, int) and v >= 1, "give at least 1 tree"),
                   ("analysis.ci_level", lambda v: 0 < v < 1, "give a level between 0 and 1, e.g. 0.95"),
                   ("analysis.top_fraction", lambda v: 0 < v <= 1, "give a share in (0, 1], e.g. 0.1"),
-                  ("analysis.alpha", lambda v: 0 < v < 1, "give a significance level between 0 and 1, e.g. 0.05")]
+                  ("analysis.alpha", lambda v: 0 < v < 1, "give a significance level between 0 and 1, e.g. 0.05"),
+                  ("analysis.margin", lambda v: v > 0, "give a positive difference in the metric's units, or null for "
+                                                       "the task's default")]
 
 
 def _check_threads(cfg, overrides, files) -> None:

@@ -377,3 +377,19 @@ def test_the_command_line_shows_no_traceback_in_a_fresh_process(tmp_path):
                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "hiden_size" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_sequential_settings_out_of_range_name_their_key(capsys, run_dir, tmp_path):
+    """analysis.margin, search.look_every, search.until, and until=decided without vanilla or
+    with a single variant (harness.rounds)."""
+    storage = f"search.storage=sqlite:///{tmp_path}/studies.db"
+    refused(capsys, "sweep", "analysis.margin=-0.5", storage, *run_dir, words=("analysis.margin=-0.5", "positive"))
+    refused(capsys, "analyze", "analysis.dataset=x", "analysis.margin=0", *run_dir, words=("analysis.margin=0", "positive"))
+    refused(capsys, "sweep", "search.look_every=0", storage, *run_dir, words=("search.look_every=0", "at least 1"))
+    refused(capsys, "sweep", "search.until=sometimes", storage, *run_dir,
+            words=("search.until=sometimes", "n_trials", "decided"))
+    refused(capsys, "sweep", "search.until=decided", storage, *run_dir,
+            words=("search.until=decided", "vanilla and at least one other", "search.variants"))
+    refused(capsys, "sweep", "search.until=decided", "search.variants=[nfg,cifg]", storage, *run_dir,
+            words=("search.until=decided", "list vanilla"))
+    assert not (tmp_path / "studies.db").exists()  # refused before any study was made

@@ -11,6 +11,7 @@ and write what these computed:
     statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
     fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
     scorecard.py     the paper's findings judged on this study
+    sequential.py    verdicts that stay valid under a look after every round (search.until=decided)
 
 cfg keys: conf/analysis/default.yaml.
 
@@ -47,6 +48,9 @@ IMPORTANCE_COLUMNS = ["variant", "term", "fraction", "std", "ci_low", "ci_high",
 def _options(cfg) -> dict:
     options = dict(DEFAULTS)
     options.update({k: cfg[k] for k in cfg.keys()} if hasattr(cfg, "keys") else {})
+    if options.get("margin") is not None and not float(options["margin"]) > 0:
+        raise UserError(f"analysis.margin={options['margin']}: give a positive difference in the metric's units, "
+                        "or null for the task's default.")
     if not options.get("dataset"):
         raise UserError("analysis.dataset is not set: name the data set of the studies, "
                         "e.g. `odyssey analyze analysis.dataset=jsb_chorales`.")
@@ -94,6 +98,8 @@ def run(cfg) -> Path:
     table.to_csv(out / "trials.csv", index=False)
     usable = table[table.excluded == ""]
     screened = usable[~usable.diverged].copy()
+    task = scorecard.infer_task(dataset, options.get("task"))
+    options["margin"], options["margin_reason"] = scorecard.margin_for(task, options.get("margin"))
     top = statistics.top_trials(screened, float(options["top_fraction"]), sign)
     variants = statistics.variants_table(table, screened, top, column, sign, options)
     variants.to_csv(out / "variants.csv", index=False)
@@ -123,7 +129,6 @@ def run(cfg) -> Path:
         pd.DataFrame(unscreened.rows, columns=IMPORTANCE_COLUMNS[:4]).to_csv(
             out / "importance_without_rule.csv", index=False)
 
-    task = scorecard.infer_task(dataset, options.get("task"))
     effects = results[POOLED].effects if POOLED in results else {}
     card = scorecard.judge(dataset, task, variants, importance, effects, options, sign)
     card.to_csv(out / "scorecard.csv", index=False)
@@ -138,6 +143,7 @@ def run(cfg) -> Path:
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,
                         curves=curves, figures=drawn, column=column, sign=sign, options=options,
+                        sequential=studies.sequential,
                         seconds=time.time() - started)
     print(f"[analyze] done in {time.time() - started:.1f} s: {path}")
     return path

@@ -39,6 +39,7 @@ class Studies:
     metric: str  # "test_metric" or "validation_metric": the column analysed
     names: dict = field(default_factory=dict)  # variant -> study names
     recipe: str = GREFF  # the training recipe of every study read
+    sequential: dict = field(default_factory=dict)  # variant -> its study's `sequential` attribute (harness.rounds)
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:
@@ -94,11 +95,13 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
                         "analyse them separately (set analysis.dataset to one study's name).")
     sign = -1.0 if directions == {optuna.study.StudyDirection.MAXIMIZE} else 1.0
 
-    rows, distributions, curves, names = [], {}, {}, {}
+    rows, distributions, curves, names, sequential = [], {}, {}, {}, {}
     frozen = []
     for variant in sorted(found):
         for summary in found[variant]:
             names.setdefault(variant, []).append(summary.study_name)
+            if "sequential" in summary.user_attrs:  # a sweep with search.until=decided
+                sequential[variant] = summary.user_attrs["sequential"]
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             for trial in study.get_trials(deepcopy=False):
                 frozen.append((variant, trial))
@@ -121,7 +124,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
         frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
     return Studies(frame, distributions, curves, sign, column, names,
-                   recipe if recipe is not None else next(iter(recipes)))
+                   recipe if recipe is not None else next(iter(recipes)), sequential)
 
 
 def _trial_row(variant, trial, column) -> dict:

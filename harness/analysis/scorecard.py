@@ -1,16 +1,16 @@
 """Step 5: the replication scorecard: each finding of Greff et al. (2017) judged on the
 study at hand as agrees / disagrees / undecided / not applicable, with its evidence.
 
-Rules (docs/analysis.md, "Scorecard"): a variant is *significantly* worse or better
-than the reference when Welch's t-test on all trials, after Holm's correction over the
-variants, gives p < alpha; its direction is the sign of the difference of means.
+Rules (docs/analysis.md, "Scorecard" and "Verdicts"): each variant's comparison with the
+reference (statistics.py, column `comparison`) is worse / better (Welch on all trials,
+Holm's correction over the variants, p < alpha), equivalent (the difference's Welch
+interval at level 1 - 2 alpha inside (-margin, +margin), `analysis.margin`, default by
+task: MARGINS) or undecided. No count of trials decides a verdict.
 
-- "X significantly worse": agrees if so; disagrees if X is significantly better, or if
-  it is not significantly worse although both variants have at least
-  `scorecard_min_trials` usable trials; otherwise undecided (too few trials to say).
-- "not significantly different" / "none better": disagrees on a significant
-  difference; agrees when there is none with at least `scorecard_min_trials` trials
-  each; otherwise undecided.
+- "X significantly worse": agrees on worse; disagrees on equivalent or better; else undecided.
+- "not significantly different": agrees on equivalent; disagrees on worse or better.
+- "no variant better": disagrees when a variant is significantly better; agrees when no
+  variant's interval reaches below -margin (on the better side); else undecided.
 - Fractions (pooled fANOVA of all variants): a claim holds when the whole bootstrap
   interval is on its side of the threshold, fails when the whole interval is on the
   other side, and is undecided when the interval straddles it.
@@ -29,6 +29,16 @@ TASK_PATTERNS = {"music": r"jsb|chorale|nottingham|muse|piano|music|midi",
                  "speech": r"timit|speech|wav|phone",
                  "handwriting": r"iam|handwrit|inkml|ondb|online"}
 ALL = ("music", "speech", "handwriting")
+# analysis.margin when it is null: the smallest difference that matters, in the task's
+# metric units (docs/analysis.md, "Verdicts", says why each).
+MARGINS = {
+    "music": (0.3, "0.3 nats of NLL per frame: the difference Greff's design (200 trials a variant, Welch "
+                   "at 0.05) detects with 80 % power at the spread of JSB trials (sd 1.1 nats)"),
+    "speech": (0.02, "0.02 frame error (2 points): the same rule at an assumed spread of 0.07 between "
+                     "trials; set analysis.margin = 0.28 x your vanilla trials' sd"),
+    "handwriting": (0.02, "0.02 character error rate (2 points): the same rule at an assumed spread of 0.07; "
+                          "set analysis.margin = 0.28 x your vanilla trials' sd"),
+}
 
 # (id, finding as the paper states it, tasks where it holds)
 FINDINGS = [
@@ -56,6 +66,15 @@ def infer_task(dataset: str, given=None) -> str | None:
     return None
 
 
+def margin_for(task, given) -> tuple[float | None, str]:
+    """(margin, why): analysis.margin when set, else the task's default (None: no task)."""
+    if given is not None:
+        return float(given), "set by analysis.margin"
+    if task in MARGINS:
+        return MARGINS[task][0], f"the {task} default, " + MARGINS[task][1]
+    return None, "no margin: the task is unknown and analysis.margin is not set, so nothing is equivalent"
+
+
 def _combine(verdicts):
     if any(v == "disagrees" for v in verdicts):
         return "disagrees"
@@ -75,7 +94,7 @@ class _Judge:
         self.effects = effects
         self.reference = options["reference_variant"]
         self.alpha = float(options["alpha"])
-        self.min_trials = int(options["scorecard_min_trials"])
+        self.margin = options.get("margin")
         self.options = options
 
     # -- variant comparisons
@@ -87,26 +106,32 @@ class _Judge:
         if ref not in v.index or v.loc[ref, "n_usable"] < 2:
             return "undecided", f"{variant}: no usable {ref} trials to compare with"
         row = v.loc[variant]
-        diff, p = row["mean_diff_all"], row["welch_holm_all"]
-        n, n_ref = int(row["n_usable"]), int(v.loc[ref, "n_usable"])
-        worse = finite(diff) and self.sign * diff > 0
-        evidence = (f"{variant}: mean {'+' if diff >= 0 else ''}{_fmt(diff)} "
-                    f"[{_fmt(row['mean_diff_all_ci_low'])}, {_fmt(row['mean_diff_all_ci_high'])}] "
-                    f"vs {ref}, Holm p = {_fmt(p, 2)} (Welch p = {_fmt(row['welch_p_all'], 2)}; "
-                    f"best 10 %: p = {_fmt(row['welch_p_top'], 2)}), n = {n} / {n_ref}")
-        significant = finite(p) and p < self.alpha
-        enough = min(n, n_ref) >= self.min_trials
+        found = row["comparison"]
+        evidence = self.evidence(variant, row)
         if claim == "worse":
-            if significant:
-                return ("agrees" if worse else "disagrees"), evidence
-            return ("disagrees" if enough else "undecided"), evidence + (
-                "" if enough else f" (fewer than {self.min_trials} trials)")
-        if claim == "not_better" and significant and worse:
-            return "agrees", evidence  # significantly worse is not better
-        if significant:
+            return {"worse": "agrees", "equivalent": "disagrees", "better": "disagrees"}.get(found, "undecided"), evidence
+        if claim == "same":
+            return {"equivalent": "agrees", "worse": "disagrees", "better": "disagrees"}.get(found, "undecided"), evidence
+        # not_better: the interval's better-side end stays above -margin
+        if found == "better":
             return "disagrees", evidence
-        return ("agrees" if enough else "undecided"), evidence + (
-            "" if enough else f" (fewer than {self.min_trials} trials)")
+        ends = sorted((self.sign * row["tost_low"], self.sign * row["tost_high"]))
+        if self.margin is not None and finite(ends[0]) and ends[0] > -self.margin:
+            return "agrees", evidence
+        return "undecided", evidence
+
+    def evidence(self, variant, row):
+        """The difference, its interval, the margin, the test and what it found."""
+        diff, ref = row["mean_diff_all"], self.reference
+        level = 1 - 2 * self.alpha
+        margin = "no margin" if self.margin is None else f"margin ±{self.margin:g}"
+        text = (f"{variant}: mean {'+' if diff >= 0 else ''}{_fmt(diff)} vs {ref} "
+                f"[{_fmt(row['tost_low'])}, {_fmt(row['tost_high'])}] ({level:.0%} Welch interval; {margin}), "
+                f"Welch p = {_fmt(row['welch_p_all'], 2)}, Holm p = {_fmt(row['welch_holm_all'], 2)}, "
+                f"n = {int(row['n_usable'])} / {int(self.variants.loc[ref, 'n_usable'])}: {row['comparison']}")
+        if row["comparison"] == "undecided" and finite(row.get("trials_to_decide", float("nan"))):
+            text += f" (about {int(row['trials_to_decide'])} trials a variant would likely decide it)"
+        return text
 
     # -- fractions of the pooled fANOVA
     def term(self, name):
@@ -131,7 +156,7 @@ def _ci(t):
 def judge(dataset, task, variants, importance, effects, options, sign=1.0) -> pd.DataFrame:
     """One row a finding: finding, tasks, verdict, evidence."""
     j = _Judge(variants, importance, effects, options)
-    j.sign = sign
+    j.sign = sign  # +1: lower is better
     rows = []
     pooled = importance[importance.variant == POOLED] if len(importance) else importance
     singles = [t for t in pooled.term if ":" not in t and t != "higher_order"] if len(pooled) else []
@@ -171,11 +196,11 @@ def _finding(key, j, pooled, singles, effects, task, options, sign):
         better = [e for n, v, e in judged if v == "disagrees"]
         if better:
             return "disagrees", "significantly better: " + "; ".join(better)
-        verdicts = ["agrees" if v in ("agrees",) else "undecided" for _, v, _ in judged]
-        few = [n for n, v, _ in judged if v == "undecided"]
-        evidence = ("no variant significantly better (Holm-corrected Welch, all trials)"
-                    + (f"; too few trials to rule it out for {', '.join(few)}" if few else ""))
-        return _combine(verdicts), evidence
+        open_ = [e for n, v, e in judged if v == "undecided"]
+        if not open_:
+            return "agrees", (f"no variant's {1 - 2 * j.alpha:.0%} Welch interval (all trials) reaches "
+                              f"{j.margin:g} past {j.reference} on the better side")
+        return "undecided", "not ruled out: " + "; ".join(open_)
     if not len(pooled) or not singles:
         return "undecided", "no pooled fANOVA (too few trials or no shared parameters)"
     if key == "lr_dominant":

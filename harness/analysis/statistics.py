@@ -7,6 +7,12 @@
 - Welch's t-test (scipy, unequal variances) of each variant against the reference, on
   all trials and on the best 10 %, as Greff et al. did; `welch_holm_*` are those p-values
   after Holm's step-down correction over the variants compared (one family per panel).
+- The comparison with the reference on all trials (`comparison`, docs/analysis.md,
+  "Verdicts"): worse / better when Holm's p < alpha; equivalent when the difference's
+  Welch interval at level 1 - 2 alpha (`tost_low`, `tost_high`: two one-sided tests,
+  Schuirmann 1987, in interval form) lies inside (-margin, +margin); else undecided, with
+  `trials_to_decide`, the trials a variant with which the observed difference and spread
+  would decide it with 80 % power.
 """
 
 from __future__ import annotations
@@ -60,6 +66,43 @@ def _top_mean(metric, validation, fraction, sign):
     return float(np.mean(metric[order[:n]]))
 
 
+POWER = 0.8  # of the trials_to_decide estimate
+
+
+def welch_interval(metric, reference, level: float) -> tuple[float, float]:
+    """The Welch (unequal variances) interval of mean(metric) - mean(reference) at `level`."""
+    if len(metric) < 2 or len(reference) < 2:
+        return np.nan, np.nan
+    low, high = stats.ttest_ind(metric, reference, equal_var=False).confidence_interval(level)
+    return float(low), float(high)
+
+
+def trials_to_decide(diff, sd, sd_reference, margin, alpha, family) -> float:
+    """Trials a variant (both groups alike) with which a study whose true difference and
+    spreads are the observed ones would likely (POWER) decide: significant at alpha / family
+    (Holm's first step, the strictest), or equivalent at margin; the fewer of the two (normal
+    approximation: n = ((z_a + z_power) sigma / distance)^2, sigma^2 = sd^2 + sd_reference^2)."""
+    spread = math.hypot(sd, sd_reference)
+    if not (finite(diff) and finite(spread)) or spread == 0:
+        return np.nan
+    power = stats.norm.ppf(POWER)
+    needed = []
+    if diff != 0:
+        needed.append(((stats.norm.ppf(1 - alpha / (2 * family)) + power) * spread / abs(diff)) ** 2)
+    if margin is not None and abs(diff) < margin:
+        needed.append(((stats.norm.ppf(1 - alpha) + power) * spread / (margin - abs(diff))) ** 2)
+    return float(math.ceil(min(needed))) if needed else np.nan
+
+
+def comparison(p_holm, diff, low, high, margin, alpha, sign) -> str:
+    """worse / better / equivalent / undecided of a variant against the reference."""
+    if finite(p_holm) and p_holm < alpha and finite(diff):
+        return "worse" if sign * diff > 0 else "better"
+    if margin is not None and finite(low) and finite(high) and -margin < low and high < margin:
+        return "equivalent"
+    return "undecided"
+
+
 def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame:
     """Counts, summaries with bootstrap intervals, Welch and Holm against the reference."""
     reference = options["reference_variant"]
@@ -101,6 +144,9 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
         row["mean_diff_all"] = (float(np.mean(metric) - np.mean(ref_metric))
                                 if variant != reference and len(used) and len(ref_metric) else np.nan)
         row["mean_diff_all_ci_low"], row["mean_diff_all_ci_high"] = _percentile(diffs, level)
+        row["sd_all"] = float(np.std(metric, ddof=1)) if len(metric) >= 2 else np.nan
+        row["tost_low"], row["tost_high"] = ((np.nan, np.nan) if variant == reference else
+                                             welch_interval(metric, ref_metric, 1 - 2 * float(options["alpha"])))
         for label, part in (("all", used), ("top", best)):
             ref = (screened if label == "all" else top)
             ref = ref[ref.variant == reference][column].astype(float)
@@ -116,4 +162,16 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
         if len(table):
             table[f"welch_holm_{label}"] = holm(table[f"welch_p_{label}"])
             table[f"differs_holm_{label}"] = table[f"welch_holm_{label}"] < options["alpha"]
+    if len(table):
+        alpha, margin = float(options["alpha"]), options.get("margin")
+        family = max(1, int(table.welch_p_all.notna().sum()))
+        sd_reference = (float(np.std(ref_metric, ddof=1)) if len(ref_metric) >= 2 else np.nan)
+        table["margin"] = np.nan if margin is None else float(margin)
+        table["comparison"] = [
+            "" if row.variant == reference else
+            comparison(row.welch_holm_all, row.mean_diff_all, row.tost_low, row.tost_high, margin, alpha, sign)
+            for row in table.itertuples()]
+        table["trials_to_decide"] = [
+            trials_to_decide(row.mean_diff_all, row.sd_all, sd_reference, margin, alpha, family)
+            if row.comparison == "undecided" else np.nan for row in table.itertuples()]
     return table

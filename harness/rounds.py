@@ -1,0 +1,134 @@
+"""`search.until=decided`: a sweep in rounds that stops each variant once its comparison
+with vanilla is decided (docs/analysis.md, "Sequential studies").
+
+    odyssey sweep search.variants=lstm search.until=decided search.look_every=10 search.n_trials=200
+
+Every round gives `search.look_every` more trials to each variant still undecided, and to
+the reference variant (analysis.reference_variant, vanilla) while any is; then each of
+them is judged against the reference by harness.analysis.sequential.verdicts at every look
+so far (looks at multiples of look_every, and at the cap `search.n_trials`), with
+`analysis.alpha` and `analysis.margin` (null: the task's default). The series are the
+counted trials' test metrics in trial-number order (a trial whose loss diverged is the worst
+outcome); a variant's look k compares its first n_k trials with the reference's first n_k.
+
+Everything is decided from what the storage holds, so a rerun (after a crash, a stop or a
+raised cap) goes on from the last look and loses nothing. The outcome of each variant is
+recorded in its study's user attribute `sequential` (verdict, the look that decided it,
+the statistic and boundary, the settings), which the analysis report shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from optuna.trial import TrialState
+
+from harness.analysis import scorecard, sequential
+from harness.errors import UserError
+
+UNTIL = ("n_trials", "decided")
+
+
+def check(cfg, variants: list[str]) -> None:
+    """One line naming the key for a setting the rounds cannot run with."""
+    search = cfg.search
+    until = search.get("until", "n_trials")
+    if until not in UNTIL:
+        raise UserError(f"search.until={until}: give n_trials (every variant gets search.n_trials trials) or decided "
+                        "(rounds until each variant's comparison with vanilla is decided).")
+    if until != "decided":
+        return
+    reference = cfg.analysis.get("reference_variant", "vanilla")
+    if reference not in variants or len(variants) < 2:
+        raise UserError(f"search.until=decided compares every variant with {reference}: list {reference} and at least "
+                        f"one other in search.variants (got {', '.join(variants)}).")
+    if search.get("pruner", "none") != "none":
+        raise UserError(f"search.pruner={search.pruner}: search.until=decided judges complete trials; use "
+                        "search.pruner=none.")
+    if search.get("launcher", "local") != "local":
+        raise UserError(f"search.launcher={search.launcher}: search.until=decided runs its rounds from this machine; "
+                        "use search.launcher=local (its workers may still share a storage with other machines).")
+
+
+def margin_of(cfg) -> tuple[float | None, str]:
+    """analysis.margin, or the default of the data set's task (harness.analysis.scorecard)."""
+    task = scorecard.infer_task(str(cfg.dataset.name), cfg.analysis.get("task"))
+    return scorecard.margin_for(task, cfg.analysis.get("margin"))
+
+
+def series(study, counts) -> np.ndarray:
+    """The counted trials' test metric in trial-number order; NaN for a diverged trial."""
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if counts(t)), key=lambda t: t.number)
+    values = [t.user_attrs.get("test_metric", t.value) if t.state == TrialState.COMPLETE else math.nan
+              for t in trials]
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def looks_up_to(n: int, every: int, cap: int) -> list[int]:
+    """The looks a variant with n trials has passed: multiples of `every`, and the cap."""
+    looks = list(range(every, min(n, cap) + 1, every))
+    if n >= cap and (not looks or looks[-1] != cap):
+        looks.append(cap)
+    return [k for k in looks if k >= 2]
+
+
+def judge(reference: np.ndarray, variant: np.ndarray, every: int, cap: int, alpha: float, margin) -> dict:
+    """The verdict of one variant at its last look so far, with what decided it."""
+    looks = looks_up_to(min(len(reference), len(variant)), every, cap)
+    outcome = {"verdict": "undecided", "look": looks[-1] if looks else 0, "n_trials": int(len(variant)),
+               "alpha": alpha, "margin": margin, "look_every": every, "cap": cap}
+    if not looks:
+        return outcome
+    found = sequential.verdicts(reference, variant, looks, alpha=alpha, margin=margin, cap=cap)
+    decided = [k for k, v in enumerate(found) if v != "undecided"]
+    k = decided[0] if decided else len(looks) - 1
+    n = looks[k]
+    z = float(sequential.rank_z(np.nan_to_num(reference[:n], nan=np.inf), np.nan_to_num(variant[:n], nan=np.inf)))
+    differ = float(sequential.boundaries(np.array(looks[:k + 1]) / cap, alpha)[-1])
+    same = float(sequential.boundaries(np.array(looks[:k + 1]) / cap, 2 * alpha)[-1])
+    shift, low, high = sequential.shift_interval(reference[:n], variant[:n], critical=same)
+    outcome.update(verdict=found[k], look=n, z=z, boundary=differ, shift=shift, shift_low=low, shift_high=high)
+    if found[k] in ("worse", "better"):
+        outcome["by"] = f"rank test |Z| = {abs(z):.2f} >= boundary {differ:.2f} at {n} trials a variant"
+    elif found[k] == "equivalent":
+        outcome["by"] = (f"repeated interval of the shift [{low:.3g}, {high:.3g}] inside ±{margin:g} "
+                         f"at {n} trials a variant")
+    else:
+        outcome["by"] = (f"at {n} trials a variant: |Z| = {abs(z):.2f} < {differ:.2f}; shift [{low:.3g}, {high:.3g}]"
+                         + (f" not inside ±{margin:g}" if margin is not None else " (no margin)"))
+    return outcome
+
+
+def run(cfg, variants: list[str], top_up, study_of, counts) -> dict:
+    """The rounds: top_up(name, target) brings a variant's study to `target` counted trials;
+    study_of(name) opens it; counts(trial) says whether a trial counts. Returns {variant:
+    outcome} of every variant but the reference."""
+    search, analysis = cfg.search, cfg.analysis
+    reference = analysis.get("reference_variant", "vanilla")
+    every, cap, alpha = int(search.look_every), int(search.n_trials), float(analysis.alpha)
+    margin, why = margin_of(cfg)
+    others = [v for v in variants if v != reference]
+    print(f"until decided: rounds of {every} trials a variant up to {cap}, each judged against {reference} "
+          f"(alpha {alpha:g}, margin {'none' if margin is None else f'{margin:g}'}: {why})", flush=True)
+    sizes = None
+    while True:
+        base = series(study_of(reference), counts)
+        outcomes = {}
+        for name in others:
+            study = study_of(name)
+            outcomes[name] = judge(base, series(study, counts), every, cap, alpha, margin)
+            study.set_user_attr("sequential", outcomes[name])
+        open_ = [name for name, o in outcomes.items() if o["verdict"] == "undecided" and o["look"] < cap]
+        print("round: " + "; ".join(f"{name} {o['verdict']} at {o['look']}" for name, o in outcomes.items()),
+              flush=True)
+        if not open_:
+            return outcomes
+        now = [len(series(study_of(name), counts)) for name in variants]
+        if now == sizes:  # the last round added nothing (its workers died): say so, do not spin
+            raise UserError("search.until=decided: the last round added no trial; see the workers' messages above, "
+                            "then run the same command to go on from the last look.")
+        sizes = now
+        target = min(cap, min(outcomes[name]["look"] for name in open_) + every)
+        for name in [reference, *open_]:
+            top_up(name, target)

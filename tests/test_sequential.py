@@ -1,0 +1,127 @@
+"""harness.analysis.sequential by simulation, never by its own output: the boundaries against
+published values and Brownian motion, the error rates on studies resampled from the JSB
+reference study (tests/data/jsb_reference_test_metrics.json: the test metric of each of its
+50 vanilla and 50 NOAF trials), and the number of trials a real difference takes."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from harness.analysis import sequential
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "jsb_reference_test_metrics.json").read_text())
+VANILLA, NOAF = np.array(REFERENCE["vanilla"]), np.array(REFERENCE["noaf"])
+LOOKS = list(range(10, 201, 10))  # a look every 10 trials up to 200
+STUDIES = 2000
+ALPHA = 0.05
+MC = math.sqrt(ALPHA * (1 - ALPHA) / STUDIES)  # Monte Carlo error of a rate near alpha
+
+
+def test_boundaries_match_published_lan_demets_values():
+    # Lan-DeMets O'Brien-Fleming-type spending, two-sided 0.05, five equal looks: 4.877,
+    # 3.357, 2.680, 2.290, 2.031 (as printed by the R packages ldbounds and gsDesign); that
+    # spending function is 2 (2 - 2 Phi(z_{1 - alpha/4} / sqrt t)) in total over both sides.
+    def obrien_fleming(t, alpha):
+        t = np.asarray(t, dtype=float)
+        return 2 * (2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 4) / np.sqrt(t)))
+
+    found = sequential.boundaries(np.arange(1, 6) / 5, 0.05, spending=obrien_fleming)
+    assert found == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=2e-3)
+
+
+def test_boundaries_spend_alpha_as_brownian_motion_crosses_them():
+    # 400,000 Brownian paths observed at the looks' fractions: the share first crossing at
+    # each look is the spending function's increment there
+    fractions = np.array(LOOKS) / 200
+    c = sequential.boundaries(fractions, ALPHA)
+    rng = np.random.default_rng(0)
+    steps = rng.normal(size=(400_000, len(fractions))) * np.sqrt(np.diff(np.concatenate([[0], fractions])))
+    z = np.cumsum(steps, axis=1) / np.sqrt(fractions)
+    crossed = np.abs(z) >= c
+    first = np.where(crossed.any(axis=1), crossed.argmax(axis=1), -1)
+    total = np.mean(first >= 0)
+    assert total == pytest.approx(ALPHA, abs=3 * math.sqrt(ALPHA / 400_000))
+    expected = sequential.spent(fractions, ALPHA)
+    observed = np.cumsum([np.mean(first == k) for k in range(len(fractions))])
+    assert observed == pytest.approx(expected, abs=1.5e-3)
+
+
+def _resampled(values, rng, shift=0.0):
+    return rng.choice(values, size=(STUDIES, LOOKS[-1])) + shift
+
+
+def test_no_difference_keeps_alpha_under_a_look_every_ten_trials_where_welch_does_not():
+    # 2,000 studies of two variants resampled from the same 50 real vanilla trials
+    # (heavy ties, a skewed, bounded spread over nats): the procedure calls a difference
+    # at some look in at most alpha of them; Welch's test after every look, in far more.
+    rng = np.random.default_rng(1)
+    vanilla, variant = _resampled(VANILLA, rng), _resampled(VANILLA, rng)
+    found = sequential.verdicts(vanilla, variant, LOOKS, alpha=ALPHA)
+    rate = np.mean(np.isin(found[:, -1], ["worse", "better"]))
+    assert rate <= ALPHA + 2 * MC, rate
+    naive = np.zeros(STUDIES, dtype=bool)
+    for n in LOOKS:
+        naive |= stats.ttest_ind(variant[:, :n], vanilla[:, :n], axis=1, equal_var=False).pvalue < ALPHA
+    assert naive.mean() > 3 * ALPHA, naive.mean()
+
+
+def test_equivalence_is_rarely_claimed_for_a_difference_of_the_margin():
+    # the variant is vanilla shifted by exactly the margin (a difference that matters):
+    # "equivalent" at any look in at most alpha of the studies
+    rng = np.random.default_rng(2)
+    margin = 0.3
+    vanilla, variant = _resampled(VANILLA, rng), _resampled(VANILLA, rng, shift=margin)
+    found = sequential.verdicts(vanilla, variant, LOOKS, alpha=ALPHA, margin=margin)
+    rate = np.mean(found[:, -1] == "equivalent")
+    assert rate <= ALPHA + 2 * MC, rate
+    # and without a difference most studies end equivalent by the cap
+    same = sequential.verdicts(vanilla, _resampled(VANILLA, rng), LOOKS, alpha=ALPHA, margin=margin)
+    assert np.mean(same[:, -1] == "equivalent") > 0.8
+
+
+def test_noaf_is_found_worse_with_fewer_trials_than_a_fixed_fifty():
+    # NOAF's 50 real trials (a few diverged to NLL in the thousands) against vanilla's:
+    # the trials a variant at the look that decides, against a fixed study of 50 trials a
+    # variant judged once by Welch's test. Measured: the mean and the median of that
+    # number over 2,000 resampled studies, and how often each design ends on "worse".
+    rng = np.random.default_rng(3)
+    vanilla, variant = _resampled(VANILLA, rng), _resampled(NOAF, rng)
+    found = sequential.verdicts(vanilla, variant, LOOKS, alpha=ALPHA, margin=0.3)
+    decided = found != "undecided"
+    at = np.where(decided.any(axis=1), np.array(LOOKS)[decided.argmax(axis=1)], LOOKS[-1])
+    worse = np.mean(found[:, -1] == "worse")
+    welch = stats.ttest_ind(variant[:, :50], vanilla[:, :50], axis=1, equal_var=False)
+    fixed = np.mean((welch.pvalue < ALPHA) & (welch.statistic > 0))
+    assert at.mean() < 45 and np.median(at) <= 40, (at.mean(), np.median(at))
+    assert worse >= fixed, (worse, fixed)
+
+
+def test_rank_statistic_matches_scipys_mann_whitney_with_ties():
+    rng = np.random.default_rng(5)
+    vanilla = rng.choice(VANILLA[:12], size=(50, 30))  # many ties
+    variant = rng.choice(VANILLA[:12], size=(50, 30)) + rng.choice([0.0, 0.5], size=(50, 30))
+    z = sequential.rank_z(vanilla, variant)
+    for i in range(50):
+        test = stats.mannwhitneyu(variant[i], vanilla[i], method="asymptotic", use_continuity=False)
+        assert abs(z[i]) == pytest.approx(stats.norm.isf(test.pvalue / 2), rel=1e-6, abs=1e-9)
+        assert np.sign(z[i]) == np.sign(test.statistic - 30 * 30 / 2)
+
+
+def test_one_study_nan_as_the_worst_outcome_and_a_decision_stands():
+    rng = np.random.default_rng(4)
+    vanilla = rng.normal(10, 1, 60)
+    worse = vanilla + 5  # every variant trial far worse: decided at the first look that can
+    found = sequential.verdicts(vanilla, worse, [10, 20, 30, 40, 50, 60], margin=0.3)
+    assert isinstance(found, list) and found[-1] == "worse"
+    first = found.index("worse")
+    assert all(v == "undecided" for v in found[:first]) and all(v == "worse" for v in found[first:])
+    # a trial whose loss became NaN ranks as the worst: all-NaN is worse, not undecided
+    assert sequential.verdicts(vanilla, np.full(60, np.nan), [20, 40, 60])[-1] == "worse"
+    with pytest.raises(ValueError, match="looks"):
+        sequential.verdicts(vanilla, worse, [20, 10])
+    with pytest.raises(ValueError, match="margin"):
+        sequential.verdicts(vanilla, worse, [10, 20], margin=0)
