@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from harness import kernels, tasks
+from harness.cell_class import CellClass
 from harness.cells import LSTMLayer
 from harness.networks import SequenceNetwork, reverse_within_lengths
 from harness.recipes import Recipe
@@ -45,6 +46,8 @@ def native_supports(network: SequenceNetwork, task: str) -> str | None:
         return "this machine (the compiled loops could not be built)"
     if task not in TASKS:
         return f"the task {task}"
+    if isinstance(network.forward_layer, CellClass):
+        return f"the model {network.variant}, a cell given as a class (cell: _target_)"
     return None
 
 
