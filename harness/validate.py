@@ -141,6 +141,8 @@ def _optional(key: str, baseline) -> bool:
         return True  # a parameter added to or removed from the search (the sweep checks its name)
     if key == "variant.switches" or key.startswith("variant.switches."):
         return True
+    if key.startswith("variant.cell.") and key.count(".") == 2:
+        return True  # a keyword argument of a cell given as a class (harness.cell_class)
     if key.startswith("train.space.") and key.count(".") == 2:
         return True  # a parameter added to or removed from a recipe's own search
     if key.startswith("dataset.") and key.count(".") == 1:
