@@ -95,9 +95,10 @@ def _scan_chunk(log_a: torch.Tensor, b: torch.Tensor, h_last: torch.Tensor) -> t
     return L.exp() * ((-L).exp().mul(b).cumsum(0) + h_last)
 
 
-class _MinimalCell(WeightContract, nn.Module):
-    """What minGRU and minLSTM share: one input projection of every frame (fused rows, in
-    the order of `BLOCKS`), the recurrence by `form`, and the weight contract."""
+class InputGatedCell(WeightContract, nn.Module):
+    """What minGRU, minLSTM and the RG-LRU (harness.griffin) share: one input projection
+    of every frame (fused rows, in the order of `BLOCKS`), the recurrence by `form`, and
+    the weight contract."""
 
     BLOCKS: tuple[str, ...] = ()
 
@@ -141,7 +142,7 @@ class _MinimalCell(WeightContract, nn.Module):
         return f"{self.input_size}, {self.hidden_size}, form={self.form}, chunk={self.chunk}"
 
 
-class MinGRU(_MinimalCell):
+class MinGRU(InputGatedCell):
     """The minimal GRU (Feng et al. 2024)::
 
         z^t  = sigma(W_z x^t + b_z)
@@ -162,7 +163,7 @@ class MinGRU(_MinimalCell):
         return self.recurrence(log_keep, 1 - z, z * candidate)
 
 
-class MinLSTM(_MinimalCell):
+class MinLSTM(InputGatedCell):
     """The minimal LSTM (Feng et al. 2024)::
 
         f^t  = sigma(W_f x^t + b_f)

@@ -8,6 +8,7 @@
     gfgru     gru   gated-feedback GRU stack                              `layers`, `concat_layers`
     mingru    class the minimal GRU of Feng et al. (2024)                 `cell: {_target_: harness.minimal.MinGRU}`
     minlstm   class the minimal LSTM of Feng et al. (2024)                `cell: {_target_: harness.minimal.MinLSTM}`
+    rglru     class Griffin's RG-LRU (De et al. 2024)                     `cell: {_target_: harness.griffin.RGLRU}`
 
 `MODELS` is that table; the cells (harness.cells, harness.gated_feedback) compute what a
 row says, and the command line, the sweep, the bench and the docs read the names here.
@@ -186,6 +187,7 @@ MODELS: dict[str, Model] = {
     "gfgru": Model("gfgru", "gru", "gated-feedback GRU stack of Chung et al. (2015)", gated_feedback=True),
     "mingru": Model("mingru", "class", "the minimal GRU of Feng et al. (2024)", target="harness.minimal.MinGRU"),
     "minlstm": Model("minlstm", "class", "the minimal LSTM of Feng et al. (2024)", target="harness.minimal.MinLSTM"),
+    "rglru": Model("rglru", "class", "Griffin's RG-LRU of De et al. (2024)", target="harness.griffin.RGLRU"),
 }
 
 # Former names, still accepted; each resolves to its model everywhere.

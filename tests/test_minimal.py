@@ -9,6 +9,7 @@ import torch
 
 from harness.cell_class import CellClass
 from harness.cells import make_layer
+from harness.griffin import RGLRU
 from harness.minimal import MinGRU, MinLSTM, recurrence_loop, recurrence_scan
 from harness.models import MODELS, resolve
 from harness.networks import SequenceNetwork, count_parameters
@@ -54,7 +55,30 @@ def minlstm_by_hand(w, x):
     return y
 
 
-@pytest.mark.parametrize("cls, by_hand", [(MinGRU, mingru_by_hand), (MinLSTM, minlstm_by_hand)])
+def rglru_by_hand(w, x):
+    """Griffin's RG-LRU (De et al. 2024, section 2.4) on u = W_u x + b_u, eq. by eq., with
+    c = 8 and lambda_0 chosen so that sigma(lambda_0)^8 = 0.95."""
+    T, B, M = x.shape
+    N = w["b_u"].shape[0]
+    offset = math.log(0.95 ** (1 / 8) / (1 - 0.95 ** (1 / 8)))
+    y = torch.zeros(T, B, N, dtype=torch.float64)
+
+    def affine(key, n, t, b):
+        return sum(w[f"W_{key}"][n, m].item() * x[t, b, m].item() for m in range(M)) + w[f"b_{key}"][n].item()
+
+    for b in range(B):
+        h = [0.0] * N
+        for t in range(T):
+            for n in range(N):
+                r, i = sigma(affine("a", n, t, b)), sigma(affine("x", n, t, b))
+                a = sigma(w["lambda"][n].item() + offset) ** (8 * r)
+                h[n] = a * h[n] + math.sqrt(1 - a * a) * i * affine("u", n, t, b)
+                y[t, b, n] = h[n]
+    return y
+
+
+@pytest.mark.parametrize("cls, by_hand", [(MinGRU, mingru_by_hand), (MinLSTM, minlstm_by_hand),
+                                          (RGLRU, rglru_by_hand)])
 @pytest.mark.parametrize("form", ["loop", "scan"])
 def test_outputs_match_the_equations_step_by_step(float64, cls, by_hand, form):
     torch.manual_seed(0)
@@ -70,6 +94,7 @@ def test_parameter_counts():
     M, N = 88, 37
     assert count_parameters(MinGRU(input_size=M, hidden_size=N)) == 2 * (N * M + N)  # W_z W_h, b_z b_h
     assert count_parameters(MinLSTM(input_size=M, hidden_size=N)) == 3 * (N * M + N)  # W_f W_i W_h, b_f b_i b_h
+    assert count_parameters(RGLRU(input_size=M, hidden_size=N)) == 3 * (N * M + N) + N  # W_a W_x W_u, b_*, lambda
     network = SequenceNetwork("minlstm", M, N, 88, bidirectional=True)
     assert count_parameters(network) == 2 * 3 * (N * M + N) + (2 * N + 1) * 88
 
@@ -86,9 +111,20 @@ def test_weight_contract_keys_and_round_trip():
     with pytest.raises(KeyError, match="W_z"):
         other.import_weights({**weights, "W_z": weights["W_f"]})
     assert set(MinGRU(input_size=5, hidden_size=3).export_weights()) == {"W_z", "W_h", "b_z", "b_h"}
+    assert set(RGLRU(input_size=5, hidden_size=3).export_weights()) == {"W_a", "W_x", "W_u", "b_a", "b_x", "b_u",
+                                                                        "lambda"}
 
 
-@pytest.mark.parametrize("cls", [MinGRU, MinLSTM])
+def test_rglru_starts_where_griffin_starts_it():
+    """Griffin initialises a^c in [0.9, 0.999]; odyssey's N(0, 0.1^2) draw of lambda lands
+    there: sigma(lambda + lambda_0)^8 = 0.95 at lambda = 0."""
+    torch.manual_seed(0)
+    layer = make_layer("rglru", 4, 500)
+    base = torch.sigmoid(layer.cell.decay.detach() + math.log(0.95 ** (1 / 8) / (1 - 0.95 ** (1 / 8)))) ** 8
+    assert 0.9 < base.min() and base.max() < 0.999 and abs(base.median().item() - 0.95) < 0.005
+
+
+@pytest.mark.parametrize("cls", [MinGRU, MinLSTM, RGLRU])
 def test_scan_and_loop_agree_in_outputs_and_gradients(cls):
     torch.manual_seed(1)
     x = torch.randn(70, 3, 6)
@@ -119,7 +155,7 @@ def test_scan_survives_decays_far_beyond_float_range():
 
 
 def test_built_in_through_the_cell_interface(compose_config):
-    for name, cls in (("mingru", MinGRU), ("minlstm", MinLSTM)):
+    for name, cls in (("mingru", MinGRU), ("minlstm", MinLSTM), ("rglru", RGLRU)):
         variant = compose_config([f"variant={name}"]).variant
         assert variant.cell._target_ == MODELS[name].target == f"{cls.__module__}.{cls.__name__}"
         assert resolve(name, None, variant.cell) is MODELS[name] and MODELS[name].cell == "class"
