@@ -27,8 +27,8 @@ Its weights (`export_weights`) are the module's own weight contract if it has on
 Checks before anything trains, each a UserError naming the YAML file and what to fix: a
 `_target_` that is missing or cannot be imported, a constructor that rejects
 `input_size`/`hidden_size` (or the keyword arguments), a module without trainable
-parameters, and a forward that does not return one float32 tensor (T, B, N) for a small
-probe input (and for every batch after it).
+parameters, and a forward that does not return one tensor (T, B, N) of the input's
+dtype (float32 in training) for a small probe input (and for every batch after it).
 """
 
 from __future__ import annotations
@@ -151,9 +151,9 @@ class CellClass(WeightContract, nn.Module):
                             "take x of shape (T, B, input_size).") from None
         finally:
             self.cell.train(was_training)
-        self._check(y, (PROBE_FRAMES, PROBE_BATCH))
+        self._check(y, (PROBE_FRAMES, PROBE_BATCH), x.dtype)
 
-    def _check(self, y, frames_and_batch: tuple[int, int]) -> None:
+    def _check(self, y, frames_and_batch: tuple[int, int], dtype: torch.dtype) -> None:
         expected = (*frames_and_batch, self.hidden_size)
         name = type(self.cell).__name__
         if not isinstance(y, torch.Tensor):
@@ -162,13 +162,14 @@ class CellClass(WeightContract, nn.Module):
         if tuple(y.shape) != expected:
             raise UserError(f"{self._where}: {name}'s forward returned shape {tuple(y.shape)} for an input "
                             f"{(*frames_and_batch, self.input_size)}; return (T, B, hidden_size) = {expected}.")
-        if y.dtype != torch.float32:
-            raise UserError(f"{self._where}: {name}'s forward returned {y.dtype}; return float32, the input's dtype.")
+        if y.dtype != dtype:
+            raise UserError(f"{self._where}: {name}'s forward returned {y.dtype} for a {dtype} input; return the "
+                            "input's dtype.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.cell(x)
         if not isinstance(y, torch.Tensor) or y.shape != (*x.shape[:2], self.hidden_size) or y.dtype != x.dtype:
-            self._check(y, tuple(x.shape[:2]))
+            self._check(y, tuple(x.shape[:2]), x.dtype)
         return y
 
     def weight_views(self) -> dict[str, torch.Tensor]:

@@ -208,7 +208,7 @@ def test_a_cell_whose_loss_becomes_nan_is_a_diverged_run(user, compose_config):
     ("missing", ("missing.yaml", "nowhere_to_be_found.Cell", "PYTHONPATH")),
     ("nosizes", ("nosizes.yaml", "input_size", "hidden_size")),
     ("wrongshape", ("wrongshape.yaml", "(3, 2, 5)", "(T, B, hidden_size)")),
-    ("double", ("double.yaml", "float64", "float32")),
+    ("double", ("double.yaml", "float64", "float32", "dtype")),
     ("noparameters", ("noparameters.yaml", "no trainable parameters")),
 ])
 def test_bad_cells_are_refused_in_one_line_naming_the_file(user, tmp_path, capsys, variant, words):
