@@ -49,8 +49,8 @@ PROBE_FRAMES, PROBE_BATCH = 3, 2
 def target_of(cell, where: str) -> str:
     """The `_target_` of a `cell:` mapping (a dotted path), or a UserError naming `where`."""
     if not hasattr(cell, "items"):
-        raise UserError(f"{where}: cell must be a mapping with _target_, e.g. cell: {{_target_: mypackage.cells.MyCell}}; "
-                        f"got {cell!r}.")
+        raise UserError(f"{where}: cell must be a mapping with _target_, e.g. cell: "
+                        f"{{_target_: mypackage.cells.MyCell}}; got {cell!r}.")
     target = cell.get("_target_")
     if not isinstance(target, str) or not target.strip() or target.startswith(".") or "." not in target:
         raise UserError(f"{where}: cell._target_ must be the dotted path of a class, e.g. mypackage.cells.MyCell; "

@@ -21,9 +21,9 @@ A model of one's own is a variant config: DIR/variant/NAME.yaml with `name: NAME
 either `switches: {...}` (an LSTM cell, keys and values of `SWITCHES`; no code) or
 `cell: {_target_: package.module.Class, ...}` (a cell given as a class, harness.cell_class),
 run with `--config-dir DIR variant=NAME`. `resolve` turns a variant config's name,
-switches and cell into its `Model`, or refuses it in one sentence. minGRU and minLSTM are
-built in through the same `cell:` interface (their rows name their class, and their
-configs must name the same).
+switches and cell into its `Model`, or refuses it in one sentence. minGRU, minLSTM and
+the RG-LRU are built in through the same `cell:` interface (their rows name their class,
+and their configs must name the same).
 
 `variant=` is always one model. Lists are a search option, `search.variants`: a list of
 names, or one of the named lists of `LISTS` (`lstm`: Greff's nine; `all`: every model

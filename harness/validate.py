@@ -555,6 +555,8 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             kinds.update({key: kind for key, kind in options.items() if key not in kinds})
         if section == "train":
             kinds.pop("threads", None)  # auto or a whole number: _check_threads
+        if section == "variant":  # a class's keyword arguments are its own (harness.cell_class)
+            kinds = {key: kind for key, kind in kinds.items() if not key.startswith("cell.")}
         _check_kinds(cfg, section, kinds, overrides, files)
     if "variant" in sections:  # one model (a list is search.variants), known or with switches or a cell of its own
         model = resolve(cfg.variant.name, cfg.variant.get("switches"), cfg.variant.get("cell"))

@@ -113,7 +113,8 @@ def user(tmp_path, monkeypatch):
         f"name: tiny\nformat: pianoroll\npath: {tmp_path / 'tiny.json'}\ntask: next_step\nbidirectional: false\n")
     (conf / "variant" / "elman.yaml").write_text("name: elman\ncell: {_target_: usercells.Elman, squash: tanh}\n")
     for name in ("NoSizes", "WrongShape", "Double", "NoParameters", "Exploding"):
-        (conf / "variant" / f"{name.lower()}.yaml").write_text(f"name: {name.lower()}\ncell: {{_target_: usercells.{name}}}\n")
+        (conf / "variant" / f"{name.lower()}.yaml").write_text(
+            f"name: {name.lower()}\ncell: {{_target_: usercells.{name}}}\n")
     (conf / "variant" / "missing.yaml").write_text("name: missing\ncell: {_target_: nowhere_to_be_found.Cell}\n")
     return package, conf
 

@@ -25,7 +25,8 @@ def time_scan(options) -> list[dict]:
         N, B, T = int(shape.hidden_size), int(shape.batch), int(shape.steps)
         x = torch.randn(T, B, INPUTS)
         for name, (cls, kind) in MODELS.items():
-            loop, scan = cls(input_size=INPUTS, hidden_size=N, form="loop"), cls(input_size=INPUTS, hidden_size=N, form="scan")
+            loop = cls(input_size=INPUTS, hidden_size=N, form="loop")
+            scan = cls(input_size=INPUTS, hidden_size=N, form="scan")
             scan.load_state_dict(loop.state_dict())
             reference = TorchRecurrent(kind, INPUTS, N)
             modules = {"loop": loop, "scan": scan, "torch": reference}
