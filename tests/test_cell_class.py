@@ -247,3 +247,21 @@ def make_network_of(target):
                             "hidden_size": 3})
     data = type("Data", (), {"input_dim": 2, "n_outputs": 2, "bidirectional": False})()
     return make_network(cfg, data).forward_layer
+
+
+def test_keyword_arguments_from_the_command_line_reach_the_class(user, tmp_path, capsys):
+    """`+variant.cell.KEY=VALUE` adds a keyword argument; the class's own refusal of it is
+    one line naming the YAML file (here odyssey's own minGRU)."""
+    _, conf = user
+    for given, words in (("+variant.cell.chunk=0", ("chunk=0", "give at least 1 frame")),
+                         ("+variant.cell.width=3", ("width=3", "unexpected keyword argument"))):
+        try:
+            cli.main(["train", "--config-dir", str(conf), "dataset=tiny", "variant=mingru", given, "max_epochs=1",
+                      "hidden_size=3", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert all(word in lines[0] for word in (str(ROOT / "conf" / "variant" / "mingru.yaml"), *words)), lines[0]

@@ -42,12 +42,12 @@ TASKS = (*CLOSED_FORM_TASKS, "ctc")
 
 def native_supports(network: SequenceNetwork, task: str) -> str | None:
     """None if the native step can train this network on this task, else what it lacks."""
+    if isinstance(network.forward_layer, CellClass):  # asked first: a class needs no compiled loops built
+        return f"the model {network.variant}, a cell given as a class (cell: _target_)"
     if kernels.lstm() is None:
         return "this machine (the compiled loops could not be built)"
     if task not in TASKS:
         return f"the task {task}"
-    if isinstance(network.forward_layer, CellClass):
-        return f"the model {network.variant}, a cell given as a class (cell: _target_)"
     return None
 
 
