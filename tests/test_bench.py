@@ -50,3 +50,13 @@ def test_scan_section_times_both_forms_against_torch_in_the_same_run():
         assert row["scan_vs_loop"] == pytest.approx(row["scan_ms"] / row["loop_ms"])
         assert row["reference"] == {"mingru": "torch.nn.GRU", "minlstm": "torch.nn.LSTM"}[row["model"]]
     assert "| N=4 B=1 T=5 | mingru |" in markdown({"scan": rows})
+
+
+def test_turns_section_times_each_model_in_turn_against_the_first(compose_config):
+    from harness.bench.turns import time_in_turn
+
+    options = OmegaConf.create({"models": ["vanilla", "mingru"], "hidden_size": 5, "rounds": 1})
+    rows = time_in_turn(compose_config(command="bench"), options)
+    assert [(r["model"], r["engine"]) for r in rows] == [("vanilla", "native"), ("mingru", "torch")]
+    assert rows[0]["vs_first"] == 1.0 and rows[1]["vs_first"] == pytest.approx(rows[1]["epoch_s"] / rows[0]["epoch_s"])
+    assert "| mingru | torch |" in markdown({"turns": rows})
