@@ -38,7 +38,7 @@ time loop. `form` chooses how that recurrence is computed:
   rounding are those that have decayed below float precision in h^t anyway;
 - `auto` (the default): `scan` for a batch of at most `SCAN_WIDTH` values a frame
   (batch x N), `loop` above, where each was faster on this project's CPU: the scan
-  1.6-1.8x faster at one sequence a step (Greff's recipe), the loop at minibatches
+  1.5-1.8x faster at one sequence a step (Greff's recipe), the loop at minibatches
   (docs/cells.md has the figures; `odyssey bench bench.sections=[scan]` measures them).
 """
 
