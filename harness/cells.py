@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from harness import kernels
+from harness.cell_class import CellClass
 from harness.gated_feedback import GatedFeedbackRNN
 from harness.models import LSTMSwitches, resolve
 from harness.weights import WeightContract
@@ -442,13 +443,14 @@ class GRULayer(WeightContract, nn.Module):
         return views
 
 
-def make_layer(variant, input_size: int, hidden_size: int, switches=None, **options) -> nn.Module:
+def make_layer(variant, input_size: int, hidden_size: int, switches=None, cell=None, **options) -> nn.Module:
     """One unidirectional layer of `variant`; x (T, B, M) -> y (T, B, N).
 
     `variant` is a model's name (harness.models.MODELS: vanilla ... fgr and gru have the
     weight contract) or a mapping of harness.models.SWITCHES (an LSTM composed of them);
     `switches` is the `switches:` of a variant config, which gives a model of a new name
-    its cell.
+    its cell, and `cell` its `cell:` (a class, harness.cell_class; mingru, minlstm and
+    rglru are such models, harness.minimal and harness.griffin).
     Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (the LSTM cells, default
     0; dropped where there is no forget gate); for the gated-feedback stacks (gflstm,
     alias gfrnn, and gfgru) also `layers` (default 3) and `concat_layers` (default false):
@@ -457,7 +459,9 @@ def make_layer(variant, input_size: int, hidden_size: int, switches=None, **opti
     if hasattr(variant, "items"):
         return LSTMLayer(LSTMSwitches.from_switches(variant, where="make_layer's switches"), input_size,
                          hidden_size, **options)
-    model = resolve(variant, switches)
+    model = resolve(variant, switches, cell)
+    if model.cell == "class":
+        return CellClass(model, cell, input_size, hidden_size, init_std=options.get("init_std", 0.1))
     if model.cell == "gru":
         options.pop("forget_bias", None)
     if model.gated_feedback:

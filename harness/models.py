@@ -6,6 +6,9 @@
     gru       gru   the GRU of Cho et al. (2014)
     gflstm    lstm  gated-feedback LSTM stack (Chung et al. 2015)         `layers`, `concat_layers`
     gfgru     gru   gated-feedback GRU stack                              `layers`, `concat_layers`
+    mingru    class the minimal GRU of Feng et al. (2024)                 `cell: {_target_: harness.minimal.MinGRU}`
+    minlstm   class the minimal LSTM of Feng et al. (2024)                `cell: {_target_: harness.minimal.MinLSTM}`
+    rglru     class Griffin's RG-LRU (De et al. 2024)                     `cell: {_target_: harness.griffin.RGLRU}`
 
 `MODELS` is that table; the cells (harness.cells, harness.gated_feedback) compute what a
 row says, and the command line, the sweep, the bench and the docs read the names here.
@@ -14,10 +17,13 @@ gflstm everywhere (the composed config and its runs are gflstm, and a new sweep 
 the study <dataset>.gflstm), except that an existing <dataset>.gfrnn study of an earlier
 version is topped up under its old name (harness.sweep.study_variant), never started anew.
 
-A model of one's own is a variant config and no code: DIR/variant/NAME.yaml with
-`name: NAME` and `switches: {...}` (an LSTM cell, keys and values of `SWITCHES`), run with
-`--config-dir DIR variant=NAME`. `resolve` turns a variant config's name and switches
-into its `Model`, or refuses it in one sentence.
+A model of one's own is a variant config: DIR/variant/NAME.yaml with `name: NAME` and
+either `switches: {...}` (an LSTM cell, keys and values of `SWITCHES`; no code) or
+`cell: {_target_: package.module.Class, ...}` (a cell given as a class, harness.cell_class),
+run with `--config-dir DIR variant=NAME`. `resolve` turns a variant config's name,
+switches and cell into its `Model`, or refuses it in one sentence. minGRU, minLSTM and
+the RG-LRU are built in through the same `cell:` interface (their rows name their class,
+and their configs must name the same).
 
 `variant=` is always one model. Lists are a search option, `search.variants`: a list of
 names, or one of the named lists of `LISTS` (`lstm`: Greff's nine; `all`: every model
@@ -25,7 +31,8 @@ here). No model may take the name of a list; `all` is also the analysis's name f
 pooled trials of every variant, so a model's name can never clash with it.
 
 Adding a model: one row here (an LSTM preset in `PRESETS`, or an entry of `MODELS`), and
-its conf/variant/NAME.yaml (`name: NAME`, plus the options it takes).
+its conf/variant/NAME.yaml (`name: NAME`, plus the options it takes; a class's row and
+config name the same `_target_`).
 """
 
 from __future__ import annotations
@@ -148,7 +155,9 @@ class Model:
     - `switches`: the LSTM's flags of a single-layer LSTM model; None for the others
       (the GF-LSTM's cell is fixed: no peepholes, Chung et al.);
     - `gated_feedback`: a stack of `variant.layers` layers (L >= 2) joined by global
-      reset gates (harness.gated_feedback); its config also takes `concat_layers`.
+      reset gates (harness.gated_feedback); its config also takes `concat_layers`;
+    - `target`: for `cell` "class", the class's dotted path (`cell._target_` of its
+      config; harness.cell_class builds it).
     """
 
     name: str
@@ -156,6 +165,7 @@ class Model:
     about: str
     switches: LSTMSwitches | None = None
     gated_feedback: bool = False
+    target: str | None = None
 
 
 LSTM_VARIANTS: dict[str, LSTMSwitches] = {
@@ -175,6 +185,9 @@ MODELS: dict[str, Model] = {
     "gru": Model("gru", "gru", "the GRU of Cho et al. (2014)"),
     "gflstm": Model("gflstm", "lstm", "gated-feedback LSTM stack of Chung et al. (2015)", gated_feedback=True),
     "gfgru": Model("gfgru", "gru", "gated-feedback GRU stack of Chung et al. (2015)", gated_feedback=True),
+    "mingru": Model("mingru", "class", "the minimal GRU of Feng et al. (2024)", target="harness.minimal.MinGRU"),
+    "minlstm": Model("minlstm", "class", "the minimal LSTM of Feng et al. (2024)", target="harness.minimal.MinLSTM"),
+    "rglru": Model("rglru", "class", "Griffin's RG-LRU of De et al. (2024)", target="harness.griffin.RGLRU"),
 }
 
 # Former names, still accepted; each resolves to its model everywhere.
@@ -201,15 +214,22 @@ def list_error(name: str) -> UserError:
                      "variant=vanilla).")
 
 
-def resolve(name, switches=None) -> Model:
-    """The model of a variant config: its `name` and, for a model of one's own, its `switches`.
+def resolve(name, switches=None, cell=None) -> Model:
+    """The model of a variant config: its `name` and, for a model of one's own, its
+    `switches` or its `cell` (a mapping with `_target_`, harness.cell_class).
 
     A built-in name (or an alias) gives its row of `MODELS`; a built-in name with switches
-    that differ from its own is refused (its studies and figures would carry the name of a
-    model they are not), as are switches on a model without them, the name of a list, and
-    a name that is neither a model nor carries switches (`UnknownModel`).
+    or a cell class that differ from its own is refused (its studies and figures would
+    carry the name of a model they are not), as are switches on a model without them,
+    switches and a cell together, the name of a list, and a name that is neither a model
+    nor carries switches or a cell (`UnknownModel`).
     """
     name = canonical(str(name))
+    if switches is not None and cell is not None:
+        raise UserError(f"variant '{name}' has both switches: (an LSTM of Greff's cell) and cell: (a class of its "
+                        "own); keep one of them in its config.")
+    if cell is not None:
+        return _resolve_class(name, cell)
     if name in LISTS:
         if switches is not None:
             raise UserError(f"a model cannot be called '{name}': that is the name of a list of models "
@@ -220,7 +240,7 @@ def resolve(name, switches=None) -> Model:
     if switches is None:
         if model is None:
             raise UnknownModel(f"unknown variant '{name}'; choose one of {choices()}, or give its variant config "
-                               f"`switches:` ({HOW_TO_ADD}).")
+                               f"`switches:` or `cell:` ({HOW_TO_ADD}).")
         return model
     where = f"variant '{name}': switches"
     try:
@@ -238,6 +258,43 @@ def resolve(name, switches=None) -> Model:
         raise UserError(f"variant '{name}' is Greff's preset {PRESETS[name] or 'vanilla'}, but its config sets "
                         f"switches {dict(switches)}; give a variant of other switches a name of its own.")
     return model
+
+
+def _resolve_class(name: str, cell) -> Model:
+    """The model of a variant config with `cell:` (see resolve)."""
+    target = cell.get("_target_") if hasattr(cell, "items") else None
+    if not isinstance(target, str):
+        raise UserError(f"{variant_file(name)}: cell must be a mapping with _target_, the dotted path of a class, "
+                        f"e.g. cell: {{_target_: mypackage.cells.MyCell}}; got {cell!r}.")
+    if name in LISTS:
+        raise UserError(f"a model cannot be called '{name}': that is the name of a list of models (search.variants) "
+                        "and of the analysis's pooled group; rename it in its variant config.")
+    model = MODELS.get(name)
+    if model is None:
+        return Model(name, "class", f"a cell of one's own, {target}", target=target)
+    if model.target != target:
+        raise UserError(f"variant '{name}' is {model.about}" + (f" ({model.target})" if model.target else "")
+                        + f", but its config's cell is {target}; give a model of its own a name of its own.")
+    return model
+
+
+def variant_file(name: str) -> str:
+    """The variant config of model `name`, for messages: the file Hydra read it from (the
+    last config directory that has it, conf/ or a --config-dir), else variant/NAME.yaml."""
+    from pathlib import Path
+
+    from harness import project_root
+
+    directories = [project_root() / "conf"]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        directories += [Path(source.path) for source in HydraConfig.get().runtime.config_sources
+                        if source.schema == "file"]
+    except (ImportError, ValueError):  # not inside a Hydra run (a test, a sweep's worker process)
+        pass
+    found = [d / "variant" / f"{name}.yaml" for d in directories if (d / "variant" / f"{name}.yaml").is_file()]
+    return str(found[-1]) if found else f"variant/{name}.yaml"
 
 
 def names_of(variants, variant: str, key: str = "search.variants") -> list[str]:
@@ -288,7 +345,7 @@ def variant_config(cfg, name: str) -> dict:
     config = _composed_variant(name)
     if config is None:
         raise UnknownModel(f"search.variants: unknown model '{name}'; choose from {choices()} (or the lists "
-                           f"{', '.join(LISTS)}), or add DIR/variant/{name}.yaml with `switches:` and pass "
+                           f"{', '.join(LISTS)}), or add DIR/variant/{name}.yaml with `switches:` or `cell:` and pass "
                            f"--config-dir DIR ({HOW_TO_ADD}).")
     return config
 
@@ -323,6 +380,6 @@ def variant_configs(cfg) -> list[dict]:
             raise UserError(f"search.variants: the config variant/{name}.yaml says `name: {config.get('name')}`; "
                             f"give it `name: {name}`.")
         config["name"] = canonical(config["name"])
-        resolve(config["name"], config.get("switches"))
+        resolve(config["name"], config.get("switches"), config.get("cell"))
         configs.append(config)
     return configs

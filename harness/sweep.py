@@ -85,6 +85,7 @@ from optuna.trial import TrialState
 
 from harness import project_root, rounds
 from harness.datasets import load_dataset
+from harness.engine.native import native_supports
 from harness.errors import UserError
 from harness.lockstep import LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device, slot_bytes
 from harness.lockstep import covers as lockstep_covers
@@ -407,13 +408,14 @@ def trial_line(tag: str, study: optuna.Study, trial, result, target: int, rate: 
             f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour")
 
 
-def largest_network(cfg: DictConfig, space: dict, data):
-    """The network of the largest hidden size the search may draw (for a slot's memory)."""
+def largest_network(cfg: DictConfig, space: dict, data, end=max):
+    """The network of the largest hidden size the search may draw (for a slot's memory);
+    `end=min`: of the smallest."""
     distribution = space.get("hidden_size")
     if isinstance(distribution, IntDistribution):
-        hidden = distribution.high
+        hidden = end(distribution.low, distribution.high)
     elif isinstance(distribution, CategoricalDistribution):
-        hidden = max(int(c) for c in distribution.choices)
+        hidden = end(int(c) for c in distribution.choices)
     else:
         hidden = int(cfg.hidden_size)
     sized = cfg.copy()
@@ -673,6 +675,12 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         with open_dict(checked):
             checked.variant = config
         lockstep_plan(checked, space_of(checked), data, int(search.n_trials), say=lambda message: None)
+        if config.get("cell") is not None:  # a cell given as a class (harness.cell_class): built and probed now
+            network = largest_network(checked, space_of(checked), data, end=min)
+            largest_network(checked, space_of(checked), data)
+            if str(cfg.train.get("engine", "native")) == "native":
+                print(f"[{config['name']}] engine: the native engine does not cover "
+                      f"{native_supports(network, data.task)}; its trials train on the torch path", flush=True)
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
     names, died, without_complete = {}, [], {}

@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from harness import tasks
 from harness.datasets import DataSplits, Sequence, load_dataset
@@ -156,10 +157,11 @@ def make_network(cfg, data: DataSplits) -> SequenceNetwork:
     """The network of a training of `cfg` on `data`, initialised from torch's current
     random state (train() seeds it with cfg.seed first): train.forget_bias unless the
     variant's config sets its own (make_layer drops it where there is no forget gate),
-    and the variant's options such as GF-RNN's `layers`."""
+    and the variant's options such as GF-RNN's `layers` or a class's `cell`."""
     options = cfg.train
+    variant = OmegaConf.to_container(cfg.variant, resolve=True) if isinstance(cfg.variant, DictConfig) else cfg.variant
     layer_options = {"forget_bias": float(options.get("forget_bias", 0.0)),
-                     **{k: v for k, v in dict(cfg.variant).items() if k != "name"}}
+                     **{k: v for k, v in dict(variant).items() if k != "name"}}
     return SequenceNetwork(cfg.variant.name, data.input_dim, int(cfg.hidden_size), data.n_outputs,
                            bidirectional=data.bidirectional, init_std=float(options.get("init_std", 0.1)),
                            **layer_options)

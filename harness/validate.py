@@ -36,6 +36,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness import project_root
+from harness.cell_class import load_class
 from harness.errors import UserError
 from harness.lockstep.device import check_lockstep_setting, resolve_device
 from harness.models import resolve
@@ -140,6 +141,8 @@ def _optional(key: str, baseline) -> bool:
         return True  # a parameter added to or removed from the search (the sweep checks its name)
     if key == "variant.switches" or key.startswith("variant.switches."):
         return True
+    if key.startswith("variant.cell.") and key.count(".") == 2:
+        return True  # a keyword argument of a cell given as a class (harness.cell_class)
     if key.startswith("train.space.") and key.count(".") == 2:
         return True  # a parameter added to or removed from a recipe's own search
     if key.startswith("dataset.") and key.count(".") == 1:
@@ -557,9 +560,14 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             kinds.update({key: kind for key, kind in options.items() if key not in kinds})
         if section == "train":
             kinds.pop("threads", None)  # auto or a whole number: _check_threads
+        if section == "variant":  # a class's keyword arguments are its own (harness.cell_class)
+            kinds = {key: kind for key, kind in kinds.items() if not key.startswith("cell.")}
         _check_kinds(cfg, section, kinds, overrides, files)
-    if "variant" in sections:  # one model (a list is search.variants), known or with switches of its own
-        resolve(cfg.variant.name, cfg.variant.get("switches"))
+    if "variant" in sections:  # one model (a list is search.variants), known or with switches or a cell of its own
+        model = resolve(cfg.variant.name, cfg.variant.get("switches"), cfg.variant.get("cell"))
+        if model.cell == "class":  # importable now; built and probed once the data's input size is known
+            load_class(cfg.variant.get("cell") or {"_target_": model.target},
+                       str(files.get("variant", f"variant/{cfg.variant.name}.yaml")))
     if "train" in sections:
         for key, test, wanted in TRAIN_RULES:
             _number(cfg, key, test, wanted, overrides, files)

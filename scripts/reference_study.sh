@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reference study (issue 14, item 6): the full protocol of Greff et al. on JSB
 # Chorales for every built-in model (search.variants=all: nine LSTM variants, GRU, GF-LSTM,
-# GF-GRU), at least 50 trials each (REFERENCE_TRIALS, default 50; the paper used 200), up
+# GF-GRU, minGRU, minLSTM, RG-LRU; the last three are not in the shipped study yet, and a
+# rerun adds them on the torch path), at least 50 trials each (REFERENCE_TRIALS, default 50; the paper used 200), up
 # to 150 epochs, patience 15.
 # Its report, scorecard and tables land in results/reference/jsb_chorales/ together with
 # TIME.txt (wall time and the machine), so a reader can compare with the paper without

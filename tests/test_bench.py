@@ -35,3 +35,28 @@ def test_study_configurations_are_fixed_draws_inside_the_search_space(compose_co
             assert spec.low <= point[name] <= spec.high
         assert isinstance(point["hidden_size"], int)
     assert len({p["learning_rate"] for p in first}) == 8
+
+
+def test_scan_section_times_both_forms_against_torch_in_the_same_run():
+    from harness.bench.scan import time_scan
+
+    options = OmegaConf.create({"repeats": 1, "shapes": [{"hidden_size": 4, "batch": 1, "steps": 5},
+                                                         {"hidden_size": 600, "batch": 1, "steps": 2}]})
+    rows = time_scan(options)
+    assert [(r["model"], r["hidden_size"]) for r in rows] == [("mingru", 4), ("minlstm", 4), ("mingru", 600),
+                                                              ("minlstm", 600)]
+    assert [r["auto"] for r in rows] == ["scan", "scan", "loop", "loop"]  # harness.minimal.SCAN_WIDTH = 512
+    for row in rows:
+        assert row["scan_vs_loop"] == pytest.approx(row["scan_ms"] / row["loop_ms"])
+        assert row["reference"] == {"mingru": "torch.nn.GRU", "minlstm": "torch.nn.LSTM"}[row["model"]]
+    assert "| N=4 B=1 T=5 | mingru |" in markdown({"scan": rows})
+
+
+def test_turns_section_times_each_model_in_turn_against_the_first(compose_config):
+    from harness.bench.turns import time_in_turn
+
+    options = OmegaConf.create({"models": ["vanilla", "mingru"], "hidden_size": 5, "rounds": 1})
+    rows = time_in_turn(compose_config(command="bench"), options)
+    assert [(r["model"], r["engine"]) for r in rows] == [("vanilla", "native"), ("mingru", "torch")]
+    assert rows[0]["vs_first"] == 1.0 and rows[1]["vs_first"] == pytest.approx(rows[1]["epoch_s"] / rows[0]["epoch_s"])
+    assert "| mingru | torch |" in markdown({"turns": rows})

@@ -273,12 +273,13 @@ def test_the_registry_of_models_and_its_lists():
     from harness.models import ALIASES, LISTS, MODELS, canonical, names_of
 
     greff = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"]
-    assert list(MODELS) == [*greff, "gru", "gflstm", "gfgru"]
+    assert list(MODELS) == [*greff, "gru", "gflstm", "gfgru", "mingru", "minlstm", "rglru"]
     assert list(LISTS["lstm"]) == greff and list(LISTS["all"]) == list(MODELS)
     assert ALIASES == {"gfrnn": "gflstm"} and not set(LISTS) & (set(MODELS) | set(ALIASES))
     files = {path.stem for path in (project_root() / "conf" / "variant").glob("*.yaml")}
     assert files == set(MODELS) | set(ALIASES)
     assert [m for m in MODELS if MODELS[m].gated_feedback] == ["gflstm", "gfgru"]
+    assert [m for m in MODELS if MODELS[m].cell == "class"] == ["mingru", "minlstm", "rglru"]
     assert all(MODELS[m].switches == LSTM_VARIANTS[m] for m in greff)
     assert names_of(None, "gfrnn") == ["gflstm"] and canonical("cifg") == "cifg"
     assert names_of("lstm", "vanilla") == greff and names_of("all", "vanilla") == list(MODELS)
@@ -291,4 +292,4 @@ def test_each_variant_config_composes_to_its_model(compose_config):
 
     for name in [*MODELS, "gfrnn"]:
         variant = compose_config([f"variant={name}"]).variant
-        assert variant.name == canonical(name) and resolve(variant.name, variant.get("switches")) is MODELS[canonical(name)]
+        assert variant.name == canonical(name) and resolve(variant.name, variant.get("switches"), variant.get("cell")) is MODELS[canonical(name)]

@@ -1,6 +1,6 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Five sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Seven sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
@@ -16,7 +16,11 @@ written to results/bench/bench.json:
   and the projected hours of 200-trial-a-model studies of each task on this machine;
 - `lockstep` (harness.bench.lockstep): the same configurations one at a time (native
   engine) and K at a time (search.lockstep=K, and the K of auto): slot-epochs a second
-  and full-protocol trials an hour (at the study section's mean epochs a trial).
+  and full-protocol trials an hour (at the study section's mean epochs a trial);
+- `scan` (harness.bench.scan): minGRU and minLSTM with the recurrence as a loop and as
+  the chunked scan, forward + backward, against torch.nn.GRU / LSTM in the same loop;
+- `turns` (harness.bench.turns): JSB training epochs of several models (vanilla, the GRU,
+  the cells given as classes), one epoch of each in turn, against the first.
 
 Every figure is measured on one torch thread a process, as sweep workers train.
 """
@@ -33,11 +37,13 @@ from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
 from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
+from harness.bench.scan import time_scan
 from harness.bench.study import project_studies, time_study
+from harness.bench.turns import time_in_turn
 from harness.errors import UserError
 from harness.models import names_of, resolve
 
-SECTIONS = ("layers", "epochs", "recipes", "study", "lockstep")
+SECTIONS = ("layers", "epochs", "recipes", "study", "lockstep", "scan", "turns")
 
 
 def bench(cfg) -> dict:
@@ -72,6 +78,12 @@ def bench(cfg) -> dict:
         print("\nlockstep: trials one at a time against K at a time:")
         measured = result.get("study", {}).get("runs", [{}])[0].get("mean_epochs")
         result["lockstep"] = time_lockstep(cfg, options.lockstep, epochs_per_trial=measured)
+    if "scan" in sections:
+        print("\nminGRU and minLSTM: the recurrence as a loop and as a scan (forward + backward, fresh weights):")
+        result["scan"] = time_scan(options.scan)
+    if "turns" in sections:
+        print("\nJSB training epochs, one of each model in turn, against the first:")
+        result["turns"] = time_in_turn(cfg, options.turns)
     out = Path(options.out or project_root() / "results" / "bench" / "bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -128,5 +140,20 @@ def markdown(result: dict) -> str:
         for r in result["layers"]:
             lines.append(f"| N={r['hidden_size']} B={r['batch']} T={r['steps']} | {r['variant']} | {r['ms']:.2f} | "
                          f"{r['reference']} | {r['reference_ms']:.2f} | {r['ratio']:.2f} |")
+        lines.append("")
+    if result.get("turns"):
+        first = result["turns"][0]
+        lines += [f"| JSB training epoch, N={first['hidden_size']}, in turn ({first['rounds']} rounds) | engine "
+                  f"| epoch (s) | against {first['first']} |", "|---|---|---|---|"]
+        for r in result["turns"]:
+            lines.append(f"| {r['model']} | {r['engine']} | {r['epoch_s']:.3f} | {r['vs_first']:.2f}x |")
+        lines.append("")
+    if result.get("scan"):
+        lines += ["| forward + backward, fresh | model | loop (ms) | scan (ms) | scan / loop | auto | reference "
+                  "| reference (ms) |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["scan"]:
+            lines.append(f"| N={r['hidden_size']} B={r['batch']} T={r['steps']} | {r['model']} | {r['loop_ms']:.2f} | "
+                         f"{r['scan_ms']:.2f} | {r['scan_vs_loop']:.2f} | {r['auto']} | {r['reference']} | "
+                         f"{r['reference_ms']:.2f} |")
         lines.append("")
     return "\n".join(lines)

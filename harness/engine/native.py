@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from harness import kernels, tasks
+from harness.cell_class import CellClass
 from harness.cells import LSTMLayer
 from harness.networks import SequenceNetwork, reverse_within_lengths
 from harness.recipes import Recipe
@@ -41,6 +42,8 @@ TASKS = (*CLOSED_FORM_TASKS, "ctc")
 
 def native_supports(network: SequenceNetwork, task: str) -> str | None:
     """None if the native step can train this network on this task, else what it lacks."""
+    if isinstance(network.forward_layer, CellClass):  # asked first: a class needs no compiled loops built
+        return f"the model {network.variant}, a cell given as a class (cell: _target_)"
     if kernels.lstm() is None:
         return "this machine (the compiled loops could not be built)"
     if task not in TASKS:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from harness import tasks
+from harness.cell_class import CellClass
 from harness.cells import LSTMLayer
 from harness.datasets import DataSplits
 from harness.errors import UserError
@@ -46,6 +47,8 @@ def covers(cfg, network=None) -> str | None:
         return f"the recipe train={recipe.name} (lockstep trains Greff's: Nesterov SGD, no clipping, no schedule)"
     if int(cfg.train.get("batch_size", 1)) != 1:
         return f"train.batch_size={cfg.train.batch_size} (lockstep trains one sequence a step)"
+    if network is not None and isinstance(network.forward_layer, CellClass):
+        return f"the model {cfg.variant.name}, a cell given as a class (lockstep covers the LSTM family)"
     if network is not None and not isinstance(network.forward_layer, LSTMLayer):
         return f"the model {cfg.variant.name} (lockstep covers the LSTM family)"
     return None
