@@ -96,17 +96,25 @@ class EpochRunner:
         return total_loss, frames, None
 
 
-def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int) -> float:
-    """The task's metric over a split, without noise; batches of similar lengths for speed."""
+def evaluation_batches(sequences: list[Sequence], task: str, batch_size: int):
+    """The batches of an evaluation pass: sequences of similar lengths together, for speed."""
     order = np.argsort([len(s.x) for s in sequences], kind="stable")
+    return (tasks.make_batch(group, task) for group in batches(sequences, batch_size, order))
+
+
+@torch.no_grad()
+def scores_of(network: SequenceNetwork, batch: tasks.Batch) -> torch.Tensor:
+    """The network's scores (T, B, K) of a batch, without noise and without autograd."""
+    return network(batch.x, batch.lengths)
+
+
+def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int) -> float:
+    """The task's metric over a split, without noise."""
     total, count = 0.0, 0.0
     network.eval()
-    with torch.no_grad():
-        for group in batches(sequences, batch_size, order):
-            batch = tasks.make_batch(group, task)
-            scores = network(batch.x, batch.lengths)
-            errors, n = tasks.errors(task, scores, batch)
-            total, count = total + errors, count + n
+    for batch in evaluation_batches(sequences, task, batch_size):
+        errors, n = tasks.errors(task, scores_of(network, batch), batch)
+        total, count = total + errors, count + n
     return total / count
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from harness import kernels, tasks
+from harness.ctc import frames_needed
 from harness.models import LSTM_VARIANTS
 from harness.datasets import Sequence
 from harness.engine import NativeStep, TorchStep, make_step
@@ -29,7 +30,7 @@ TASKS = {"next_step": False, "regression": False, "framewise": True, "ctc": True
 def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
     rng = np.random.default_rng(seed)
     out = []
-    for T in lengths:
+    for n, T in enumerate(lengths):
         x = rng.normal(size=(T, M)).astype(np.float32)
         if task == "next_step":
             y = (rng.random((T, K)) < 0.3).astype(np.float32)
@@ -37,8 +38,13 @@ def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
             y = rng.normal(size=(T, K)).astype(np.float32)
         elif task == "framewise":
             y = rng.integers(0, K, size=T)
-        else:
+        elif n % 3 != 1:  # ctc: a third as many labels as frames (two characters: repeats), or one
             y = rng.integers(1, K, size=max(1, T // 3))
+        else:  # ctc: as many labels as the frames allow (a repeat needs a blank between)
+            y = [int(rng.integers(1, K))]
+            while frames_needed(y) < T:
+                y.append(int(rng.integers(1, K)) if frames_needed(y) + 2 <= T else 3 - y[-1])
+            y = np.array(y)
         out.append(Sequence(x=x, y=y))
     return out
 

@@ -1,6 +1,6 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Five sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Six sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
@@ -9,6 +9,9 @@ written to results/bench/bench.json:
   (one update a sequence, then validation), fresh and after the network has trained
   (`warm` epochs untimed, then `timed` epochs), for every model and task asked, against
   torch.nn.LSTM (and torch.nn.GRU) in the same recipe, denormals flushed for both;
+- `split` (harness.bench.split): where a trained epoch of the speech and handwriting
+  tasks spends its time (the native step's phases, validation's forward and errors,
+  Python) at several hidden sizes, against a bidirectional torch.nn.LSTM's epoch;
 - `recipes` (harness.bench.recipes): trained JSB epochs of every training recipe
   (conf/train/) on the engine its trials use, and on the torch path for comparison;
 - `study` (harness.bench.study): a small fixed full-protocol JSB study (configurations
@@ -33,11 +36,12 @@ from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
 from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
+from harness.bench.split import split_line, time_split
 from harness.bench.study import project_studies, time_study
 from harness.errors import UserError
 from harness.models import names_of, resolve
 
-SECTIONS = ("layers", "epochs", "recipes", "study", "lockstep")
+SECTIONS = ("layers", "epochs", "split", "recipes", "study", "lockstep")
 
 
 def bench(cfg) -> dict:
@@ -59,6 +63,9 @@ def bench(cfg) -> dict:
     if "epochs" in sections:
         print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
         result["epochs"] = time_epochs(cfg, options.epochs)
+    if "split" in sections:
+        print("\nwhere a trained epoch spends its time (vanilla, native engine), against torch.nn.LSTM:")
+        result["split"] = time_split(options.split)
     if "recipes" in sections:
         print("\nepochs of each training recipe (conf/train/), on its engine and on the torch path:")
         result["recipes"] = time_recipes(options.recipes)

@@ -9,7 +9,7 @@ Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
   `harness.tasks.loss`, `loss.backward()` and the recipe's torch.optim optimizer;
 - `native` (`NativeStep`, the default for the LSTM family): the compiled LSTM loops
   called directly (no autograd graph), the read-out, loss and its gradient in closed form
-  (CTC: torch's ctc_loss on the scores alone), the backward pass through time into
+  (CTC: the compiled forward-backward of harness/kernels/ctc.cpp), the backward pass through time into
   preallocated gradient buffers (the parameters' `.grad`), and Greff's Nesterov update
   in one compiled loop over every tensor; any other update is the recipe's torch.optim
   optimizer on those same gradients. The GRU and the GF-RNN stacks run their own

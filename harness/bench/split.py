@@ -1,0 +1,142 @@
+"""Where a trained epoch spends its time: the phases of the native step and of validation.
+
+For each data set and hidden size asked: a vanilla network trains `warm` epochs untimed
+(so that its weights are those of a trial under way, denormals flushed), then one epoch
+is timed phase by phase as harness.train runs it: for every training sequence the
+native step's `forward` (both directions' compiled loops), `loss` (read-out, loss and
+d loss / d scores: softmax cross-entropy per frame, or CTC), `backward` (read-out and
+both directions through time) and `update`; what the epoch took beyond these is
+`python` (the loop, the batches, the noise, reading the loss). Validation is timed the
+same way: `forward` (scores of each batch) and `errors` (best-path decoding and edit
+distance for CTC, arg-max for the frames). A bidirectional torch.nn.LSTM doing the same
+epoch (reference engine: autograd, torch's losses, torch.optim) is timed in the same
+run, so that the shares can be read against it on a shared machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from harness import project_root, tasks
+from harness.bench.epochs import LEARNING_RATE, MOMENTUM, build
+from harness.datasets import load_dataset
+from harness.engine import NativeStep
+from harness.train import EpochRunner, evaluate, evaluation_batches, scores_of
+
+TRAINING_PHASES = ("forward", "loss", "backward", "update", "python")
+VALIDATION_PHASES = ("forward", "errors", "python")
+
+
+class _Clock:
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+
+def _subset(data, sequences: int | None):
+    """The data set with its first `sequences` training and validation sequences (all: None)."""
+    if not sequences:
+        return data
+    data.train, data.valid = data.train[:sequences], data.valid[: max(1, sequences // 4)]
+    return data
+
+
+def timed_training(step: NativeStep, data, rng: np.random.Generator) -> dict[str, float]:
+    """One training epoch of `step`, phase by phase (EpochRunner's order and batches)."""
+    runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
+    order = rng.permutation(len(data.train))
+    clock = _Clock()
+    start = clock.last
+    for k in order:
+        batch = runner.single[k]
+        clock.lap("python")
+        with torch.no_grad():
+            Y, runs = step.forward(batch, batch.x)
+            clock.lap("forward")
+            loss, dS = step.loss(Y, batch)
+            clock.lap("loss")
+            if torch.isfinite(loss):
+                step.backward(Y, dS, runs, batch)
+                clock.lap("backward")
+                step.update()
+                clock.lap("update")
+        loss.item()
+    clock.lap("python")
+    return {**{p: clock.seconds[p] for p in TRAINING_PHASES}, "total": clock.last - start}
+
+
+def timed_validation(network, task: str, sequences, batch_size: int) -> dict[str, float]:
+    """One validation pass (harness.train.evaluate's batches), phase by phase."""
+    clock = _Clock()
+    start = clock.last
+    for batch in evaluation_batches(sequences, task, batch_size):
+        clock.lap("python")
+        scores = scores_of(network, batch)
+        clock.lap("forward")
+        tasks.errors(task, scores, batch)
+        clock.lap("errors")
+    clock.lap("python")
+    return {**{p: clock.seconds[p] for p in VALIDATION_PHASES}, "total": clock.last - start}
+
+
+def reference_epoch_seconds(data, hidden_size: int, warm: int) -> float:
+    """A trained epoch (training, then validation) of a bidirectional torch.nn.LSTM on the
+    reference engine, after `warm` untimed epochs."""
+    network, step = build("torch.nn.LSTM", data, hidden_size)
+    runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=np.random.default_rng(0))
+    for epoch in range(warm):
+        runner.run(epoch + 1)
+    start = time.perf_counter()
+    network.train()
+    runner.run(warm + 1)
+    evaluate(network, data.task, data.valid, 32)
+    return time.perf_counter() - start
+
+
+def time_split(options) -> list[dict]:
+    rows = []
+    for dataset in options.datasets:
+        dataset_cfg = OmegaConf.load(project_root() / "conf" / "dataset" / f"{dataset}.yaml")
+        try:
+            data = _subset(load_dataset(dataset_cfg), options.sequences)
+        except Exception as error:  # a stand-in not generated yet: say so and go on
+            print(f"  {dataset}: skipped ({str(error).splitlines()[0][:120]})", flush=True)
+            continue
+        frames = sum(len(s.x) for s in data.train)
+        print(f"  {dataset} ({data.task}): {len(data.train)} training sequences ({frames} frames), "
+              f"{len(data.valid)} validation; {options.warm} warm epochs, then one timed", flush=True)
+        for hidden_size in options.hidden_sizes:
+            network, step = build("vanilla", data, int(hidden_size))
+            rng = np.random.default_rng(0)
+            warm = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
+            for epoch in range(int(options.warm)):
+                warm.run(epoch + 1)
+            training = timed_training(step, data, rng)
+            validation = timed_validation(network, data.task, data.valid, 32)
+            reference_s = reference_epoch_seconds(data, int(hidden_size), int(options.warm))
+            epoch = training["total"] + validation["total"]
+            row = {"dataset": dataset, "task": data.task, "hidden_size": int(hidden_size),
+                   "training": training, "validation": validation, "epoch_s": epoch,
+                   "torch_epoch_s": reference_s, "ratio": epoch / reference_s,
+                   "learning_rate": LEARNING_RATE, "momentum": MOMENTUM}
+            rows.append(row)
+            print("    " + split_line(row), flush=True)
+    return rows
+
+
+def split_line(row: dict) -> str:
+    epoch = row["epoch_s"]
+    parts = [f"train {p} {100 * row['training'][p] / epoch:4.1f}%" for p in TRAINING_PHASES]
+    parts += [f"valid {p} {100 * row['validation'][p] / epoch:4.1f}%" for p in VALIDATION_PHASES]
+    return (f"N={row['hidden_size']:3d}  epoch {epoch:6.2f} s, torch.nn.LSTM {row['torch_epoch_s']:6.2f} s "
+            f"(x{row['ratio']:.2f}):  " + ", ".join(parts))
