@@ -16,9 +16,10 @@ from harness import kernels, tasks
 from harness.ctc import frames_needed
 from harness.models import LSTM_VARIANTS
 from harness.datasets import Sequence
-from harness.engine import NativeStep, TorchStep, make_step
+from harness.engine import NativeForward, NativeStep, TorchStep, make_forward, make_step
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
+from harness.train import evaluate
 
 pytestmark = pytest.mark.skipif(kernels.lstm() is None, reason="the compiled loops could not be built")
 
@@ -99,6 +100,32 @@ def test_weights_after_several_updates(variant, task):
         assert float(b) == pytest.approx(float(a), rel=1e-4)
     for (name, p), q in zip(reference.named_parameters(), native.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("variant", MODELS)
+def test_native_evaluation_matches_the_reference(variant, task, monkeypatch):
+    """Validation's forward through the compiled loops (NativeForward, in slices of at most
+    4 sequences) against the network's own forward on the cells' Python loops: the same
+    scores on every real frame (float64), and the same metric over batches of 5 sequences
+    (float32, as evaluation runs)."""
+    group = sequences(task, [5, 9, 3, 7, 4, 8, 6], seed=5)
+    batch = batch_of(group, task, torch.float64)
+    results = {}
+    for engine in ("torch", "native"):
+        monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1" if engine == "torch" else "0")
+        for dtype in (torch.float64, torch.float32):
+            network, _ = networks(variant, task, dtype)
+            with torch.no_grad():
+                network.readout.weight.mul_(10)  # scores far apart: a metric of arg-maxes is decided
+            forward = make_forward(engine, network, task)
+            assert isinstance(forward, NativeForward) == (engine == "native")
+            if dtype == torch.float64:
+                results[engine, "scores"] = forward(batch.x, batch.lengths)[batch.mask]
+            else:
+                results[engine, "metric"] = evaluate(network, task, group, 5, forward)
+    assert torch.allclose(results["native", "scores"], results["torch", "scores"], rtol=1e-10, atol=1e-12)
+    assert results["native", "metric"] == pytest.approx(results["torch", "metric"], rel=1e-5)
 
 
 def test_momentum_zero_is_plain_sgd():

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from harness import project_root
 from harness.bench.layers import TorchRecurrent
 from harness.datasets import load_dataset
-from harness.engine import TorchStep, make_step
+from harness.engine import NativeStep, TorchStep, make_forward, make_step
 from harness.models import names_of, resolve, variant_config
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
@@ -69,6 +69,7 @@ def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, 
     """Fresh (mean of the first two) and trained (after `warm`) seconds of epochs as a trial
     runs them: the training part (harness.train.EpochRunner), validation, and test on improvement."""
     runner = EpochRunner(step, data, batch_size=batch_size, noise_std=0.0, rng=np.random.default_rng(0))
+    forward = make_forward("native" if isinstance(step, NativeStep) else "torch", network, data.task)
     torch.set_flush_denormal(flush)
     seconds, best, failure = [], math.inf, None
     try:
@@ -78,10 +79,10 @@ def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, 
             _, _, failure = runner.run(epoch)
             if failure:
                 break
-            val_metric = evaluate(network, data.task, data.valid, 32)
+            val_metric = evaluate(network, data.task, data.valid, 32, forward)
             if val_metric < best:
                 best = val_metric
-                evaluate(network, data.task, data.test, 32)
+                evaluate(network, data.task, data.test, 32, forward)
             seconds.append(time.perf_counter() - start)
     finally:
         torch.set_flush_denormal(True)

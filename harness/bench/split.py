@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from harness import project_root, tasks
 from harness.bench.epochs import LEARNING_RATE, MOMENTUM, build
 from harness.datasets import load_dataset
-from harness.engine import NativeStep
-from harness.train import EpochRunner, evaluate, evaluation_batches, scores_of
+from harness.engine import NativeForward, NativeStep
+from harness.train import EpochRunner, evaluate, evaluation_batches
 
 TRAINING_PHASES = ("forward", "loss", "backward", "update", "python")
 VALIDATION_PHASES = ("forward", "errors", "python")
@@ -75,13 +75,13 @@ def timed_training(step: NativeStep, data, rng: np.random.Generator) -> dict[str
     return {**{p: clock.seconds[p] for p in TRAINING_PHASES}, "total": clock.last - start}
 
 
-def timed_validation(network, task: str, sequences, batch_size: int) -> dict[str, float]:
-    """One validation pass (harness.train.evaluate's batches), phase by phase."""
+def timed_validation(forward, task: str, sequences, batch_size: int) -> dict[str, float]:
+    """One validation pass (harness.train.evaluate's batches and engine), phase by phase."""
     clock = _Clock()
     start = clock.last
     for batch in evaluation_batches(sequences, task, batch_size):
         clock.lap("python")
-        scores = scores_of(network, batch)
+        scores = forward(batch.x, batch.lengths)
         clock.lap("forward")
         tasks.errors(task, scores, batch)
         clock.lap("errors")
@@ -122,7 +122,7 @@ def time_split(options) -> list[dict]:
             for epoch in range(int(options.warm)):
                 warm.run(epoch + 1)
             training = timed_training(step, data, rng)
-            validation = timed_validation(network, data.task, data.valid, 32)
+            validation = timed_validation(NativeForward(network), data.task, data.valid, 32)
             reference_s = reference_epoch_seconds(data, int(hidden_size), int(options.warm))
             epoch = training["total"] + validation["total"]
             row = {"dataset": dataset, "task": data.task, "hidden_size": int(hidden_size),

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.engine.native import NativeStep, native_supports
+import torch
+
+from harness.engine.native import NativeForward, NativeStep, native_supports
 from harness.engine.reference import TorchStep
 from harness.errors import UserError
 from harness.networks import SequenceNetwork
@@ -46,3 +48,18 @@ def make_step(engine: str, network: SequenceNetwork, task: str, recipe: Recipe,
             return NativeStep(network, task, recipe)
         log(f"  engine: the native engine does not cover {reason}; training on the torch path")
     return TorchStep(network, task, recipe)
+
+
+def make_forward(engine: str, network: SequenceNetwork, task: str) -> Callable:
+    """The forward of evaluation, `forward(x, lengths) -> scores (T, B, K)` without autograd:
+    the compiled loops called directly (NativeForward) where the native engine trains this
+    network, else the network's own forward (the reference path)."""
+    if engine == "native" and native_supports(network, task) is None:
+        return NativeForward(network)
+
+    @torch.no_grad()
+    def reference(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return network(x, lengths)
+
+    return reference
+

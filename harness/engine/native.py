@@ -232,3 +232,44 @@ class NativeStep:
             if k == 1:
                 dY_layer = reverse_within_lengths(dY_layer, batch.lengths)
             plan.backward(dY_layer.contiguous(), context)
+
+
+class NativeForward:
+    """The network's scores (T, B, K) of a batch through the compiled loops called
+    directly, without autograd: the forward of evaluation (validation and test).
+
+    The batch is scored in slices of at most `SLICE` sequences, each cut to its own
+    longest sequence: up to that batch size the compiled loops use their own small
+    products (harness/kernels/loops.h) instead of a call into ATen a time step, and
+    evaluation's batches are sorted by length, so a slice carries little padding.
+    Scores past a sequence's end are zero (the metrics never read them).
+    """
+
+    SLICE = 4  # kSmallBatch of harness/kernels/loops.h
+
+    def __init__(self, network: SequenceNetwork):
+        self.network = network
+        layers = [layer for layer in (network.forward_layer, network.backward_layer) if layer is not None]
+        # an LSTMLayer's plan maps its weights to the full layout (its gradient buffers stay unused)
+        self.runs = [_LSTMLayerPlan(layer, {p: torch.zeros_like(p) for p in layer.parameters()}).forward
+                     if isinstance(layer, LSTMLayer) else (lambda x, layer=layer: (layer(x), None))
+                     for layer in layers]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        readout = self.network.readout
+        T, B = x.shape[:2]
+        scores = x.new_zeros(T, B, readout.out_features)
+        for start in range(0, B, self.SLICE):
+            end = min(B, start + self.SLICE)
+            within = lengths[start:end]
+            steps = int(within.max())
+            x_slice = x[:steps, start:end].contiguous()
+            Y = self.runs[0](x_slice)[0]  # (steps, b, N)
+            if len(self.runs) == 2:
+                backward = self.runs[1](reverse_within_lengths(x_slice, within))[0]
+                Y = torch.cat((Y, reverse_within_lengths(backward, within)), dim=2)  # (steps, b, 2N)
+            flat = torch.addmm(readout.bias, Y.reshape(-1, Y.shape[2]), readout.weight.t())
+            scores[:steps, start:end] = flat.view(steps, end - start, -1)
+        return scores
+
