@@ -106,7 +106,7 @@ def test_weights_after_several_updates(variant, task):
 @pytest.mark.parametrize("variant", MODELS)
 def test_native_evaluation_matches_the_reference(variant, task, monkeypatch):
     """Validation's forward through the compiled loops (NativeForward, in slices of at most
-    4 sequences) against the network's own forward on the cells' Python loops: the same
+    4 sequences and the whole batch at once) against the network's own forward on the cells' Python loops: the same
     scores on every real frame (float64), and the same metric over batches of 5 sequences
     (float32, as evaluation runs)."""
     group = sequences(task, [5, 9, 3, 7, 4, 8, 6], seed=5)
@@ -122,9 +122,13 @@ def test_native_evaluation_matches_the_reference(variant, task, monkeypatch):
             assert isinstance(forward, NativeForward) == (engine == "native")
             if dtype == torch.float64:
                 results[engine, "scores"] = forward(batch.x, batch.lengths)[batch.mask]
+                if engine == "native":  # the whole batch at once, as for N > NativeForward.SLICED_UP_TO
+                    forward.slice = None
+                    results["whole batch", "scores"] = forward(batch.x, batch.lengths)[batch.mask]
             else:
                 results[engine, "metric"] = evaluate(network, task, group, 5, forward)
-    assert torch.allclose(results["native", "scores"], results["torch", "scores"], rtol=1e-10, atol=1e-12)
+    for how in ("native", "whole batch"):
+        assert torch.allclose(results[how, "scores"], results["torch", "scores"], rtol=1e-10, atol=1e-12), how
     assert results["native", "metric"] == pytest.approx(results["torch", "metric"], rel=1e-5)
 
 

@@ -24,10 +24,13 @@
 // turned into an infinite or zero loss (harness.ctc.check_targets refuses such data first).
 #include <torch/extension.h>
 
+#include "loops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 using at::Tensor;
@@ -36,90 +39,127 @@ namespace {
 
 constexpr int64_t kBlank = 0;
 
+// e^x of the softmax: float scores take loops.h's fast_exp (vectorised, ~1e-7 relative),
+// except far below the largest score (x < -80, where fast_exp clamps), which takes libm's
+// exp, as float64 scores always do; the rest of the algorithm is in double.
+template <typename T>
+void softmax_row(const T* __restrict s, double* __restrict y, float* __restrict work, int64_t K) {
+  T top = s[0];
+  for (int64_t k = 1; k < K; ++k) top = std::max(top, s[k]);
+  if constexpr (std::is_same_v<T, float>) {
+    for (int64_t k = 0; k < K; ++k) work[k] = odyssey::fast_exp(s[k] - top);
+    for (int64_t k = 0; k < K; ++k) {
+      if (s[k] - top < -80.0f) work[k] = float(std::exp(double(s[k]) - double(top)));
+    }
+    double sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += (y[k] = double(work[k]));
+    const double inverse = 1.0 / sum;
+    for (int64_t k = 0; k < K; ++k) y[k] *= inverse;
+  } else {
+    double sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += (y[k] = std::exp(double(s[k]) - double(top)));
+    const double inverse = 1.0 / sum;
+    for (int64_t k = 0; k < K; ++k) y[k] *= inverse;
+  }
+}
+
+// What one sequence's forward-backward needs, kept between sequences to allocate once.
+struct Workspace {
+  std::vector<double> y, alpha, beta, beta_next, emission, skip, occupancy;
+  std::vector<int64_t> label;
+  std::vector<float> work;
+};
+
 // One sequence: its loss, and d loss / d scores written into grad (frames 0..T-1 of it).
 // scores and grad point at frame 0 of this sequence; frame t is `stride` values further.
+// The rows of alpha carry two zeros before state 0 and the rows of beta two after state
+// S - 1, so that s - 1, s - 2 (s + 1, s + 2) need no test; skip[s] is 1 where state s
+// may be entered from s - 2 (a label unlike the one two states back), else 0.
 template <typename T>
 double sequence_ctc(const T* scores, T* grad, int64_t stride, int64_t frames, int64_t K, const int64_t* labels,
-                    int64_t L, std::vector<double>& y, std::vector<double>& alpha, std::vector<double>& beta,
-                    std::vector<double>& beta_next) {
-  const int64_t S = 2 * L + 1;
-  auto label = [&](int64_t s) { return s % 2 == 0 ? kBlank : labels[s / 2]; };
-  // may state s be entered from s - 2? (a label unlike the one two states back)
-  auto skips = [&](int64_t s) { return s % 2 == 1 && s >= 2 && labels[s / 2] != labels[s / 2 - 1]; };
-
-  // softmax of every frame, in double
-  y.resize(frames * K);
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* s = scores + t * stride;
-    double* yt = y.data() + t * K;
-    double top = -std::numeric_limits<double>::infinity();
-    for (int64_t k = 0; k < K; ++k) top = std::max(top, double(s[k]));
-    double sum = 0;
-    for (int64_t k = 0; k < K; ++k) sum += (yt[k] = std::exp(double(s[k]) - top));
-    for (int64_t k = 0; k < K; ++k) yt[k] /= sum;
+                    int64_t L, Workspace& w) {
+  const int64_t S = 2 * L + 1, row = S + 2;
+  const double infinity = std::numeric_limits<double>::infinity();
+  w.label.assign(S, kBlank);
+  w.skip.assign(S + 2, 0.0);
+  for (int64_t s = 1; s < S; s += 2) {
+    w.label[s] = labels[s / 2];
+    if (s >= 3 && labels[s / 2] != labels[s / 2 - 1]) w.skip[s] = 1.0;
   }
+  const int64_t* label = w.label.data();
+  const double* skip = w.skip.data();
+
+  // softmax of every frame
+  w.y.resize(frames * K);
+  w.work.resize(K);
+  for (int64_t t = 0; t < frames; ++t) {
+    softmax_row<T>(scores + t * stride, w.y.data() + t * K, w.work.data(), K);
+  }
+  w.emission.resize(S);
+  double* e = w.emission.data();
 
   // forward: alpha^_t, rescaled to sum 1; log_p accumulates ln C_t
-  alpha.assign(frames * S, 0.0);
+  w.alpha.assign(frames * row, 0.0);
   double log_p = 0;
   for (int64_t t = 0; t < frames; ++t) {
-    const double* yt = y.data() + t * K;
-    double* a = alpha.data() + t * S;
+    const double* yt = w.y.data() + t * K;
+    for (int64_t s = 0; s < S; ++s) e[s] = yt[label[s]];
+    double* a = w.alpha.data() + t * row + 2;  // a[-1], a[-2] are the zeros
     if (t == 0) {
-      a[0] = yt[kBlank];
-      if (S > 1) a[1] = yt[label(1)];
+      a[0] = e[0];
+      if (S > 1) a[1] = e[1];
     } else {
-      const double* prev = a - S;
-      for (int64_t s = 0; s < S; ++s) {
-        double sum = prev[s];
-        if (s >= 1) sum += prev[s - 1];
-        if (skips(s)) sum += prev[s - 2];
-        a[s] = sum * yt[label(s)];
-      }
+      const double* prev = a - row;
+      for (int64_t s = 0; s < S; ++s) a[s] = (prev[s] + prev[s - 1] + skip[s] * prev[s - 2]) * e[s];
     }
     double C = 0;
     for (int64_t s = 0; s < S; ++s) C += a[s];
-    if (!(C > 0) || !std::isfinite(C)) return std::numeric_limits<double>::infinity();  // no path left
-    for (int64_t s = 0; s < S; ++s) a[s] /= C;
+    if (!(C > 0) || !std::isfinite(C)) return infinity;  // no path left (cannot happen for an alignable target)
+    const double inverse = 1.0 / C;
+    for (int64_t s = 0; s < S; ++s) a[s] *= inverse;
     log_p += std::log(C);
   }
-  const double* last = alpha.data() + (frames - 1) * S;
+  const double* last = w.alpha.data() + (frames - 1) * row + 2;
   const double end = last[S - 1] + (S > 1 ? last[S - 2] : 0.0);
-  if (!(end > 0)) return std::numeric_limits<double>::infinity();
+  if (!(end > 0)) return infinity;
   log_p += std::log(end);
 
-  // backward: beta^_t (without frame t's emission), and the gradient of frame t
-  beta.assign(S, 0.0);
-  beta_next.assign(S, 0.0);
-  beta[S - 1] = 1.0;
-  if (S > 1) beta[S - 2] = 1.0;
-  std::vector<double> occupancy(K);
+  // backward: beta^_t (without frame t's emission), and the gradient of frame t. Here
+  // e[s] holds y_{t+1}(l'_s) beta^_{t+1}(s), two zeros after state S - 1.
+  w.beta.assign(row, 0.0);
+  w.beta_next.assign(row, 0.0);
+  double* beta = w.beta.data();
+  w.beta[S - 1] = 1.0;
+  if (S > 1) w.beta[S - 2] = 1.0;
+  w.emission.assign(row, 0.0);
+  e = w.emission.data();
+  w.occupancy.resize(K);
+  double* occupancy = w.occupancy.data();
   for (int64_t t = frames - 1; t >= 0; --t) {
-    if (t < frames - 1) {  // beta_t(s) = sum over s' in {s, s+1, s+2 if allowed} of y_{t+1}(l'_s') beta_{t+1}(s')
-      const double* yn = y.data() + (t + 1) * K;
-      beta_next.swap(beta);
+    if (t < frames - 1) {  // beta_t(s) = sum over s' in {s, s+1, s+2 if it may skip} of y_{t+1}(l'_s') beta_{t+1}(s')
+      const double* yn = w.y.data() + (t + 1) * K;
+      for (int64_t s = 0; s < S; ++s) e[s] = yn[label[s]] * beta[s];
       double D = 0;
       for (int64_t s = 0; s < S; ++s) {
-        double sum = yn[label(s)] * beta_next[s];
-        if (s + 1 < S) sum += yn[label(s + 1)] * beta_next[s + 1];
-        if (s + 2 < S && skips(s + 2)) sum += yn[label(s + 2)] * beta_next[s + 2];
-        beta[s] = sum;
-        D += sum;
+        beta[s] = e[s] + e[s + 1] + skip[s + 2] * e[s + 2];
+        D += beta[s];
       }
-      if (!(D > 0) || !std::isfinite(D)) return std::numeric_limits<double>::infinity();
-      for (int64_t s = 0; s < S; ++s) beta[s] /= D;
+      if (!(D > 0) || !std::isfinite(D)) return infinity;
+      const double inverse = 1.0 / D;
+      for (int64_t s = 0; s < S; ++s) beta[s] *= inverse;
     }
-    const double* a = alpha.data() + t * S;
-    std::fill(occupancy.begin(), occupancy.end(), 0.0);
+    const double* a = w.alpha.data() + t * row + 2;
+    std::fill(occupancy, occupancy + K, 0.0);
     double Z = 0;
     for (int64_t s = 0; s < S; ++s) {
       const double through = a[s] * beta[s];
-      occupancy[label(s)] += through;
+      occupancy[label[s]] += through;
       Z += through;
     }
-    const double* yt = y.data() + t * K;
+    const double* yt = w.y.data() + t * K;
+    const double inverse = 1.0 / Z;
     T* g = grad + t * stride;
-    for (int64_t k = 0; k < K; ++k) g[k] = T(yt[k] - occupancy[k] / Z);
+    for (int64_t k = 0; k < K; ++k) g[k] = T(yt[k] - occupancy[k] * inverse);
   }
   return -log_p;
 }
@@ -160,12 +200,11 @@ std::vector<Tensor> ctc_loss(const Tensor& scores_in, const Tensor& targets_in, 
   Tensor losses = at::empty({B}, scores.options().dtype(at::kDouble));
   Tensor grad = at::zeros_like(scores);
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "ctc_loss", [&] {
-    std::vector<double> y, alpha, beta, beta_next;
+    Workspace workspace;
     double* loss = losses.data_ptr<double>();
     for (int64_t b = 0; b < B; ++b) {
       loss[b] = sequence_ctc<scalar_t>(scores.data_ptr<scalar_t>() + b * K, grad.data_ptr<scalar_t>() + b * K,
-                                       B * K, frames[b], K, all_labels + offsets[b], lengths[b], y, alpha, beta,
-                                       beta_next);
+                                       B * K, frames[b], K, all_labels + offsets[b], lengths[b], workspace);
     }
   });
   return {losses, grad};
