@@ -36,7 +36,7 @@ from harness.bench.epochs import time_epochs
 from harness.bench.layers import time_layers
 from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
-from harness.bench.split import split_line, time_split
+from harness.bench.split import split_table, time_split
 from harness.bench.study import project_studies, time_study
 from harness.errors import UserError
 from harness.models import names_of, resolve
@@ -98,6 +98,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['dataset']} | {r['model']}{note} | {r['fresh_s']:.3f} | {r['trained_s']:.3f} | "
                          f"{r['ratio_trained']:.2f} | {r['reference']} |")
         lines.append("")
+    if result.get("split"):
+        lines += split_table(result["split"]) + [""]
     if result.get("recipes"):
         lines += ["| recipe (JSB, vanilla) | batch | engine | fresh epoch (s) | trained epoch (s) | torch path, trained (s) "
                   "| torch path slower |", "|---|---|---|---|---|---|---|"]

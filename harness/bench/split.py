@@ -116,22 +116,27 @@ def time_split(options) -> list[dict]:
         print(f"  {dataset} ({data.task}): {len(data.train)} training sequences ({frames} frames), "
               f"{len(data.valid)} validation; {options.warm} warm epochs, then one timed", flush=True)
         for hidden_size in options.hidden_sizes:
-            network, step = build("vanilla", data, int(hidden_size))
-            rng = np.random.default_rng(0)
-            warm = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
-            for epoch in range(int(options.warm)):
-                warm.run(epoch + 1)
-            training = timed_training(step, data, rng)
-            validation = timed_validation(NativeForward(network), data.task, data.valid, 32)
-            reference_s = reference_epoch_seconds(data, int(hidden_size), int(options.warm))
-            epoch = training["total"] + validation["total"]
-            row = {"dataset": dataset, "task": data.task, "hidden_size": int(hidden_size),
-                   "training": training, "validation": validation, "epoch_s": epoch,
-                   "torch_epoch_s": reference_s, "ratio": epoch / reference_s,
-                   "learning_rate": LEARNING_RATE, "momentum": MOMENTUM}
+            row = split_row(data, int(hidden_size), int(options.warm))
             rows.append(row)
             print("    " + split_line(row), flush=True)
     return rows
+
+
+def split_row(data, hidden_size: int, warm: int) -> dict:
+    """The phases of one trained epoch of a vanilla network of `hidden_size` blocks on
+    `data`, and a torch.nn.LSTM's trained epoch beside it."""
+    network, step = build("vanilla", data, hidden_size)
+    rng = np.random.default_rng(0)
+    runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
+    for epoch in range(warm):
+        runner.run(epoch + 1)
+    training = timed_training(step, data, rng)
+    validation = timed_validation(NativeForward(network), data.task, data.valid, 32)
+    reference_s = reference_epoch_seconds(data, hidden_size, warm)
+    epoch = training["total"] + validation["total"]
+    return {"dataset": data.name, "task": data.task, "hidden_size": hidden_size, "training": training,
+            "validation": validation, "epoch_s": epoch, "torch_epoch_s": reference_s,
+            "ratio": epoch / reference_s, "learning_rate": LEARNING_RATE, "momentum": MOMENTUM}
 
 
 def split_line(row: dict) -> str:
@@ -140,3 +145,17 @@ def split_line(row: dict) -> str:
     parts += [f"valid {p} {100 * row['validation'][p] / epoch:4.1f}%" for p in VALIDATION_PHASES]
     return (f"N={row['hidden_size']:3d}  epoch {epoch:6.2f} s, torch.nn.LSTM {row['torch_epoch_s']:6.2f} s "
             f"(x{row['ratio']:.2f}):  " + ", ".join(parts))
+
+
+def split_table(rows: list[dict]) -> list[str]:
+    """The rows as Markdown: each phase's share of the trained epoch, in per cent."""
+    lines = ["| data set | N | epoch (s) | torch.nn.LSTM (s) | ratio | "
+             + " | ".join(f"train {p} %" for p in TRAINING_PHASES) + " | "
+             + " | ".join(f"valid {p} %" for p in VALIDATION_PHASES) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(TRAINING_PHASES) + len(VALIDATION_PHASES))]
+    for r in rows:
+        shares = [100 * r["training"][p] / r["epoch_s"] for p in TRAINING_PHASES]
+        shares += [100 * r["validation"][p] / r["epoch_s"] for p in VALIDATION_PHASES]
+        lines.append(f"| {r['dataset']} | {r['hidden_size']} | {r['epoch_s']:.2f} | {r['torch_epoch_s']:.2f} | "
+                     f"{r['ratio']:.2f} | " + " | ".join(f"{x:.1f}" for x in shares) + " |")
+    return lines
