@@ -10,7 +10,9 @@ both directions through time) and `update`; what the epoch took beyond these is
 same way: `forward` (scores of each batch) and `errors` (best-path decoding and edit
 distance for CTC, arg-max for the frames). A bidirectional torch.nn.LSTM doing the same
 epoch (reference engine: autograd, torch's losses, torch.optim) is timed in the same
-run, so that the shares can be read against it on a shared machine.
+run. Every figure is the CPU time of the training thread (time.thread_time, one torch
+thread: all of the work runs on it), so that other processes on a shared machine, which
+stretch wall-clock times by several times, do not count.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ VALIDATION_PHASES = ("forward", "errors", "python")
 class _Clock:
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
-        self.last = time.perf_counter()
+        self.last = time.thread_time()
 
     def lap(self, phase: str) -> None:
-        now = time.perf_counter()
+        now = time.thread_time()
         self.seconds[phase] += now - self.last
         self.last = now
 
@@ -96,11 +98,11 @@ def reference_epoch_seconds(data, hidden_size: int, warm: int) -> float:
     runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=np.random.default_rng(0))
     for epoch in range(warm):
         runner.run(epoch + 1)
-    start = time.perf_counter()
+    start = time.thread_time()
     network.train()
     runner.run(warm + 1)
     evaluate(network, data.task, data.valid, 32)
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def time_split(options) -> list[dict]:

@@ -243,9 +243,10 @@ class NativeForward:
     loops use their own small products (harness/kernels/loops.h) instead of a call into
     ATen a time step, and evaluation's batches are sorted by length, so a slice carries
     little padding. Larger layers take the whole batch at once, where ATen's product reads
-    the recurrent matrix (4N x N) once a step for all sequences (measured on JSB's
-    validation, 2026-12-03: slices 2.5x faster than the whole batch at N=20, 1.6x at
-    N=100, 0.85x at N=200). Scores past a sequence's end are zero (the metrics never read them).
+    the recurrent matrix (4N x N) once a step for all sequences. Measured in CPU time on
+    the validation splits of JSB, timit_like and handwriting_like (2026-12-03), slices
+    against the whole batch: 1.2-1.5x faster at N=20, 1.1-1.15x at N=100, 0.85-0.9x at
+    N=200. Scores past a sequence's end are zero (the metrics never read them).
     """
 
     SLICE = 4  # kSmallBatch of harness/kernels/loops.h
