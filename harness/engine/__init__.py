@@ -16,6 +16,10 @@ Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
   compiled loops through their autograd functions; where the compiled loops could not
   be built, `make_step` says so once and trains on the reference path.
 
+Validation and test run the engine's forward (`make_forward`): `NativeForward`, the
+compiled loops called directly without autograd, where the native engine trains the
+network; the network's own forward otherwise.
+
 `train.engine` (conf/train/greff.yaml) chooses; tests/test_engine.py checks that both give
 the same gradients and the same weights after several updates, for every LSTM variant
 and task, and tests/test_recipes.py the updates against torch.optim applied by hand.
@@ -62,4 +66,3 @@ def make_forward(engine: str, network: SequenceNetwork, task: str) -> Callable:
         return network(x, lengths)
 
     return reference
-

@@ -280,4 +280,3 @@ class NativeForward:
             flat = torch.addmm(readout.bias, Y.reshape(-1, Y.shape[2]), readout.weight.t())
             scores[:steps, start:end] = flat.view(steps, end - start, -1)
         return scores
-
