@@ -54,7 +54,8 @@ def test_split_section_times_every_phase_against_torch(task):
 
     splits = [[sequence(T) for T in rng.integers(6, 12, size=n)] for n in (5, 3, 3)]
     data = DataSplits("tiny", task, *splits, input_dim=3, n_outputs=4, bidirectional=True)
-    row = split_row(data, hidden_size=5, warm=1)
+    row = split_row(data, hidden_size=5, warm=1, learning_rate=1e-3)
+    assert row["training"]["non_finite_steps"] == 0
     assert all(row["training"][p] >= 0 for p in TRAINING_PHASES)
     assert all(row["validation"][p] >= 0 for p in VALIDATION_PHASES)
     for part, phases in (("training", TRAINING_PHASES), ("validation", VALIDATION_PHASES)):

@@ -42,9 +42,10 @@ def reference_name(model: str) -> str:
     return "torch.nn.GRU" if kind.cell == "gru" else "torch.nn.LSTM"
 
 
-def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tuple[SequenceNetwork, object]:
+def build(model: str, data, hidden_size: int, variant: dict | None = None,
+          learning_rate: float = LEARNING_RATE) -> tuple[SequenceNetwork, object]:
     """The network of `model` (ours, with the options of its variant config `variant`, or
-    one of REFERENCES) and its training step."""
+    one of REFERENCES) and its training step (Nesterov, `learning_rate`, MOMENTUM)."""
     torch.manual_seed(0)
     if model in REFERENCES:
         kind, layers = REFERENCES[model]
@@ -52,11 +53,12 @@ def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tu
         network.forward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
         if data.bidirectional:
             network.backward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
-        return network, TorchStep(network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM))
+        return network, TorchStep(network, data.task, Recipe.nesterov(learning_rate, MOMENTUM))
     options = {k: v for k, v in (variant or {}).items() if k != "name"}
     network = SequenceNetwork(model, data.input_dim, hidden_size, data.n_outputs,
                               bidirectional=data.bidirectional, **options)
-    return network, make_step("native", network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM), log=lambda _: None)
+    return network, make_step("native", network, data.task, Recipe.nesterov(learning_rate, MOMENTUM),
+                              log=lambda _: None)
 
 
 def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True,

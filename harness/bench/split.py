@@ -1,6 +1,7 @@
 """Where a trained epoch spends its time: the phases of the native step and of validation.
 
-For each data set and hidden size asked: a vanilla network trains `warm` epochs untimed
+For each data set and hidden size asked: a vanilla network (Nesterov, `learning_rate`,
+momentum 0.9) trains `warm` epochs untimed
 (so that its weights are those of a trial under way, denormals flushed), then one epoch
 is timed phase by phase as harness.train runs it: for every training sequence the
 native step's `forward` (both directions' compiled loops), `loss` (read-out, loss and
@@ -25,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import project_root, tasks
-from harness.bench.epochs import LEARNING_RATE, MOMENTUM, build
+from harness.bench.epochs import MOMENTUM, build
 from harness.datasets import load_dataset
 from harness.engine import NativeForward, NativeStep
 from harness.train import EpochRunner, evaluate, evaluation_batches
@@ -58,7 +59,7 @@ def timed_training(step: NativeStep, data, rng: np.random.Generator) -> dict[str
     runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
     order = rng.permutation(len(data.train))
     clock = _Clock()
-    start = clock.last
+    start, skipped = clock.last, 0
     for k in order:
         batch = runner.single[k]
         clock.lap("python")
@@ -72,9 +73,12 @@ def timed_training(step: NativeStep, data, rng: np.random.Generator) -> dict[str
                 clock.lap("backward")
                 step.update()
                 clock.lap("update")
+            else:
+                skipped += 1
         loss.item()
     clock.lap("python")
-    return {**{p: clock.seconds[p] for p in TRAINING_PHASES}, "total": clock.last - start}
+    return {**{p: clock.seconds[p] for p in TRAINING_PHASES}, "total": clock.last - start,
+            "non_finite_steps": skipped}
 
 
 def timed_validation(forward, task: str, sequences, batch_size: int) -> dict[str, float]:
@@ -91,10 +95,10 @@ def timed_validation(forward, task: str, sequences, batch_size: int) -> dict[str
     return {**{p: clock.seconds[p] for p in VALIDATION_PHASES}, "total": clock.last - start}
 
 
-def reference_epoch_seconds(data, hidden_size: int, warm: int) -> float:
+def reference_epoch_seconds(data, hidden_size: int, warm: int, learning_rate: float) -> float:
     """A trained epoch (training, then validation) of a bidirectional torch.nn.LSTM on the
     reference engine, after `warm` untimed epochs."""
-    network, step = build("torch.nn.LSTM", data, hidden_size)
+    network, step = build("torch.nn.LSTM", data, hidden_size, learning_rate=learning_rate)
     runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=np.random.default_rng(0))
     for epoch in range(warm):
         runner.run(epoch + 1)
@@ -118,35 +122,39 @@ def time_split(options) -> list[dict]:
         print(f"  {dataset} ({data.task}): {len(data.train)} training sequences ({frames} frames), "
               f"{len(data.valid)} validation; {options.warm} warm epochs, then one timed", flush=True)
         for hidden_size in options.hidden_sizes:
-            row = split_row(data, int(hidden_size), int(options.warm))
+            row = split_row(data, int(hidden_size), int(options.warm), float(options.learning_rate))
             rows.append(row)
             print("    " + split_line(row), flush=True)
     return rows
 
 
-def split_row(data, hidden_size: int, warm: int) -> dict:
+def split_row(data, hidden_size: int, warm: int, learning_rate: float) -> dict:
     """The phases of one trained epoch of a vanilla network of `hidden_size` blocks on
-    `data`, and a torch.nn.LSTM's trained epoch beside it."""
-    network, step = build("vanilla", data, hidden_size)
+    `data`, and a torch.nn.LSTM's trained epoch beside it. A step whose loss is not
+    finite has no backward and no update: the row counts them (`non_finite_steps`), and
+    such a row does not measure a training epoch (take a smaller learning rate)."""
+    network, step = build("vanilla", data, hidden_size, learning_rate=learning_rate)
     rng = np.random.default_rng(0)
     runner = EpochRunner(step, data, batch_size=1, noise_std=0.0, rng=rng)
     for epoch in range(warm):
         runner.run(epoch + 1)
     training = timed_training(step, data, rng)
     validation = timed_validation(NativeForward(network), data.task, data.valid, 32)
-    reference_s = reference_epoch_seconds(data, hidden_size, warm)
+    reference_s = reference_epoch_seconds(data, hidden_size, warm, learning_rate)
     epoch = training["total"] + validation["total"]
     return {"dataset": data.name, "task": data.task, "hidden_size": hidden_size, "training": training,
             "validation": validation, "epoch_s": epoch, "torch_epoch_s": reference_s,
-            "ratio": epoch / reference_s, "learning_rate": LEARNING_RATE, "momentum": MOMENTUM}
+            "ratio": epoch / reference_s, "learning_rate": learning_rate, "momentum": MOMENTUM}
 
 
 def split_line(row: dict) -> str:
     epoch = row["epoch_s"]
     parts = [f"train {p} {100 * row['training'][p] / epoch:4.1f}%" for p in TRAINING_PHASES]
     parts += [f"valid {p} {100 * row['validation'][p] / epoch:4.1f}%" for p in VALIDATION_PHASES]
+    skipped = row["training"]["non_finite_steps"]
+    note = f"  ({skipped} steps with a non-finite loss: not a training epoch)" if skipped else ""
     return (f"N={row['hidden_size']:3d}  epoch {epoch:6.2f} s, torch.nn.LSTM {row['torch_epoch_s']:6.2f} s "
-            f"(x{row['ratio']:.2f}):  " + ", ".join(parts))
+            f"(x{row['ratio']:.2f}):  " + ", ".join(parts) + note)
 
 
 def split_table(rows: list[dict]) -> list[str]:
