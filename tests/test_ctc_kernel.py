@@ -70,6 +70,17 @@ def test_float32_scores_within_float_tolerance(ctc):
     assert torch.allclose(grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
 
 
+def test_a_label_far_below_the_largest_score(ctc):
+    """Float scores whose label lies 100 below the others (beyond fast_exp's range): one
+    frame, one label, so the loss is -log softmax = 100 + log(2 + e^-100), 100 + log 2 to float precision."""
+    scores = torch.tensor([[[0.0, -100.0, 0.0]]])
+    losses, grad = ctc.ctc_loss(scores, torch.tensor([1]), torch.tensor([1]), torch.tensor([1]))
+    expected, expected_grad = torch_reference(scores.double(), torch.tensor([1]), torch.tensor([1]), torch.tensor([1]))
+    assert float(losses[0]) == pytest.approx(float(expected[0]), rel=1e-6)
+    assert float(losses[0]) == pytest.approx(100 + math.log(2), rel=1e-6)
+    assert torch.allclose(grad.double(), expected_grad, atol=1e-6)
+
+
 def test_a_hand_worked_loss(ctc):
     """Two frames, one label a: the paths a a, a _, _ a emit it, so p = y1(a) y2(a) +
     y1(a) y2(_) + y1(_) y2(a); with uniform scores over 3 outputs every y is 1/3, p = 3/9."""

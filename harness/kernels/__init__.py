@@ -67,7 +67,7 @@ def gated_feedback():
 def ctc():
     """The compiled CTC loss, gradient and best-path decoding (ctc.cpp), or None (then the
     native engine uses torch's ctc_loss, and evaluation harness/ctc.py's decoding)."""
-    return _module("ctc", "odyssey_ctc_v1", "ctc.cpp")
+    return _module("ctc", "odyssey_ctc_v2", "ctc.cpp")
 
 
 def _module(key: str, name: str, source: str):

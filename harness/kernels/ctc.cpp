@@ -7,7 +7,7 @@
 // blank. A target l of length L becomes l' = (blank, l_1, blank, l_2, ..., l_L, blank),
 // S = 2L + 1 states. The forward variable alpha_t(s) is the probability of all path
 // prefixes that emit l'_1..s in frames 1..t; it moves from s, s - 1, and s - 2 when
-// l'_s is a label different from l'_{s-2} (Graves et al. 2006, eqs. 6-7). The backward
+// l'_s is a label different from l'_{s-2} (Graves et al. 2006, section 4.1). The backward
 // variable here, beta_t(s), is the probability of the path suffixes from state s at t
 // emitting the frames after t (without frame t's own emission), so that
 // alpha_t(s) beta_t(s) is the probability of all paths through s at t, with no division.
@@ -16,7 +16,7 @@
 // Rabiner 1989): alpha stays in probability space in double precision, and the loss
 // -ln p(l|x) = -sum_t ln C_t - ln(alpha^_T(S) + alpha^_T(S - 1)) is accumulated in log
 // space from the scale factors C_t, so no frame can underflow it. The gradient with
-// respect to the scores (the softmax folded in, Graves et al. 2006, eq. 16):
+// respect to the scores (the softmax folded in, Graves et al. 2006, section 4.2):
 //   d loss / d s_t(k) = y_t(k) - sum_{s: l'_s = k} alpha^_t(s) beta^_t(s) / Z_t,
 //   Z_t = sum_s alpha^_t(s) beta^_t(s).
 // A target that needs more frames than its sequence has (L plus one blank between each
@@ -48,11 +48,12 @@ void softmax_row(const T* __restrict s, double* __restrict y, float* __restrict 
   for (int64_t k = 1; k < K; ++k) top = std::max(top, s[k]);
   if constexpr (std::is_same_v<T, float>) {
     for (int64_t k = 0; k < K; ++k) work[k] = odyssey::fast_exp(s[k] - top);
-    for (int64_t k = 0; k < K; ++k) {
-      if (s[k] - top < -80.0f) work[k] = float(std::exp(double(s[k]) - double(top)));
-    }
     double sum = 0;
-    for (int64_t k = 0; k < K; ++k) sum += (y[k] = double(work[k]));
+    for (int64_t k = 0; k < K; ++k) {
+      const double value = s[k] - top < -80.0f ? std::exp(double(s[k]) - double(top)) : double(work[k]);
+      y[k] = value;
+      sum += value;
+    }
     const double inverse = 1.0 / sum;
     for (int64_t k = 0; k < K; ++k) y[k] *= inverse;
   } else {
