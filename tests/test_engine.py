@@ -1,5 +1,6 @@
 """The native engine against the torch reference: same loss, same gradients of every
-weight, same weights after several Nesterov updates, for every LSTM variant and task.
+weight, same weights after several Nesterov updates, and the same scores and metrics of
+evaluation, for every model and task.
 
 The reference is independent of the engine's step: autograd through the network's own
 forward (LSTMRecurrence.backward for the loops), harness.tasks.loss, and
@@ -44,6 +45,7 @@ def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
         else:  # ctc: as many labels as the frames allow (a repeat needs a blank between)
             y = [int(rng.integers(1, K))]
             while frames_needed(y) < T:
+                # room for a repeat, or else the other of the two characters (K = 3)
                 y.append(int(rng.integers(1, K)) if frames_needed(y) + 2 <= T else 3 - y[-1])
             y = np.array(y)
         out.append(Sequence(x=x, y=y))
@@ -106,9 +108,9 @@ def test_weights_after_several_updates(variant, task):
 @pytest.mark.parametrize("variant", MODELS)
 def test_native_evaluation_matches_the_reference(variant, task, monkeypatch):
     """Validation's forward through the compiled loops (NativeForward, in slices of at most
-    4 sequences and the whole batch at once) against the network's own forward on the cells' Python loops: the same
-    scores on every real frame (float64), and the same metric over batches of 5 sequences
-    (float32, as evaluation runs)."""
+    4 sequences and the whole batch at once) against the network's own forward on the
+    cells' Python loops: the same scores on every real frame (float64), and the same
+    metric over batches of 5 sequences (float32, as evaluation runs)."""
     group = sequences(task, [5, 9, 3, 7, 4, 8, 6], seed=5)
     batch = batch_of(group, task, torch.float64)
     results = {}
