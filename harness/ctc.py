@@ -2,8 +2,10 @@
 
 The network emits, at every step t, scores over C + 1 outputs: output 0 is the CTC blank,
 outputs 1..C the characters of `DataSplits.classes` (blank first). Training uses
-`torch.nn.functional.ctc_loss(..., blank=0, reduction='sum')`; the metric is the
-character error rate of best-path decoding, as in Greff et al. (2017):
+`torch.nn.functional.ctc_loss(..., blank=0, reduction='sum')` on the reference path and
+its compiled equal on the native engine (harness/kernels/ctc.cpp, docs/engine.md); the
+metric is the character error rate of best-path decoding, as in Greff et al. (2017)
+(here in Python, the reference of the compiled decoding the native engine evaluates with):
 
     CER = sum over lines of edit distance(hypothesis, reference)
           / sum over lines of len(reference)

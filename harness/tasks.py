@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness import kernels
 from harness.datasets import Sequence
 
 PADDING_CLASS = -100  # ignored by cross_entropy
@@ -98,6 +99,11 @@ def errors(task: str, scores: torch.Tensor, batch: Batch) -> tuple[float, float]
     if task == "regression":
         return float(loss(task, scores, batch)), float(batch.frames * scores.shape[2])
     if task == "ctc":
+        compiled = kernels.ctc() if scores.device.type == "cpu" else None
+        if compiled is not None:  # the same decoding and edit distance, compiled (harness/kernels/ctc.cpp)
+            edits, characters = compiled.decoding_errors(scores.detach(), batch.lengths, batch.y,
+                                                          batch.target_lengths)
+            return float(edits), float(characters)
         from harness.ctc import best_path, character_error_rate
 
         hypotheses = [best_path(scores[: int(n), b].detach()) for b, n in enumerate(batch.lengths)]

@@ -14,8 +14,9 @@
   at most `max_epochs` (150).
 
 How a step is computed is the engine's business (harness.engine, `train.engine`: the
-native compiled step by default, torch autograd as the reference); denormal floats are
-flushed to zero unless `train.flush_denormal=false`.
+native compiled step by default, torch autograd as the reference), and so is the forward
+of validation and test (the compiled loops called directly, or the network's own);
+denormal floats are flushed to zero unless `train.flush_denormal=false`.
 
 A loss that becomes NaN or infinite stops the run; the result then carries `failure`
 (the reason) and the best figures reached before it (harness.sweep records such a trial
@@ -40,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import tasks
 from harness.datasets import DataSplits, Sequence, load_dataset
-from harness.engine import make_step
+from harness.engine import make_forward, make_step
 from harness.errors import UserError
 from harness.networks import SequenceNetwork, count_parameters
 from harness.recipes import Recipe
@@ -97,17 +98,22 @@ class EpochRunner:
         return total_loss, frames, None
 
 
-def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int) -> float:
-    """The task's metric over a split, without noise; batches of similar lengths for speed."""
+def evaluation_batches(sequences: list[Sequence], task: str, batch_size: int):
+    """The batches of an evaluation pass: sequences of similar lengths together, for speed."""
     order = np.argsort([len(s.x) for s in sequences], kind="stable")
+    return (tasks.make_batch(group, task) for group in batches(sequences, batch_size, order))
+
+
+def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int,
+             forward: Callable | None = None) -> float:
+    """The task's metric over a split, without noise. `forward(x, lengths) -> scores` is
+    the engine's forward of evaluation (harness.engine.make_forward); None: the network's own."""
+    forward = forward or make_forward("torch", network, task)
     total, count = 0.0, 0.0
     network.eval()
-    with torch.no_grad():
-        for group in batches(sequences, batch_size, order):
-            batch = tasks.make_batch(group, task)
-            scores = network(batch.x, batch.lengths)
-            errors, n = tasks.errors(task, scores, batch)
-            total, count = total + errors, count + n
+    for batch in evaluation_batches(sequences, task, batch_size):
+        errors, n = tasks.errors(task, forward(batch.x, batch.lengths), batch)
+        total, count = total + errors, count + n
     return total / count
 
 
@@ -266,7 +272,9 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
     rng = np.random.default_rng(seed)
 
     network = make_network(cfg, data)
-    step = make_step(str(options.get("engine", "native")), network, data.task, recipe, log=log)
+    engine = str(options.get("engine", "native"))
+    step = make_step(engine, network, data.task, recipe, log=log)
+    forward = make_forward(engine, network, data.task)  # of validation and test
     noise_std = float(cfg.input_noise_std)
     runner = EpochRunner(step, data, batch_size, noise_std, rng)
     eval_batch_size = int(options.get("eval_batch_size", 32))
@@ -284,9 +292,9 @@ def train(cfg, data: DataSplits | None = None, out_dir: Path | None = None,
         if progress.failure:
             log(f"  stopped: {progress.failure}")
             break
-        val_metric = evaluate(network, data.task, data.valid, eval_batch_size)
+        val_metric = evaluate(network, data.task, data.valid, eval_batch_size, forward)
         if progress.validated(epoch, val_metric):
-            progress.improved(epoch, val_metric, evaluate(network, data.task, data.test, eval_batch_size))
+            progress.improved(epoch, val_metric, evaluate(network, data.task, data.test, eval_batch_size, forward))
         if progress.failure:
             log(f"  stopped: {progress.failure}")
             break

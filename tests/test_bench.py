@@ -60,3 +60,31 @@ def test_turns_section_times_each_model_in_turn_against_the_first(compose_config
     assert [(r["model"], r["engine"]) for r in rows] == [("vanilla", "native"), ("mingru", "torch")]
     assert rows[0]["vs_first"] == 1.0 and rows[1]["vs_first"] == pytest.approx(rows[1]["epoch_s"] / rows[0]["epoch_s"])
     assert "| mingru | torch |" in markdown({"turns": rows})
+
+
+@pytest.mark.parametrize("task", ["framewise", "ctc"])
+def test_split_section_times_every_phase_against_torch(task):
+    """The phases of the timed epoch are measured, they make up the epoch, and the ratio
+    is the epoch's against the torch.nn.LSTM epoch of the same row."""
+    import numpy as np
+
+    from harness.bench.split import TRAINING_PHASES, VALIDATION_PHASES, split_row, split_table
+    from harness.datasets import DataSplits, Sequence
+
+    rng = np.random.default_rng(0)
+
+    def sequence(T):
+        y = rng.integers(0, 4, size=T) if task == "framewise" else rng.integers(1, 4, size=2)
+        return Sequence(x=rng.normal(size=(T, 3)).astype(np.float32), y=y)
+
+    splits = [[sequence(T) for T in rng.integers(6, 12, size=n)] for n in (5, 3, 3)]
+    data = DataSplits("tiny", task, *splits, input_dim=3, n_outputs=4, bidirectional=True)
+    row = split_row(data, hidden_size=5, warm=1, learning_rate=1e-3)
+    assert row["training"]["non_finite_steps"] == 0
+    assert all(row["training"][p] >= 0 for p in TRAINING_PHASES)
+    assert all(row["validation"][p] >= 0 for p in VALIDATION_PHASES)
+    for part, phases in (("training", TRAINING_PHASES), ("validation", VALIDATION_PHASES)):
+        assert sum(row[part][p] for p in phases) == pytest.approx(row[part]["total"])
+    assert row["epoch_s"] == pytest.approx(row["training"]["total"] + row["validation"]["total"])
+    assert row["ratio"] == pytest.approx(row["epoch_s"] / row["torch_epoch_s"])
+    assert f"| tiny | 5 | {row['epoch_s']:.2f} |" in "\n".join(split_table([row]))

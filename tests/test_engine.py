@@ -1,5 +1,6 @@
 """The native engine against the torch reference: same loss, same gradients of every
-weight, same weights after several Nesterov updates, for every LSTM variant and task.
+weight, same weights after several Nesterov updates, and the same scores and metrics of
+evaluation, for every model and task.
 
 The reference is independent of the engine's step: autograd through the network's own
 forward (LSTMRecurrence.backward for the loops), harness.tasks.loss, and
@@ -13,11 +14,13 @@ import pytest
 import torch
 
 from harness import kernels, tasks
+from harness.ctc import frames_needed
 from harness.models import LSTM_VARIANTS
 from harness.datasets import Sequence
-from harness.engine import NativeStep, TorchStep, make_step
+from harness.engine import NativeForward, NativeStep, TorchStep, make_forward, make_step
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
+from harness.train import evaluate
 
 pytestmark = pytest.mark.skipif(kernels.lstm() is None, reason="the compiled loops could not be built")
 
@@ -29,7 +32,7 @@ TASKS = {"next_step": False, "regression": False, "framewise": True, "ctc": True
 def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
     rng = np.random.default_rng(seed)
     out = []
-    for T in lengths:
+    for n, T in enumerate(lengths):
         x = rng.normal(size=(T, M)).astype(np.float32)
         if task == "next_step":
             y = (rng.random((T, K)) < 0.3).astype(np.float32)
@@ -37,8 +40,14 @@ def sequences(task: str, lengths: list[int], seed: int) -> list[Sequence]:
             y = rng.normal(size=(T, K)).astype(np.float32)
         elif task == "framewise":
             y = rng.integers(0, K, size=T)
-        else:
+        elif n % 3 != 1:  # ctc: a third as many labels as frames (two characters: repeats), or one
             y = rng.integers(1, K, size=max(1, T // 3))
+        else:  # ctc: as many labels as the frames allow (a repeat needs a blank between)
+            y = [int(rng.integers(1, K))]
+            while frames_needed(y) < T:
+                # room for a repeat, or else the other of the two characters (K = 3)
+                y.append(int(rng.integers(1, K)) if frames_needed(y) + 2 <= T else 3 - y[-1])
+            y = np.array(y)
         out.append(Sequence(x=x, y=y))
     return out
 
@@ -93,6 +102,36 @@ def test_weights_after_several_updates(variant, task):
         assert float(b) == pytest.approx(float(a), rel=1e-4)
     for (name, p), q in zip(reference.named_parameters(), native.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("variant", MODELS)
+def test_native_evaluation_matches_the_reference(variant, task, monkeypatch):
+    """Validation's forward through the compiled loops (NativeForward, in slices of at most
+    4 sequences and the whole batch at once) against the network's own forward on the
+    cells' Python loops: the same scores on every real frame (float64), and the same
+    metric over batches of 5 sequences (float32, as evaluation runs)."""
+    group = sequences(task, [5, 9, 3, 7, 4, 8, 6], seed=5)
+    batch = batch_of(group, task, torch.float64)
+    results = {}
+    for engine in ("torch", "native"):
+        monkeypatch.setenv("ODYSSEY_PYTHON_LOOPS", "1" if engine == "torch" else "0")
+        for dtype in (torch.float64, torch.float32):
+            network, _ = networks(variant, task, dtype)
+            with torch.no_grad():
+                network.readout.weight.mul_(10)  # scores far apart: a metric of arg-maxes is decided
+            forward = make_forward(engine, network, task)
+            assert isinstance(forward, NativeForward) == (engine == "native")
+            if dtype == torch.float64:
+                results[engine, "scores"] = forward(batch.x, batch.lengths)[batch.mask]
+                if engine == "native":  # the whole batch at once, as for N > NativeForward.SLICED_UP_TO
+                    forward.slice = None
+                    results["whole batch", "scores"] = forward(batch.x, batch.lengths)[batch.mask]
+            else:
+                results[engine, "metric"] = evaluate(network, task, group, 5, forward)
+    for how in ("native", "whole batch"):
+        assert torch.allclose(results[how, "scores"], results["torch", "scores"], rtol=1e-10, atol=1e-12), how
+    assert results["native", "metric"] == pytest.approx(results["torch", "metric"], rel=1e-5)
 
 
 def test_momentum_zero_is_plain_sgd():

@@ -1,6 +1,6 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Seven sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Eight sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
@@ -9,6 +9,9 @@ written to results/bench/bench.json:
   (one update a sequence, then validation), fresh and after the network has trained
   (`warm` epochs untimed, then `timed` epochs), for every model and task asked, against
   torch.nn.LSTM (and torch.nn.GRU) in the same recipe, denormals flushed for both;
+- `split` (harness.bench.split): where a trained epoch of the speech and handwriting
+  tasks spends its time (the native step's phases, validation's forward and errors,
+  Python) at several hidden sizes, against a bidirectional torch.nn.LSTM's epoch;
 - `recipes` (harness.bench.recipes): trained JSB epochs of every training recipe
   (conf/train/) on the engine its trials use, and on the torch path for comparison;
 - `study` (harness.bench.study): a small fixed full-protocol JSB study (configurations
@@ -38,12 +41,13 @@ from harness.bench.layers import time_layers
 from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
 from harness.bench.scan import time_scan
+from harness.bench.split import split_table, time_split
 from harness.bench.study import project_studies, time_study
 from harness.bench.turns import time_in_turn
 from harness.errors import UserError
 from harness.models import names_of, resolve
 
-SECTIONS = ("layers", "epochs", "recipes", "study", "lockstep", "scan", "turns")
+SECTIONS = ("layers", "epochs", "split", "recipes", "study", "lockstep", "scan", "turns")
 
 
 def bench(cfg) -> dict:
@@ -65,6 +69,9 @@ def bench(cfg) -> dict:
     if "epochs" in sections:
         print("\nepochs of the training recipe, fresh and trained, against torch in the same recipe:")
         result["epochs"] = time_epochs(cfg, options.epochs)
+    if "split" in sections:
+        print("\nwhere a trained epoch spends its time (vanilla, native engine), against torch.nn.LSTM:")
+        result["split"] = time_split(options.split)
     if "recipes" in sections:
         print("\nepochs of each training recipe (conf/train/), on its engine and on the torch path:")
         result["recipes"] = time_recipes(options.recipes)
@@ -103,6 +110,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['dataset']} | {r['model']}{note} | {r['fresh_s']:.3f} | {r['trained_s']:.3f} | "
                          f"{r['ratio_trained']:.2f} | {r['reference']} |")
         lines.append("")
+    if result.get("split"):
+        lines += split_table(result["split"]) + [""]
     if result.get("recipes"):
         lines += ["| recipe (JSB, vanilla) | batch | engine | fresh epoch (s) | trained epoch (s) | torch path, trained (s) "
                   "| torch path slower |", "|---|---|---|---|---|---|---|"]

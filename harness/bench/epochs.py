@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from harness import project_root
 from harness.bench.layers import TorchRecurrent
 from harness.datasets import load_dataset
-from harness.engine import TorchStep, make_step
+from harness.engine import NativeStep, TorchStep, make_forward, make_step
 from harness.models import names_of, resolve, variant_config
 from harness.networks import SequenceNetwork
 from harness.recipes import Recipe
@@ -42,9 +42,10 @@ def reference_name(model: str) -> str:
     return "torch.nn.GRU" if kind.cell == "gru" else "torch.nn.LSTM"
 
 
-def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tuple[SequenceNetwork, object]:
+def build(model: str, data, hidden_size: int, variant: dict | None = None,
+          learning_rate: float = LEARNING_RATE) -> tuple[SequenceNetwork, object]:
     """The network of `model` (ours, with the options of its variant config `variant`, or
-    one of REFERENCES) and its training step."""
+    one of REFERENCES) and its training step (Nesterov, `learning_rate`, MOMENTUM)."""
     torch.manual_seed(0)
     if model in REFERENCES:
         kind, layers = REFERENCES[model]
@@ -52,11 +53,12 @@ def build(model: str, data, hidden_size: int, variant: dict | None = None) -> tu
         network.forward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
         if data.bidirectional:
             network.backward_layer = TorchRecurrent(kind, data.input_dim, hidden_size, layers)
-        return network, TorchStep(network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM))
+        return network, TorchStep(network, data.task, Recipe.nesterov(learning_rate, MOMENTUM))
     options = {k: v for k, v in (variant or {}).items() if k != "name"}
     network = SequenceNetwork(model, data.input_dim, hidden_size, data.n_outputs,
                               bidirectional=data.bidirectional, **options)
-    return network, make_step("native", network, data.task, Recipe.nesterov(LEARNING_RATE, MOMENTUM), log=lambda _: None)
+    return network, make_step("native", network, data.task, Recipe.nesterov(learning_rate, MOMENTUM),
+                              log=lambda _: None)
 
 
 def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flush: bool = True,
@@ -69,6 +71,7 @@ def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, 
     """Fresh (mean of the first two) and trained (after `warm`) seconds of epochs as a trial
     runs them: the training part (harness.train.EpochRunner), validation, and test on improvement."""
     runner = EpochRunner(step, data, batch_size=batch_size, noise_std=0.0, rng=np.random.default_rng(0))
+    forward = make_forward("native" if isinstance(step, NativeStep) else "torch", network, data.task)
     torch.set_flush_denormal(flush)
     seconds, best, failure = [], math.inf, None
     try:
@@ -78,10 +81,10 @@ def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, 
             _, _, failure = runner.run(epoch)
             if failure:
                 break
-            val_metric = evaluate(network, data.task, data.valid, 32)
+            val_metric = evaluate(network, data.task, data.valid, 32, forward)
             if val_metric < best:
                 best = val_metric
-                evaluate(network, data.task, data.test, 32)
+                evaluate(network, data.task, data.test, 32, forward)
             seconds.append(time.perf_counter() - start)
     finally:
         torch.set_flush_denormal(True)

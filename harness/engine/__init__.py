@@ -9,12 +9,16 @@ Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
   `harness.tasks.loss`, `loss.backward()` and the recipe's torch.optim optimizer;
 - `native` (`NativeStep`, the default for the LSTM family): the compiled LSTM loops
   called directly (no autograd graph), the read-out, loss and its gradient in closed form
-  (CTC: torch's ctc_loss on the scores alone), the backward pass through time into
+  (CTC: the compiled forward-backward of harness/kernels/ctc.cpp), the backward pass through time into
   preallocated gradient buffers (the parameters' `.grad`), and Greff's Nesterov update
   in one compiled loop over every tensor; any other update is the recipe's torch.optim
   optimizer on those same gradients. The GRU and the GF-RNN stacks run their own
   compiled loops through their autograd functions; where the compiled loops could not
   be built, `make_step` says so once and trains on the reference path.
+
+Validation and test run the engine's forward (`make_forward`): `NativeForward`, the
+compiled loops called directly without autograd, where the native engine trains the
+network; the network's own forward otherwise.
 
 `train.engine` (conf/train/greff.yaml) chooses; tests/test_engine.py checks that both give
 the same gradients and the same weights after several updates, for every LSTM variant
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.engine.native import NativeStep, native_supports
+import torch
+
+from harness.engine.native import NativeForward, NativeStep, native_supports
 from harness.engine.reference import TorchStep
 from harness.errors import UserError
 from harness.networks import SequenceNetwork
@@ -46,3 +52,17 @@ def make_step(engine: str, network: SequenceNetwork, task: str, recipe: Recipe,
             return NativeStep(network, task, recipe)
         log(f"  engine: the native engine does not cover {reason}; training on the torch path")
     return TorchStep(network, task, recipe)
+
+
+def make_forward(engine: str, network: SequenceNetwork, task: str) -> Callable:
+    """The forward of evaluation, `forward(x, lengths) -> scores (T, B, K)` without autograd:
+    the compiled loops called directly (NativeForward) where the native engine trains this
+    network, else the network's own forward (the reference path)."""
+    if engine == "native" and native_supports(network, task) is None:
+        return NativeForward(network)
+
+    @torch.no_grad()
+    def reference(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return network(x, lengths)
+
+    return reference

@@ -25,6 +25,13 @@ layer 1 first; layouts in its docstring):
             *d weight_recurrent (L)], each the shape of its parameter
     (`fixed`: the (L, B, L) fixed global gates [j, b, i] of `_fixed_gates`, or None.)
 
+`ctc()` (ctc.cpp), CTC for the native engine (blank 0; lengths int64):
+    ctc_loss(scores (T, B, K), targets (concatenated), input_lengths (B), target_lengths (B))
+        -> [losses (B) double, d (sum of losses) / d scores (T, B, K)]
+    best_path(scores, lengths) -> [labels of each sequence]
+    edit_distance(a, b) -> int
+    decoding_errors(scores, lengths, targets, target_lengths) -> [edits, target labels]
+
 `lstm()` (lstm.cpp): see cells.LSTMRecurrence.
 """
 
@@ -55,6 +62,12 @@ def gru():
 def gated_feedback():
     """The compiled GF-LSTM / GF-GRU loops (gated_feedback.cpp), or None (Python loops)."""
     return _module("gated_feedback", "odyssey_gated_feedback_v5", "gated_feedback.cpp")
+
+
+def ctc():
+    """The compiled CTC loss, gradient and best-path decoding (ctc.cpp), or None (then the
+    native engine uses torch's ctc_loss, and evaluation harness/ctc.py's decoding)."""
+    return _module("ctc", "odyssey_ctc_v2", "ctc.cpp")
 
 
 def _module(key: str, name: str, source: str):

@@ -2,5 +2,6 @@
 
 from harness import kernels
 
-for name, build in (("LSTM", kernels.lstm), ("GRU", kernels.gru), ("gated-feedback", kernels.gated_feedback)):
+for name, build in (("LSTM", kernels.lstm), ("GRU", kernels.gru), ("gated-feedback", kernels.gated_feedback),
+                    ("CTC", kernels.ctc)):
     print(f"compiled {name} loops:", "ready" if build() is not None else "unavailable (Python loops in use)")
