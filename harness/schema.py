@@ -57,6 +57,7 @@ class SearchSchema:
     pruner_warmup_epochs: int = MISSING
     pruner_reduction_factor: int = MISSING
     launcher: str = MISSING
+    protocol_change: str = MISSING  # refuse | allow (harness.protocol)
     slurm: SlurmSchema = MISSING
     space: Dict[str, Any] = MISSING  # parameter: {type, low, high, log} (harness.sweep checks each)
 

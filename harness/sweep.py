@@ -83,7 +83,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import project_root
+from harness import project_root, protocol
 from harness.datasets import load_dataset
 from harness.errors import UserError
 from harness.lockstep import LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device, slot_bytes
@@ -518,6 +518,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
     target, beat = int(search.n_trials), liveness.interval
     study = open_study(storage, dataset, variant, seed=int(cfg.seed), recipe=str(cfg.train.name),
                        pruner=make_pruner(search))
+    protocol.keep(study, cfg, space)  # a SLURM node's own data files are checked too
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
@@ -672,6 +673,8 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         with open_dict(checked):
             checked.variant = config
         lockstep_plan(checked, space_of(checked), data, int(search.n_trials), say=lambda message: None)
+        protocol.keep(open_study(storage, cfg.dataset.name, config["name"], seed=0, recipe=recipe), checked,
+                      space_of(checked))  # the study's protocol (harness.protocol), before any work
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {search.storage}", flush=True)
     names, died, without_complete = [], [], []

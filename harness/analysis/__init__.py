@@ -83,6 +83,8 @@ def run(cfg) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     trials = studies.trials
     print(f"[analyze] {len(trials)} trials in {trials.variant.nunique()} variants")
+    for name, reason in studies.mixed.items():
+        print(f"[analyze] study {name} is mixed: {reason}; its trials are not one random search", flush=True)
 
     table = trials.rename(columns={c: c[len("param:"):] for c in trials.columns
                                    if c.startswith("param:")})
@@ -134,6 +136,7 @@ def run(cfg) -> Path:
         print("[analyze] drawing figures")
         drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options, pooled=POOLED)
     path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=options["storage"],
+                        mixed=studies.mixed,
                         trials=table,
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,

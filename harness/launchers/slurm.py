@@ -253,9 +253,13 @@ def launch(cfg, variants: list[str]) -> list[str]:
     import optuna
     from optuna.trial import TrialState
 
+    from omegaconf import open_dict
+
+    from harness import protocol
     from harness.datasets import load_dataset
+    from harness.models import variant_config
     from harness.storage import open_storage
-    from harness.sweep import counts, open_study
+    from harness.sweep import counts, open_study, space_of
 
     search = cfg.search
     options = search.get("slurm") or {}
@@ -286,6 +290,10 @@ def launch(cfg, variants: list[str]) -> list[str]:
     names, remaining = [], 0
     for name in variants:
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=str(cfg.train.name))
+        checked = cfg.copy()
+        with open_dict(checked):
+            checked.variant = variant_config(cfg, name)
+        protocol.keep(study, checked, space_of(checked))  # before a task is queued (harness.protocol)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         print(f"{study.study_name}: {counted}/{target} trials already done", flush=True)
         names.append(study.study_name)
