@@ -19,6 +19,13 @@ system attribute (clocks of the machines sharing the file must agree to within s
 A trial failed as stale whose worker was in fact alive keeps its result when it finishes
 (`Liveness.keep_late_result`).
 
+Secrets (`redact`, `move_password`): a password in a storage URL is never printed or
+written. The command line moves the password of a PostgreSQL URL into the environment
+variable PGPASSWORD before anything else sees the URL (libpq, under psycopg, reads it; so do
+the worker processes and SLURM tasks, which inherit it), and every message that shows a URL
+shows it through `redact`. A password file (~/.pgpass, or PGPASSFILE) keeps it off the
+command line too (README, "Sweeps").
+
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
 and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost. The stop is
 held back while the worker holds a journal file's lock: a stop raised between taking the
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -50,6 +58,28 @@ MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
+# scheme://user:PASSWORD@ in a URL (RFC 3986 userinfo): what `redact` hides and `move_password` moves
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s/]*)(?P<at>@)")
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _USERINFO.sub(lambda m: m["head"] + "***" + m["at"], str(text))
+
+
+def move_password(url: str) -> str:
+    """A PostgreSQL URL without its password, which goes to PGPASSWORD in this process's
+    environment (libpq reads it; child processes and SLURM tasks inherit it); any other
+    URL unchanged (every message still shows it through `redact`)."""
+    match = _USERINFO.search(url) if isinstance(url, str) else None
+    if match is None or not url.startswith(("postgresql", "postgres:")) or match.start() != 0:
+        return url
+    from urllib.parse import unquote
+
+    os.environ["PGPASSWORD"] = unquote(match["password"])
+    return url[:match.end("head") - 1] + url[match.end("at") - 1:]
 
 
 # -- stopping on a signal, never inside a journal lock ------------------------------------
@@ -152,7 +182,7 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
         raise UserError(f"{key} is empty; set it to a storage URL, {example}.")
     journal = url.startswith("journal:") or (url.endswith(JOURNAL_SUFFIXES) and "://" not in url)
     if not journal and "://" not in url:
-        raise UserError(f"{key}='{url}' is not a storage URL; use one like {example}.")
+        raise UserError(f"{key}='{redact(url)}' is not a storage URL; use one like {example}.")
     if journal or url.startswith("sqlite:///"):
         path = _local_path(url.removeprefix("journal:").removeprefix("//") if journal
                            else url[len("sqlite:///"):])
@@ -177,8 +207,8 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
             return retry_race(lambda: optuna.storages.RDBStorage(
                 url, engine_kwargs={"pool_pre_ping": True}, **beat))
     except Exception as error:  # sqlalchemy and driver errors: unreachable host, bad URL, no driver
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"{key}: cannot open storage '{url}' ({reason}); check the URL and that the "
+        reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0][:200])
+        raise UserError(f"{key}: cannot open storage '{redact(url)}' ({reason}); check the URL and that the "
                         "database server is running and reachable.") from None
 
 

@@ -91,7 +91,7 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import Liveness, create_study, open_storage, stop_on_signals
+from harness.storage import Liveness, create_study, move_password, open_storage, redact, stop_on_signals
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -650,6 +650,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     configs = variant_configs(cfg)  # search.variants, or just `variant`; a bad model fails here
     with open_dict(cfg):  # so that every worker (here or a SLURM task) has each model's config
         cfg.search.variants = configs
+        cfg.search.storage = move_password(cfg.search.storage)  # a password goes to PGPASSWORD, never on
     variants = [config["name"] for config in configs]
     search = cfg.search
     space = space_of(cfg)  # fail on a bad space or pruner before any work
@@ -676,7 +677,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         protocol.keep(open_study(storage, cfg.dataset.name, config["name"], seed=0, recipe=recipe), checked,
                       space_of(checked))  # the study's protocol (harness.protocol), before any work
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
-          f"{workers} worker(s), storage {search.storage}", flush=True)
+          f"{workers} worker(s), storage {redact(search.storage)}", flush=True)
     names, died, without_complete = [], [], []
     for name in variants:
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
