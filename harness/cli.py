@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from harness import project_root
 from harness.errors import UserError
 from harness.models import LISTS, list_error
+from harness.storage import EXIT_STORAGE_LOST, StorageLost
 
 COMMANDS = ("train", "sweep", "analyze", "data", "bench")
 USAGE = __doc__.split("\n\n")[1]
@@ -83,6 +84,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
     except UserError as error:
         print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except StorageLost as error:  # a sweep's storage stopped answering (harness.storage.reconnecting)
+        print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_STORAGE_LOST)
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise

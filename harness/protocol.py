@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 from harness.datasets import resolve_path
 from harness.errors import UserError
@@ -134,9 +135,10 @@ def config_key(key: str, space_key: str = "search.space") -> str:
 
 
 def trials_space(study) -> dict:
-    """{parameter: distribution dict} of the study's trials, from the last trial that has each."""
+    """{parameter: distribution dict} of the study's finished trials (a running or failed one
+    may hold only some of its parameters), from the last trial that has each."""
     space = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         for name, d in trial.distributions.items():
             space[name] = distribution(d)
     return space
@@ -171,6 +173,8 @@ def check(study, protocol: dict, allow: bool = False, space_key: str = "search.s
         difference = first_difference({"space": earlier}, {"space": protocol["space"]}) if earlier else None
     else:
         difference = first_difference(recorded, protocol)
+    if difference is not None and recorded is None and study.user_attrs.get(PROTOCOL) is not None:
+        return check(study, protocol, allow, space_key)  # another sweep recorded it meanwhile: compare with that
     if difference is not None:
         key, was, now = difference
         name = config_key(key, space_key)

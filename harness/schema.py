@@ -52,6 +52,7 @@ class SearchSchema:
     workers: int = MISSING
     lockstep: Any = MISSING  # a positive integer, or auto (harness.lockstep.choose_lockstep)
     heartbeat_seconds: float = MISSING
+    reconnect_seconds: float = MISSING
     pruner: str = MISSING
     pruner_startup_trials: int = MISSING
     pruner_warmup_epochs: int = MISSING

@@ -26,6 +26,13 @@ the worker processes and SLURM tasks, which inherit it), and every message that 
 shows it through `redact`. A password file (~/.pgpass, or PGPASSFILE) keeps it off the
 command line too (README, "Sweeps").
 
+A lost connection (`reconnecting`): when an RDB storage stops answering (a database
+server restarted, a network cut), a worker retries with a bounded back-off (0.5 s doubling
+to 16 s, `search.reconnect_seconds` in all) and then ends with one line and exit status 4
+(`StorageLost`); a trial it held when the connection broke is failed and enqueued again as
+soon as the storage answers (`abandon`), so nothing stays RUNNING and a rerun tops the
+study up.
+
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
 and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost. The stop is
 held back while the worker holds a journal file's lock: a stop raised between taking the
@@ -60,6 +67,9 @@ UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
 # scheme://user:PASSWORD@ in a URL (RFC 3986 userinfo): what `redact` hides and `move_password` moves
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s/]*)(?P<at>@)")
+
+
+EXIT_STORAGE_LOST = 4    # as a worker that died (harness.sweep)
 
 
 # -- secrets ------------------------------------------------------------------------------
@@ -212,6 +222,67 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
                         "database server is running and reachable.") from None
 
 
+# -- a lost connection ---------------------------------------------------------------------
+
+class StorageLost(Exception):
+    """The storage did not answer for search.reconnect_seconds (exit status EXIT_STORAGE_LOST)."""
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` (or what caused it: Optuna wraps SQLAlchemy's errors) says the
+    connection to a database server broke; SQLite's own errors (a locked, read-only or full
+    file) are not that."""
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            if type(seen.orig).__module__.startswith("sqlite3"):
+                return False
+            if seen.connection_invalidated or isinstance(seen, (sqlalchemy.exc.OperationalError,
+                                                                 sqlalchemy.exc.InterfaceError)):
+                return True
+        if isinstance(seen, sqlalchemy.exc.DisconnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_ABANDONED: set[tuple[str, int]] = set()  # (study, trial) this process held when its connection broke
+_CUT_ASKS: list[tuple[str, float, float]] = []  # (study, from, to): a study.ask of this process the break cut off
+
+
+def abandon(study_name: str, number: int) -> None:
+    """Trial `number`, which this process held when the storage stopped answering, is to be
+    failed and enqueued again (Liveness.fail_stale) once the storage answers."""
+    _ABANDONED.add((study_name, number))
+
+
+class Reconnects:
+    count = 0  # retries of this process after a lost connection (scripts/load_test.py reports them)
+
+
+def reconnecting(work, what: str, budget: float):
+    """work() until it returns; again, after a pause, when it fails because the storage's
+    connection broke: 0.5 s, doubling to 16 s, for `budget` seconds in all; then StorageLost."""
+    waited, delay = 0.0, 0.5
+    while True:
+        try:
+            return work()
+        except Exception as error:
+            if not connection_lost(error):
+                raise
+            if waited >= budget:
+                reason = redact((str(error.__cause__ or error).strip().splitlines() or ["no answer"])[0][:160])
+                raise StorageLost(f"{what}: the storage stopped answering ({reason}) and still did not after "
+                                  f"{waited:.0f} s of retries; finished trials are kept: run the same command "
+                                  "again to top the study up.") from None
+            pause = min(delay, budget - waited) * random.uniform(0.75, 1.25)  # workers do not retry in step
+            time.sleep(pause)
+            waited, delay = waited + pause, min(2 * delay, 16.0)
+            Reconnects.count += 1
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -219,7 +290,11 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Liveness:
@@ -243,6 +318,27 @@ class Liveness:
 
     def state(self, study: optuna.Study, number: int) -> TrialState:
         return self.storage.get_trial(self.trial_id(study, number)).state
+
+    def ask(self, study: optuna.Study, space: dict) -> optuna.Trial:
+        """study.ask(space). When the connection breaks meanwhile, the trial it may have made
+        (RUNNING, never stamped by its worker) is failed and retried once the storage answers
+        (fail_stale), rather than waiting out the grace of a trial that never beat."""
+        began = time.time()
+        try:
+            with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                return study.ask(space)
+        except Exception as error:
+            if connection_lost(error):  # a window wide enough for the clocks of the trial's start
+                _CUT_ASKS.append((study.study_name, began - 2.0, time.time() + 2.0))
+            raise
+
+    def _cut_off(self, study_name: str, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether `trial` may be the one a study.ask of this process made when the break cut it off."""
+        stamped = (trial.system_attrs.get(WORKER_ATTR) or {}).get("trial") == trial.number
+        start = trial.datetime_start.timestamp() if trial.datetime_start is not None else None
+        return not stamped and start is not None and any(
+            name == study_name and low <= start <= high for name, low, high in _CUT_ASKS)
 
     def _beat(self, trial_id: int, number: int) -> None:
         if self.rdb:
@@ -297,7 +393,8 @@ class Liveness:
         failed, now = [], time.time()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in running:
-            if not self._dead(trial, now):
+            if ((study.study_name, trial.number) not in _ABANDONED and not self._cut_off(study.study_name, trial)
+                    and not self._dead(trial, now)):
                 continue
             trial_id = self.trial_id(study, trial.number)
             try:
@@ -306,6 +403,8 @@ class Liveness:
                     self.retry(study, self.storage.get_trial(trial_id))
             except UpdateFinishedTrialError:
                 pass  # it finished, or another worker failed it first
+            _ABANDONED.discard((study.study_name, trial.number))
+        _CUT_ASKS[:] = [cut for cut in _CUT_ASKS if cut[0] != study.study_name]  # each judged once
         if self.rdb:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)

@@ -71,7 +71,6 @@ import multiprocessing.connection
 import signal
 import sys
 import time
-import warnings
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
@@ -91,7 +90,8 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import Liveness, create_study, move_password, open_storage, redact, stop_on_signals
+from harness.storage import (Liveness, StorageLost, abandon, connection_lost, create_study, move_password,
+                             open_storage, reconnecting, redact, stop_on_signals)
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -303,6 +303,10 @@ def release(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # already failed as stale by another worker, or finished
+    except Exception as error:
+        if not connection_lost(error):
+            raise
+        abandon(study.study_name, trial.number)  # failed and retried once the storage answers again
 
 
 def _report(trial: optuna.Trial, value: float, epoch: int) -> None:
@@ -461,9 +465,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                     break
                 beat = ExitStack()
                 try:
-                    with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                        trial = study.ask(space)
+                    trial = liveness.ask(study, space)
                     beat.enter_context(liveness.alive(study, trial.number))
                     trial_cfg = start_trial(study, trial, cfg, target)
                 except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale before it began
@@ -504,7 +506,14 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
 
 def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
     """Ask, train and tell until the study has search.n_trials counted trials; one of
-    `local_workers` processes on this machine (for its torch threads)."""
+    `local_workers` processes on this machine (for its torch threads). A lost storage
+    connection is retried with a bounded back-off (harness.storage.reconnecting)."""
+    reconnecting(lambda: work(cfg, variant, worker, data, local_workers), f"worker {worker} of {variant}",
+                 float(cfg.search.get("reconnect_seconds", 120)))
+
+
+def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
+    """run_worker's loop, from opening the storage."""
     search = cfg.search
     dataset = cfg.dataset.name
     if cfg.variant.name != canonical(variant):  # a model of search.variants: its own config
@@ -541,9 +550,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
             time.sleep(min(beat, 5.0))
             continue
         try:
-            with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask(space)
+            trial = liveness.ask(study, space)
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale while being created
             continue
         try:
@@ -573,6 +580,9 @@ def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int
     except UserError as error:
         print(f"[worker {worker}] error: {error}", flush=True)
         raise SystemExit(2)
+    except StorageLost as error:
+        print(f"[worker {worker}] error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_WORKER_DIED)
 
 
 def _ending(process) -> str:

@@ -6,7 +6,8 @@ run as root); as anyone else, as that user.
     def test_x(postgres): url = postgres()   # the fixture (tests/conftest.py): a fresh database
     PostgresServer(password="...")            # a role that must give its password over TCP
 
-`restart()` is `pg_ctl restart` (every connection is cut; the load test's fault injection).
+`restart()` is `pg_ctl restart` (every connection is cut; the load test's fault injection);
+`pause()` and `resume()` stop and start it again, keeping its databases.
 
 A test that cannot get a server is skipped with the reason, never passed silently.
 """
@@ -95,6 +96,14 @@ class PostgresServer:
         with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (resume() starts it again)."""
+        self._run([self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"], "pg_ctl stop")
+
+    def resume(self) -> None:
+        self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"),
+                   "-o", self.options, "-w", "-t", "60", "start"], "pg_ctl start")
 
     def restart(self) -> None:
         self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"), "-o", self.options,
