@@ -248,6 +248,17 @@ def connection_lost(error: BaseException) -> bool:
     return False
 
 
+def _database_reason(error: BaseException) -> str:
+    """The first line of the database driver's own message in `error`'s chain."""
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None and not isinstance(seen, sqlalchemy.exc.DBAPIError):
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen.orig if seen is not None else error).strip()
+    return (text.splitlines() or ["no answer"])[0][:200]
+
+
 _ABANDONED: set[tuple[str, int]] = set()  # (study, trial) this process held when its connection broke
 _CUT_ASKS: list[tuple[str, float, float]] = []  # (study, from, to): a study.ask of this process the break cut off
 
@@ -273,7 +284,7 @@ def reconnecting(work, what: str, budget: float):
             if not connection_lost(error):
                 raise
             if waited >= budget:
-                reason = redact((str(error.__cause__ or error).strip().splitlines() or ["no answer"])[0][:160])
+                reason = redact(_database_reason(error))
                 raise StorageLost(f"{what}: the storage stopped answering ({reason}) and still did not after "
                                   f"{waited:.0f} s of retries; finished trials are kept: run the same command "
                                   "again to top the study up.") from None
