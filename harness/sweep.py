@@ -1,66 +1,18 @@
-"""Random search: one Optuna study per (data set, variant); the trial rules are in docs/training.md.
+"""Random search: one Optuna study per (data set, model), its workers and their trials.
 
     odyssey sweep dataset=jsb_chorales variant=cifg search.n_trials=200 \
         search.storage=sqlite:///results/odyssey.db search.workers=2
 
-- Random search over `search.space` (conf/search/greff.yaml: Greff et al.'s
-  ranges), or over the recipe's own `train.space` when its file has one (conf/train/adam.yaml:
-  `space_of`); the study is named `<dataset>.<variant>` for Greff's recipe and
-  `<dataset>.<recipe>.<variant>` for any other (`train=adam`), and carries the user
-  attributes `dataset`, `variant` and `recipe`, so studies of two recipes never mix.
-  A trial's value is the validation metric (minimised); its user attributes hold
-  `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`, `momentum` (recipes with
-  momentum only) and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
-  <storage> being the database or file name, e.g. odyssey).
-- `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
-  tops a study up and never repeats work. A trial counts when it is COMPLETE, PRUNED
-  (`search.pruner=median|hyperband`, Optuna's pruners on the per-epoch reports; it records
-  the `epochs` and `seconds` it ran and `pruned_at_epoch`, and the analysis leaves it out
-  of fANOVA), or FAIL
-  with a `failure` reason (its loss became NaN or infinite: the configuration was tried
-  and diverged; the analysis leaves such trials out of fANOVA and box plots and reports
-  them). A trial that was stopped (Ctrl-C, SIGTERM: user attribute `lost`), whose worker
-  died or went silent (FAIL, retried: see Liveness), that was started past the target by
-  a racing worker (`surplus`), or that duplicates a retry (`duplicate_of`) does not count.
-- Liveness (harness.storage.Liveness): while a trial runs its worker records a heartbeat
-  every `search.heartbeat_seconds` (on SQLite and PostgreSQL Optuna's own RDB heartbeat).
-  Before asking for a trial, a worker fails every RUNNING trial silent for twice that (one
-  that never beat: six times), or whose worker process on this host is gone (so a sweep
-  killed with SIGKILL and started again resumes at once), and enqueues it again with the
-  same parameters and seed
-  (Optuna's RetryHeartbeatStaleTrialCallback, up to 3 times). A trial failed so while its
-  worker was alive after all keeps its result: it goes into the waiting retry (user
-  attribute `late_result_of`), or, when the retry already runs elsewhere, into a trial of
-  its own marked `duplicate_of` (recorded, not counted).
-- `search.workers=N` starts N processes here (at most one a core: more are capped with
-  a warning), each with max(1, cores // N) torch threads unless `train.threads` is set.
-  SIGTERM or Ctrl-C stops them all within seconds, each releasing its trial (`lost`).
-  Exit status: 0 when every study reached n_trials with at least one complete trial; 3
-  when a study has no complete trial (all diverged); 4 when a worker process died (its
-  exit code or signal is printed); 2 a user error; 130 stopped.
-- Reproducible studies (TrialNumberSampler): a trial's parameters and its training seed
-  (user attribute `seed`) follow from `seed`, the study's name and the trial's number
-  alone, never from the host or the worker, so the same command gives the same study on
-  any machine and with any number of workers, and a resumed study goes on with new
-  numbers. Enqueued trials (study.enqueue_trial) keep the parameters given, and a `seed`
-  user attribute given with them. `odyssey train` with a trial's parameters and
-  `seed=<its seed>` trains it again. Each trial reports its validation metric every
-  epoch (trial.report), so optuna-dashboard shows learning curves.
-  Workers on other machines started against the same PostgreSQL URL or journal file
-  cooperate on the same studies.
-- `search.lockstep=K` (or auto) trains K trials of a study at once in each worker
-  (harness.lockstep, `run_lockstep`): a free slot asks for a trial, and each trial is told
-  as soon as its slot ends; the rules above hold trial by trial. `train.device` other
-  than cpu always trains that way. Models and recipes lockstep does not cover train one
-  at a time (said once).
-- `search.variants` sweeps several models in turn: a list of names, `lstm` (Greff's nine
-  LSTM variants) or `all` (every model of harness.models); `variant=` is always one model.
-  A Hydra multirun (`-m variant=vanilla,cifg`) works too. A study of a model's former
-  name (`<dataset>.gfrnn`, now gflstm) is topped up under that name (`study_variant`).
+`sweep(cfg, launch)` checks the config, records or checks each study's protocol
+(harness.protocol), and runs `search.workers` worker processes here (or hands them to a
+launcher, harness.launchers); `run_worker` is one worker: ask, train, tell until the study
+has `search.n_trials` counted trials (one at a time, or K at once: `run_lockstep`).
+`TrialNumberSampler` draws a trial's parameters and seed from its number alone. A trial
+writes results/sweeps/<storage name>/<study>/trial_N/metrics.json (`storage_label`).
 
-Storage URLs (harness.storage): `sqlite:///results/odyssey.db` (relative paths from the
-project root), `journal:/nfs/x.log` (Optuna's JournalStorage on a file; fine on a
-shared file system), `postgresql://user:pass@host/db` (many machines).
+The rules (what counts, seeds, enqueued trials, liveness, exit statuses, the protocol)
+are in docs/training.md, "The trial rules" and "The protocol of a study"; storages,
+workers and SLURM in the README, "Sweeps: storage, workers, resuming".
 """
 
 from __future__ import annotations
@@ -99,7 +51,7 @@ from harness.train import TrainingResult, make_network, train
 PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
 NOT_SEARCHABLE = ("eval_batch_size", "threads")  # recipe numbers that do not change a result
 PRUNERS = ("none", "median", "hyperband")
-EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (module docstring)
+EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (docs/training.md, "The trial rules")
 
 
 # -- configuration checks ---------------------------------------------------------------
@@ -174,7 +126,7 @@ def storage_label(url: str) -> str:
 # -- counting and liveness --------------------------------------------------------------
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts toward n_trials (see the module docstring)."""
+    """Whether a trial counts toward n_trials (docs/training.md, "The trial rules")."""
     if trial.user_attrs.get("duplicate_of") is not None:
         return False
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
