@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from harness import project_root
 from harness.errors import UserError
@@ -252,8 +252,6 @@ def launch(cfg, variants: list[str]) -> list[str]:
     """Submit the sweep of `variants` as one array job; wait for it unless search.slurm.wait=false."""
     import optuna
     from optuna.trial import TrialState
-
-    from omegaconf import open_dict
 
     from harness import protocol
     from harness.datasets import load_dataset
