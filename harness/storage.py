@@ -65,11 +65,9 @@ MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
+EXIT_STORAGE_LOST = 4   # a worker whose storage stopped answering ends so, as one that died (harness.sweep)
 # scheme://user:PASSWORD@ in a URL (RFC 3986 userinfo): what `redact` hides and `move_password` moves
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s/]*)(?P<at>@)")
-
-
-EXIT_STORAGE_LOST = 4    # as a worker that died (harness.sweep)
 
 
 # -- secrets ------------------------------------------------------------------------------
