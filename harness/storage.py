@@ -423,6 +423,22 @@ class Liveness:
                        and self.state(study, t.number) == TrialState.FAIL]
         return failed
 
+    def close_retries(self, study: optuna.Study) -> None:
+        """Once the study has its count: the retries still waiting (enqueued for a trial failed as
+        stale while other workers filled its place) are not needed; each is claimed and told
+        FAIL with user attribute `surplus`, so that nothing is left WAITING. Trials a user
+        enqueued are left alone."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if "failed_trial" not in trial.system_attrs:
+                continue
+            trial_id = self.trial_id(study, trial.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):  # claimed here only
+                    self.storage.set_trial_user_attr(trial_id, "surplus", True)
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass  # another worker took it
+
     def keep_late_result(self, study: optuna.Study, number: int, state: TrialState,
                          value: float | None, user_attrs: dict) -> int | None:
         """Record the result of trial `number`, which was failed as stale while its worker

@@ -248,8 +248,12 @@ def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
     return trial_cfg
 
 
-def release(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted)."""
+def release(study: optuna.Study, trial: optuna.Trial, reason: str, error: BaseException | None = None) -> None:
+    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted); one
+    stopped by a lost storage connection (`error`) is retried instead, once the storage answers."""
+    if error is not None and connection_lost(error):
+        abandon(study.study_name, trial.number)
+        return
     try:
         trial.set_user_attr("lost", reason)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -432,6 +436,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                             out_dir=out_root / f"trial_{trial.number:04d}")
             if not len(trainer):
                 if sum(counts(t) for t in study.get_trials(deepcopy=False)) >= target:
+                    liveness.close_retries(study)
                     return
                 time.sleep(min(liveness.interval, 5.0))  # the last trials are running elsewhere
                 continue
@@ -451,7 +456,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                 print(trial_line(tag, study, trial, result, target, rate), flush=True)
     except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the running trials are lost, not counted
         for trial, _, beat, _, _ in live.values():
-            release(study, trial, f"stopped: {type(error).__name__}")
+            release(study, trial, f"stopped: {type(error).__name__}", error)
             beat.close()
         raise
 
@@ -497,6 +502,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
         counted = sum(counts(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if counted >= target:
+            liveness.close_retries(study)
             break
         if counted + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
@@ -512,7 +518,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
             print(f"{tag} trial {trial.number} was taken for dead before it began; its retry runs it", flush=True)
             continue
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the trial is lost, not counted
-            release(study, trial, f"stopped: {type(error).__name__}")
+            release(study, trial, f"stopped: {type(error).__name__}", error)
             raise
         if result is None:
             continue

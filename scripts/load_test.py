@@ -176,6 +176,9 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     for t in counted:
         results_of[root[t.number]] = results_of.get(root[t.number], 0) + 1
     begun = {root[n] for n in trained}
+    last_surplus = {}  # root -> whether its last trial was told surplus
+    for t in sorted(trials, key=lambda t: t.number):
+        last_surplus[root[t.number]] = bool(t.user_attrs.get("surplus"))
     taken_for_dead = [t.number for t in trials if t.state == TrialState.FAIL
                       and not t.user_attrs.get("surplus") and not t.user_attrs.get("lost")]
     killed_pids = {p.pid for p in killed}
@@ -187,7 +190,9 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         "counted": len(counted), "states": by_state, "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
         "workers_killed": len(killed), "server_restarts": int(restarted), "restart_s": restart_seconds,
         "reconnect_retries": reconnects, "taken_for_dead": len(taken_for_dead),
-        "lost": sum(1 for r in begun if results_of.get(r, 0) == 0),
+        # lost: begun, and its last retry neither counted nor closed as surplus (the count was reached without it)
+        "lost": sum(1 for r in begun if results_of.get(r, 0) == 0 and not last_surplus.get(r)),
+        "retries_closed_as_surplus": sum(1 for r in begun if results_of.get(r, 0) == 0 and last_surplus.get(r)),
         "trained_twice": sum(n > 1 for n in results_of.values()) + len(trained) - len(set(trained)),
         "counted_not_trained_once": sum(trained.count(t.number) + ("late_result_of" in t.user_attrs) != 1
                                         for t in counted),
