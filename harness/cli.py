@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from harness import project_root
 from harness.errors import UserError
 from harness.models import LISTS, list_error
+from harness.storage import EXIT_STORAGE_LOST, StorageLost
 
 COMMANDS = ("train", "sweep", "analyze", "data", "bench")
 USAGE = __doc__.split("\n\n")[1]
@@ -83,6 +84,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
     except UserError as error:
         print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except StorageLost as error:  # a sweep's storage stopped answering (harness.storage.reconnecting)
+        print(f"odyssey {cfg.command}: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_STORAGE_LOST)
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
@@ -157,6 +161,23 @@ def check_choices(options: list[str], overrides: list[str]) -> None:
             sys.exit(2)
 
 
+STORAGE_KEYS = ("search.storage", "analysis.storage")
+
+
+def without_password(override: str) -> str:
+    """`search.storage=postgresql://user:PASSWORD@host/db` as the same override without the
+    password, which goes to PGPASSWORD (harness.storage.move_password): so neither Hydra's
+    record of the run (.hydra/) nor any later message, file or task ever holds it."""
+    key, sep, value = override.partition("=")
+    if not sep or key.lstrip("+") not in STORAGE_KEYS or "@" not in value:
+        return override
+    from harness.storage import move_password
+
+    quote = value[0] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else ""
+    inner = value[1:-1] if quote else value
+    return f"{key}={quote}{move_password(inner)}{quote}"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -168,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(2)
     options, overrides, words = split_arguments(rest)
+    overrides = [without_password(override) for override in overrides]
     if command == "data":
         if len(words) != 1:
             print("odyssey data: error: name one data set, e.g. `odyssey data timit_like`.", file=sys.stderr)

@@ -86,7 +86,8 @@ def sequential_lines(sequential: dict, trials, reference) -> list[str]:
 
 
 def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
-          fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None) -> Path:
+          fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None,
+          mixed=None) -> Path:
     reference = options["reference_variant"]
     better = "lower" if sign > 0 else "higher"
     metric_words = "the test metric" if column == "test_metric" else "the objective value"
@@ -96,6 +97,10 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
              f"{options['top_fraction']:.0%} are chosen by the validation metric. Task: "
              f"{task or 'unknown'}. Intervals are {options['ci_level']:.0%} percentile "
              f"bootstrap intervals over trials ({options['n_bootstrap']} resamples).", ""]
+
+    for name, reason in (mixed or {}).items():
+        lines += [f"**Study `{name}` is mixed**: {reason}. Its trials are not one random search, so its fANOVA "
+                  "and tests describe a blend of protocols (docs/training.md, \"The protocol of a study\").", ""]
 
     lines += ["## What this study says about the paper", ""]
     lines += _summary(scorecard)

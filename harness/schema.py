@@ -52,11 +52,13 @@ class SearchSchema:
     workers: int = MISSING
     lockstep: Any = MISSING  # a positive integer, or auto (harness.lockstep.choose_lockstep)
     heartbeat_seconds: float = MISSING
+    reconnect_seconds: float = MISSING
     pruner: str = MISSING
     pruner_startup_trials: int = MISSING
     pruner_warmup_epochs: int = MISSING
     pruner_reduction_factor: int = MISSING
     launcher: str = MISSING
+    protocol_change: str = MISSING  # refuse | allow (harness.protocol)
     slurm: SlurmSchema = MISSING
     until: str = MISSING
     look_every: int = MISSING

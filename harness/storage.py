@@ -19,6 +19,20 @@ system attribute (clocks of the machines sharing the file must agree to within s
 A trial failed as stale whose worker was in fact alive keeps its result when it finishes
 (`Liveness.keep_late_result`).
 
+Secrets (`redact`, `move_password`): a password in a storage URL is never printed or
+written. The command line moves the password of a PostgreSQL URL into the environment
+variable PGPASSWORD before anything else sees the URL (libpq, under psycopg, reads it; so do
+the worker processes and SLURM tasks, which inherit it), and every message that shows a URL
+shows it through `redact`. A password file (~/.pgpass, or PGPASSFILE) keeps it off the
+command line too (README, "Sweeps").
+
+A lost connection (`reconnecting`): when an RDB storage stops answering (a database
+server restarted, a network cut), a worker retries with a bounded back-off (0.5 s doubling
+to 16 s, `search.reconnect_seconds` in all) and then ends with one line and exit status 4
+(`StorageLost`); a trial it held when the connection broke is failed and enqueued again as
+soon as the storage answers (`abandon`), so nothing stays RUNNING and a rerun tops the
+study up.
+
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
 and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost. The stop is
 held back while the worker holds a journal file's lock: a stop raised between taking the
@@ -30,6 +44,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -50,6 +65,29 @@ MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
+EXIT_STORAGE_LOST = 4   # a worker whose storage stopped answering ends so, as one that died (harness.sweep)
+# scheme://user:PASSWORD@ in a URL (RFC 3986 userinfo): what `redact` hides and `move_password` moves
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s/]*)(?P<at>@)")
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _USERINFO.sub(lambda m: m["head"] + "***" + m["at"], str(text))
+
+
+def move_password(url: str) -> str:
+    """A PostgreSQL URL without its password, which goes to PGPASSWORD in this process's
+    environment (libpq reads it; child processes and SLURM tasks inherit it); any other
+    URL unchanged (every message still shows it through `redact`)."""
+    match = _USERINFO.search(url) if isinstance(url, str) else None
+    if match is None or not url.startswith(("postgresql", "postgres:")) or match.start() != 0:
+        return url
+    from urllib.parse import unquote
+
+    os.environ["PGPASSWORD"] = unquote(match["password"])
+    return url[:match.end("head") - 1] + url[match.end("at") - 1:]
 
 
 # -- stopping on a signal, never inside a journal lock ------------------------------------
@@ -152,7 +190,7 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
         raise UserError(f"{key} is empty; set it to a storage URL, {example}.")
     journal = url.startswith("journal:") or (url.endswith(JOURNAL_SUFFIXES) and "://" not in url)
     if not journal and "://" not in url:
-        raise UserError(f"{key}='{url}' is not a storage URL; use one like {example}.")
+        raise UserError(f"{key}='{redact(url)}' is not a storage URL; use one like {example}.")
     if journal or url.startswith("sqlite:///"):
         path = _local_path(url.removeprefix("journal:").removeprefix("//") if journal
                            else url[len("sqlite:///"):])
@@ -177,9 +215,81 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
             return retry_race(lambda: optuna.storages.RDBStorage(
                 url, engine_kwargs={"pool_pre_ping": True}, **beat))
     except Exception as error:  # sqlalchemy and driver errors: unreachable host, bad URL, no driver
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"{key}: cannot open storage '{url}' ({reason}); check the URL and that the "
+        reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0][:200])
+        raise UserError(f"{key}: cannot open storage '{redact(url)}' ({reason}); check the URL and that the "
                         "database server is running and reachable.") from None
+
+
+# -- a lost connection ---------------------------------------------------------------------
+
+class StorageLost(Exception):
+    """The storage did not answer for search.reconnect_seconds (exit status EXIT_STORAGE_LOST)."""
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` (or what caused it: Optuna wraps SQLAlchemy's errors) says the
+    connection to a database server broke; SQLite's own errors (a locked, read-only or full
+    file) are not that."""
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            if type(seen.orig).__module__.startswith("sqlite3"):
+                return False
+            if seen.connection_invalidated or isinstance(seen, (sqlalchemy.exc.OperationalError,
+                                                                 sqlalchemy.exc.InterfaceError)):
+                return True
+        if isinstance(seen, sqlalchemy.exc.DisconnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _database_reason(error: BaseException) -> str:
+    """The first line of the database driver's own message in `error`'s chain."""
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None and not isinstance(seen, sqlalchemy.exc.DBAPIError):
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen.orig if seen is not None else error).strip()
+    return (text.splitlines() or ["no answer"])[0][:200]
+
+
+_ABANDONED: set[tuple[str, int]] = set()  # (study, trial) this process held when its connection broke
+_CUT_ASKS: list[tuple[str, float, float]] = []  # (study, from, to): a study.ask of this process the break cut off
+
+
+def abandon(study_name: str, number: int) -> None:
+    """Trial `number`, which this process held when the storage stopped answering, is to be
+    failed and enqueued again (Liveness.fail_stale) once the storage answers."""
+    _ABANDONED.add((study_name, number))
+
+
+class Reconnects:
+    count = 0  # retries of this process after a lost connection (scripts/load_test.py reports them)
+
+
+def reconnecting(work, what: str, budget: float):
+    """work() until it returns; again, after a pause, when it fails because the storage's
+    connection broke: 0.5 s, doubling to 16 s, for `budget` seconds in all; then StorageLost."""
+    waited, delay = 0.0, 0.5
+    while True:
+        try:
+            return work()
+        except Exception as error:
+            if not connection_lost(error):
+                raise
+            if waited >= budget:
+                reason = redact(_database_reason(error))
+                raise StorageLost(f"{what}: the storage stopped answering ({reason}) and still did not after "
+                                  f"{waited:.0f} s of retries; finished trials are kept: run the same command "
+                                  "again to top the study up.") from None
+            pause = min(delay, budget - waited) * random.uniform(0.75, 1.25)  # workers do not retry in step
+            time.sleep(pause)
+            waited, delay = waited + pause, min(2 * delay, 16.0)
+            Reconnects.count += 1
 
 
 def _process_alive(pid: int) -> bool:
@@ -189,7 +299,11 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Liveness:
@@ -213,6 +327,27 @@ class Liveness:
 
     def state(self, study: optuna.Study, number: int) -> TrialState:
         return self.storage.get_trial(self.trial_id(study, number)).state
+
+    def ask(self, study: optuna.Study, space: dict) -> optuna.Trial:
+        """study.ask(space). When the connection breaks meanwhile, the trial it may have made
+        (RUNNING, never stamped by its worker) is failed and retried once the storage answers
+        (fail_stale), rather than waiting out the grace of a trial that never beat."""
+        began = time.time()
+        try:
+            with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                return study.ask(space)
+        except Exception as error:
+            if connection_lost(error):  # a window wide enough for the clocks of the trial's start
+                _CUT_ASKS.append((study.study_name, began - 2.0, time.time() + 2.0))
+            raise
+
+    def _cut_off(self, study_name: str, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether `trial` may be the one a study.ask of this process made when the break cut it off."""
+        stamped = (trial.system_attrs.get(WORKER_ATTR) or {}).get("trial") == trial.number
+        start = trial.datetime_start.timestamp() if trial.datetime_start is not None else None
+        return not stamped and start is not None and any(
+            name == study_name and low <= start <= high for name, low, high in _CUT_ASKS)
 
     def _beat(self, trial_id: int, number: int) -> None:
         if self.rdb:
@@ -267,7 +402,8 @@ class Liveness:
         failed, now = [], time.time()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in running:
-            if not self._dead(trial, now):
+            if ((study.study_name, trial.number) not in _ABANDONED and not self._cut_off(study.study_name, trial)
+                    and not self._dead(trial, now)):
                 continue
             trial_id = self.trial_id(study, trial.number)
             try:
@@ -276,6 +412,8 @@ class Liveness:
                     self.retry(study, self.storage.get_trial(trial_id))
             except UpdateFinishedTrialError:
                 pass  # it finished, or another worker failed it first
+            _ABANDONED.discard((study.study_name, trial.number))
+        _CUT_ASKS[:] = [cut for cut in _CUT_ASKS if cut[0] != study.study_name]  # each judged once
         if self.rdb:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
@@ -284,6 +422,22 @@ class Liveness:
             failed += [t.number for t in running if t.number not in failed and t.number not in still
                        and self.state(study, t.number) == TrialState.FAIL]
         return failed
+
+    def close_retries(self, study: optuna.Study) -> None:
+        """Once the study has its count: the retries still waiting (enqueued for a trial failed as
+        stale while other workers filled its place) are not needed; each is claimed and told
+        FAIL with user attribute `surplus`, so that nothing is left WAITING. Trials a user
+        enqueued are left alone."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if "failed_trial" not in trial.system_attrs:
+                continue
+            trial_id = self.trial_id(study, trial.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):  # claimed here only
+                    self.storage.set_trial_user_attr(trial_id, "surplus", True)
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                pass  # another worker took it
 
     def keep_late_result(self, study: optuna.Study, number: int, state: TrialState,
                          value: float | None, user_attrs: dict) -> int | None:

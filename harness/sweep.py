@@ -1,66 +1,18 @@
-"""Random search: one Optuna study per (data set, variant); the trial rules are in docs/training.md.
+"""Random search: one Optuna study per (data set, model), its workers and their trials.
 
     odyssey sweep dataset=jsb_chorales variant=cifg search.n_trials=200 \
         search.storage=sqlite:///results/odyssey.db search.workers=2
 
-- Random search over `search.space` (conf/search/greff.yaml: Greff et al.'s
-  ranges), or over the recipe's own `train.space` when its file has one (conf/train/adam.yaml:
-  `space_of`); the study is named `<dataset>.<variant>` for Greff's recipe and
-  `<dataset>.<recipe>.<variant>` for any other (`train=adam`), and carries the user
-  attributes `dataset`, `variant` and `recipe`, so studies of two recipes never mix.
-  A trial's value is the validation metric (minimised); its user attributes hold
-  `test_metric`, `n_params`, `seconds`, `epochs`, `best_epoch`, `momentum` (recipes with
-  momentum only) and the path of its metrics.json (results/sweeps/<storage>/<study>/trial_N/,
-  <storage> being the database or file name, e.g. odyssey).
-- `search.n_trials` is the number of *counted* trials the study should reach, so a rerun
-  tops a study up and never repeats work. A trial counts when it is COMPLETE, PRUNED
-  (`search.pruner=median|hyperband`, Optuna's pruners on the per-epoch reports; it records
-  the `epochs` and `seconds` it ran and `pruned_at_epoch`, and the analysis leaves it out
-  of fANOVA), or FAIL
-  with a `failure` reason (its loss became NaN or infinite: the configuration was tried
-  and diverged; the analysis leaves such trials out of fANOVA and box plots and reports
-  them). A trial that was stopped (Ctrl-C, SIGTERM: user attribute `lost`), whose worker
-  died or went silent (FAIL, retried: see Liveness), that was started past the target by
-  a racing worker (`surplus`), or that duplicates a retry (`duplicate_of`) does not count.
-- Liveness (harness.storage.Liveness): while a trial runs its worker records a heartbeat
-  every `search.heartbeat_seconds` (on SQLite and PostgreSQL Optuna's own RDB heartbeat).
-  Before asking for a trial, a worker fails every RUNNING trial silent for twice that (one
-  that never beat: six times), or whose worker process on this host is gone (so a sweep
-  killed with SIGKILL and started again resumes at once), and enqueues it again with the
-  same parameters and seed
-  (Optuna's RetryHeartbeatStaleTrialCallback, up to 3 times). A trial failed so while its
-  worker was alive after all keeps its result: it goes into the waiting retry (user
-  attribute `late_result_of`), or, when the retry already runs elsewhere, into a trial of
-  its own marked `duplicate_of` (recorded, not counted).
-- `search.workers=N` starts N processes here (at most one a core: more are capped with
-  a warning), each with max(1, cores // N) torch threads unless `train.threads` is set.
-  SIGTERM or Ctrl-C stops them all within seconds, each releasing its trial (`lost`).
-  Exit status: 0 when every study reached n_trials with at least one complete trial; 3
-  when a study has no complete trial (all diverged); 4 when a worker process died (its
-  exit code or signal is printed); 2 a user error; 130 stopped.
-- Reproducible studies (TrialNumberSampler): a trial's parameters and its training seed
-  (user attribute `seed`) follow from `seed`, the study's name and the trial's number
-  alone, never from the host or the worker, so the same command gives the same study on
-  any machine and with any number of workers, and a resumed study goes on with new
-  numbers. Enqueued trials (study.enqueue_trial) keep the parameters given, and a `seed`
-  user attribute given with them. `odyssey train` with a trial's parameters and
-  `seed=<its seed>` trains it again. Each trial reports its validation metric every
-  epoch (trial.report), so optuna-dashboard shows learning curves.
-  Workers on other machines started against the same PostgreSQL URL or journal file
-  cooperate on the same studies.
-- `search.lockstep=K` (or auto) trains K trials of a study at once in each worker
-  (harness.lockstep, `run_lockstep`): a free slot asks for a trial, and each trial is told
-  as soon as its slot ends; the rules above hold trial by trial. `train.device` other
-  than cpu always trains that way. Models and recipes lockstep does not cover train one
-  at a time (said once).
-- `search.variants` sweeps several models in turn: a list of names, `lstm` (Greff's nine
-  LSTM variants) or `all` (every model of harness.models); `variant=` is always one model.
-  A Hydra multirun (`-m variant=vanilla,cifg`) works too. A study of a model's former
-  name (`<dataset>.gfrnn`, now gflstm) is topped up under that name (`study_variant`).
+`sweep(cfg, launch)` checks the config, records or checks each study's protocol
+(harness.protocol), and runs `search.workers` worker processes here (or hands them to a
+launcher, harness.launchers); `run_worker` is one worker: ask, train, tell until the study
+has `search.n_trials` counted trials (one at a time, or K at once: `run_lockstep`).
+`TrialNumberSampler` draws a trial's parameters and seed from its number alone. A trial
+writes results/sweeps/<storage name>/<study>/trial_N/metrics.json (`storage_label`).
 
-Storage URLs (harness.storage): `sqlite:///results/odyssey.db` (relative paths from the
-project root), `journal:/nfs/x.log` (Optuna's JournalStorage on a file; fine on a
-shared file system), `postgresql://user:pass@host/db` (many machines).
+The rules (what counts, seeds, enqueued trials, liveness, exit statuses, the protocol)
+are in docs/training.md, "The trial rules" and "The protocol of a study"; storages,
+workers and SLURM in the README, "Sweeps: storage, workers, resuming".
 """
 
 from __future__ import annotations
@@ -71,7 +23,6 @@ import multiprocessing.connection
 import signal
 import sys
 import time
-import warnings
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
@@ -83,7 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import project_root, rounds
+from harness import project_root, protocol, rounds
 from harness.datasets import load_dataset
 from harness.engine.native import native_supports
 from harness.errors import UserError
@@ -92,7 +43,8 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import Liveness, create_study, open_storage, stop_on_signals
+from harness.storage import (Liveness, StorageLost, abandon, connection_lost, create_study, move_password,
+                             open_storage, reconnecting, redact, stop_on_signals)
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -100,7 +52,7 @@ from harness.train import TrainingResult, make_network, train
 PARAMETERS = ("hidden_size", "learning_rate", "one_minus_momentum", "input_noise_std")
 NOT_SEARCHABLE = ("eval_batch_size", "threads")  # recipe numbers that do not change a result
 PRUNERS = ("none", "median", "hyperband")
-EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (module docstring)
+EXIT_NO_COMPLETE, EXIT_WORKER_DIED = 3, 4   # exit statuses of a sweep (docs/training.md, "The trial rules")
 
 
 # -- configuration checks ---------------------------------------------------------------
@@ -175,7 +127,7 @@ def storage_label(url: str) -> str:
 # -- counting and liveness --------------------------------------------------------------
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts toward n_trials (see the module docstring)."""
+    """Whether a trial counts toward n_trials (docs/training.md, "The trial rules")."""
     if trial.user_attrs.get("duplicate_of") is not None:
         return False
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
@@ -297,13 +249,21 @@ def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
     return trial_cfg
 
 
-def release(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted)."""
+def release(study: optuna.Study, trial: optuna.Trial, reason: str, error: BaseException | None = None) -> None:
+    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted); one
+    stopped by a lost storage connection (`error`) is retried instead, once the storage answers."""
+    if error is not None and connection_lost(error):
+        abandon(study.study_name, trial.number)
+        return
     try:
         trial.set_user_attr("lost", reason)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # already failed as stale by another worker, or finished
+    except Exception as error:
+        if not connection_lost(error):
+            raise
+        abandon(study.study_name, trial.number)  # failed and retried once the storage answers again
 
 
 def _report(trial: optuna.Trial, value: float, epoch: int) -> None:
@@ -463,9 +423,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                     break
                 beat = ExitStack()
                 try:
-                    with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                        trial = study.ask(space)
+                    trial = liveness.ask(study, space)
                     beat.enter_context(liveness.alive(study, trial.number))
                     trial_cfg = start_trial(study, trial, cfg, target)
                 except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale before it began
@@ -480,6 +438,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                             out_dir=out_root / f"trial_{trial.number:04d}")
             if not len(trainer):
                 if sum(counts(t) for t in study.get_trials(deepcopy=False)) >= target:
+                    liveness.close_retries(study)
                     return
                 time.sleep(min(liveness.interval, 5.0))  # the last trials are running elsewhere
                 continue
@@ -499,14 +458,21 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                 print(trial_line(tag, study, trial, result, target, rate), flush=True)
     except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the running trials are lost, not counted
         for trial, _, beat, _, _ in live.values():
-            release(study, trial, f"stopped: {type(error).__name__}")
+            release(study, trial, f"stopped: {type(error).__name__}", error)
             beat.close()
         raise
 
 
 def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
     """Ask, train and tell until the study has search.n_trials counted trials; one of
-    `local_workers` processes on this machine (for its torch threads)."""
+    `local_workers` processes on this machine (for its torch threads). A lost storage
+    connection is retried with a bounded back-off (harness.storage.reconnecting)."""
+    reconnecting(lambda: work(cfg, variant, worker, data, local_workers), f"worker {worker} of {variant}",
+                 float(cfg.search.get("reconnect_seconds", 120)))
+
+
+def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_workers: int = 1) -> None:
+    """run_worker's loop, from opening the storage."""
     search = cfg.search
     dataset = cfg.dataset.name
     if cfg.variant.name != canonical(variant):  # a model of search.variants: its own config
@@ -520,6 +486,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
     target, beat = int(search.n_trials), liveness.interval
     study = open_study(storage, dataset, variant, seed=int(cfg.seed), recipe=str(cfg.train.name),
                        pruner=make_pruner(search))
+    protocol.keep(study, cfg, space)  # a SLURM node's own data files are checked too
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
@@ -537,14 +504,13 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
         counted = sum(counts(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if counted >= target:
+            liveness.close_retries(study)
             break
         if counted + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
             continue
         try:
-            with warnings.catch_warnings():  # Optuna would have heartbeats in study.optimize only
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask(space)
+            trial = liveness.ask(study, space)
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale while being created
             continue
         try:
@@ -554,7 +520,7 @@ def run_worker(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_
             print(f"{tag} trial {trial.number} was taken for dead before it began; its retry runs it", flush=True)
             continue
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the trial is lost, not counted
-            release(study, trial, f"stopped: {type(error).__name__}")
+            release(study, trial, f"stopped: {type(error).__name__}", error)
             raise
         if result is None:
             continue
@@ -574,6 +540,9 @@ def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int
     except UserError as error:
         print(f"[worker {worker}] error: {error}", flush=True)
         raise SystemExit(2)
+    except StorageLost as error:
+        print(f"[worker {worker}] error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_WORKER_DIED)
 
 
 def _ending(process) -> str:
@@ -651,6 +620,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     configs = variant_configs(cfg)  # search.variants, or just `variant`; a bad model fails here
     with open_dict(cfg):  # so that every worker (here or a SLURM task) has each model's config
         cfg.search.variants = configs
+        cfg.search.storage = move_password(cfg.search.storage)  # a password goes to PGPASSWORD, never on
     variants = [config["name"] for config in configs]
     rounds.check(cfg, variants)  # search.until
     search = cfg.search
@@ -681,8 +651,10 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
             if str(cfg.train.get("engine", "native")) == "native":
                 print(f"[{config['name']}] engine: the native engine does not cover "
                       f"{native_supports(network, data.task)}; its trials train on the torch path", flush=True)
+        protocol.keep(open_study(storage, cfg.dataset.name, config["name"], seed=0, recipe=recipe), checked,
+                      space_of(checked))  # the study's protocol (harness.protocol), before any work
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
-          f"{workers} worker(s), storage {search.storage}", flush=True)
+          f"{workers} worker(s), storage {redact(search.storage)}", flush=True)
     names, died, without_complete = {}, [], {}
 
     def top_up(name: str, target: int) -> None:  # the variant's study to `target` counted trials

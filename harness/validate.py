@@ -386,6 +386,7 @@ TRAIN_RULES = [("train.batch_size", lambda v: isinstance(v, int) and v >= 1, "gi
 SEARCH_RULES = [("search.n_trials", lambda v: isinstance(v, int) and v >= 1, "give a whole number of trials, at least 1"),
                 ("search.workers", lambda v: isinstance(v, int) and v >= 1, "give a whole number of workers, at least 1"),
                 ("search.heartbeat_seconds", lambda v: v >= 0, "give a number of seconds, 0 or more"),
+                ("search.reconnect_seconds", lambda v: v >= 0, "give a number of seconds, 0 or more"),
                 ("search.pruner_startup_trials", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
                 ("search.pruner_warmup_epochs", lambda v: isinstance(v, int) and v >= 0, "give a whole number, 0 or more"),
                 ("search.pruner_reduction_factor", lambda v: isinstance(v, int) and v >= 2, "give a whole number, 2 or more"),

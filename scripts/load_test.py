@@ -1,16 +1,23 @@
-"""Load test of the sweep's storage layer: many concurrent stub workers on one study.
+"""Load test of the sweep's storage layer: many concurrent stub workers on one study, with faults.
 
     .venv/bin/python scripts/load_test.py                      # 64 workers, PostgreSQL and journal
     .venv/bin/python scripts/load_test.py --workers 16 --trials 64 --storages journal
+    .venv/bin/python scripts/load_test.py --kill 0 --no-restart   # no faults
     .venv/bin/python scripts/load_test.py --url postgresql://user@host/db   # a storage of yours
 
 Every worker is the sweep's own loop (harness.sweep.run_worker: liveness checks, ask,
-surplus check, heartbeats, tell) in a process of its own, with the training replaced by a
-stub that sleeps `--sleep` seconds and returns a value known from the parameters. Before the
-workers start, `--enqueue` trials are enqueued with given parameters. Afterwards the study is
-read back and checked: exactly `--trials` trials counted, no trial lost or left RUNNING or
-WAITING, no trial trained twice, every counted trial's value the one its parameters give,
-every enqueued trial run exactly once. Prints a table and writes JSON to
+surplus check, heartbeats, tell, reconnecting after a lost connection) in a process of its
+own, with the training replaced by a stub that sleeps `--sleep` seconds and returns a value
+known from the parameters. Before the workers start, `--enqueue` trials are enqueued with
+given parameters. Faults: `--kill` (a tenth) of the workers are killed with SIGKILL at
+random times while the study runs, each replaced by a new worker; on the script's own
+PostgreSQL server, `pg_ctl restart` once, mid-run (every connection is cut).
+
+Afterwards the study is read back and checked: exactly `--trials` trials counted, none
+lost (a trial that began training, or its retries, ends counted), none trained twice (one
+counted result per trial and its retries), every enqueued trial run exactly once, nothing
+left RUNNING or WAITING, no worker ended but the killed ones. Prints a table (trials a
+second, reconnection retries, trials taken for dead, workers lost) and writes JSON to
 results/load_test/load_test_<time>.json. For PostgreSQL without --url the script starts a
 server of its own (tests/postgres_server.py: Debian's postgresql, initdb + pg_ctl).
 """
@@ -22,10 +29,13 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +50,7 @@ def known_value(params: dict) -> float:
 
 def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_dir: str):
     import harness.sweep as sweep
+    from harness.storage import Reconnects
     from harness.train import TrainingResult
     from omegaconf import OmegaConf
 
@@ -48,9 +59,11 @@ def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_di
     def stub_train(trial_cfg, data=None, out_dir=None, log=None, on_epoch=None):
         params = {"learning_rate": float(trial_cfg.learning_rate), "hidden_size": int(trial_cfg.hidden_size),
                   "input_noise_std": float(trial_cfg.input_noise_std)}
-        trained.write(f"{out_dir.name}\n")
+        trained.write(f"{out_dir.name} {Reconnects.count}\n")  # a killed worker's retries: its last line
         trained.flush()
         time.sleep(sleep)
+        trained.write("done 0\n")
+        trained.flush()
         value = known_value(params)
         on_epoch(1, value)
         return TrainingResult(dataset="load", variant="vanilla", recipe="greff", metric="nll", val_metric=value,
@@ -60,7 +73,11 @@ def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_di
     sweep.train = stub_train
     cfg = OmegaConf.create(cfg_container)
     sys.stdout = open(os.devnull, "w")  # one progress line a trial and worker: too many to show
-    sweep.run_worker(cfg, "vanilla", worker, data="stub", local_workers=workers)
+    try:
+        sweep.run_worker(cfg, "vanilla", worker, data="stub", local_workers=workers)
+    finally:
+        trained.write(f"end {Reconnects.count}\n")
+        trained.flush()
 
 
 def _config(url: str, n_trials: int, heartbeat: float) -> dict:
@@ -74,12 +91,15 @@ def _config(url: str, n_trials: int, heartbeat: float) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep: float, heartbeat: float) -> dict:
-    """Run the workers on the storage at `url` and check the study; the figures as a dict."""
+def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep: float, heartbeat: float,
+        kill: float = 0.0, server=None, seed: int = 0) -> dict:
+    """Run the workers on the storage at `url` and check the study; the figures as a dict.
+    `kill`: the fraction of workers killed (SIGKILL) at random times and replaced; `server`
+    (a PostgresServer): restarted once mid-run."""
     import optuna
     from optuna.trial import TrialState
 
-    from harness.storage import create_study, open_storage
+    from harness.storage import create_study, open_storage, retry_callback
     from harness.sweep import counts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,19 +116,48 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     import harness.sweep  # noqa: F401 (imported once, before the fork)
 
     cfg = _config(url, n_trials, heartbeat)
-    processes = [context.Process(target=_worker, args=(cfg, sleep, k, workers, log_dir))
-                 for k in range(workers)]
-    started = time.time()
-    for process in processes:
+
+    def start(index: int):
+        process = context.Process(target=_worker, args=(cfg, sleep, index, workers, log_dir))
         process.start()
+        return process
+
+    # The faults' moments, as fractions of the trials begun (read from the workers' logs).
+    rng = random.Random(seed)
+    kills = sorted(rng.uniform(0.1, 0.8) for _ in range(round(kill * workers)))
+    restart_at = 0.45 if server is not None else None
+    processes = [start(k) for k in range(workers)]
+    killed, restarted, restart_seconds = [], False, None
+    started = time.time()
+    while any(p.is_alive() for p in processes):
+        logs = [open(path).read() if os.path.exists(path := os.path.join(log_dir, f"worker_{k}.txt")) else ""
+                for k in range(len(processes))]
+        progress = sum(log.count("trial_") for log in logs) / n_trials
+        if kills and progress >= kills[0]:
+            kills.pop(0)
+            alive = [p for p in processes if p.is_alive()]
+            training = [p for k, p in enumerate(processes)
+                        if p.is_alive() and logs[k].rstrip("\n").rsplit("\n", 1)[-1].startswith("trial_")]
+            victim = rng.choice(training or alive)  # one that holds a trial, where there is one
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join()  # reaped, as the sweep reaps a worker that died
+            killed.append(victim)
+            processes.append(start(len(processes)))  # its replacement
+        if restart_at is not None and not restarted and progress >= restart_at:
+            began = time.time()
+            server.restart()
+            restarted, restart_seconds = True, round(time.time() - began, 2)
+        time.sleep(0.1)
     for process in processes:
         process.join()
     wall = time.time() - started
 
     trials = optuna.load_study(study_name="jsb_chorales.vanilla", storage=open_storage(url)).get_trials()
-    trained = []
-    for k in range(workers):
-        trained += [int(line.split("_")[1]) for line in open(os.path.join(log_dir, f"worker_{k}.txt")).read().split()]
+    trained, reconnects = [], 0
+    for k in range(len(processes)):
+        lines = [line.split() for line in open(os.path.join(log_dir, f"worker_{k}.txt")).read().splitlines()]
+        trained += [int(name.split("_")[1]) for name, _ in lines if name.startswith("trial_")]
+        reconnects += int(lines[-1][1]) if lines else 0
     shutil.rmtree(log_dir, ignore_errors=True)
     counted = [t for t in trials if counts(t)]
     by_state = {state.name: sum(t.state == state for t in trials) for state in TrialState}
@@ -117,30 +166,44 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     enqueued_runs = [sum(1 for t in counted if t.user_attrs.get("enqueued") == k
                          and all(math.isclose(t.params[p], v) for p, v in enqueued[k].items()))
                      for k in range(n_enqueue)]
-    # No worker dies here, so a trial failed as stale was taken for dead while it ran (a heartbeat
-    # too short for the load); its result must still be kept, and its retry must not run again.
+    # A trial and its retries (Optuna's retry history) are one piece of work: it must end with
+    # exactly one counted result (a late result of the original counts for it) once it began.
+    callback = retry_callback()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        root = {t.number: (callback.retry_history(t) or [t.number])[0] for t in trials}
+    results_of: dict[int, int] = {}
+    for t in counted:
+        results_of[root[t.number]] = results_of.get(root[t.number], 0) + 1
+    begun = {root[n] for n in trained}
+    last_surplus = {}  # root -> whether its last trial was told surplus
+    for t in sorted(trials, key=lambda t: t.number):
+        last_surplus[root[t.number]] = bool(t.user_attrs.get("surplus"))
     taken_for_dead = [t.number for t in trials if t.state == TrialState.FAIL
                       and not t.user_attrs.get("surplus") and not t.user_attrs.get("lost")]
-    kept = {t.number for t in trials if t.state == TrialState.COMPLETE}
-    kept |= {t.user_attrs["late_result_of"] for t in trials if "late_result_of" in t.user_attrs}
-    retries = {t.number for t in trials if "failed_trial" in t.system_attrs}
+    killed_pids = {p.pid for p in killed}
     result = {
         "storage": kind, "workers": workers, "n_trials": n_trials, "enqueued": n_enqueue, "sleep_s": sleep,
         "wall_s": round(wall, 2), "trials_per_s": round(len(counted) / wall, 2),
         "ideal_trials_per_s": round(workers / sleep, 2),
         "overhead_s_per_trial": round(max(0.0, wall * workers / max(1, len(counted)) - sleep), 4),
         "counted": len(counted), "states": by_state, "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
-        "taken_for_dead": len(taken_for_dead), "lost": len(set(trained) - kept),
-        "trained_twice": len(trained) - len(set(trained)) + len(retries & set(trained)),
+        "workers_killed": len(killed), "server_restarts": int(restarted), "restart_s": restart_seconds,
+        "reconnect_retries": reconnects, "taken_for_dead": len(taken_for_dead),
+        # lost: begun, and its last retry neither counted nor closed as surplus (the count was reached without it)
+        "lost": sum(1 for r in begun if results_of.get(r, 0) == 0 and not last_surplus.get(r)),
+        "retries_closed_as_surplus": sum(1 for r in begun if results_of.get(r, 0) == 0 and last_surplus.get(r)),
+        "trained_twice": sum(n > 1 for n in results_of.values()) + len(trained) - len(set(trained)),
         "counted_not_trained_once": sum(trained.count(t.number) + ("late_result_of" in t.user_attrs) != 1
                                         for t in counted),
         "wrong_values": len(wrong_values), "enqueued_not_run_once": sum(n != 1 for n in enqueued_runs),
-        "worker_exit_codes": sorted({p.exitcode for p in processes}),
+        "workers_lost": sum(1 for p in processes if p.pid not in killed_pids and p.exitcode != 0),
+        "worker_exit_codes": sorted({p.exitcode for p in processes if p.pid not in killed_pids}),
     }
     result["ok"] = (result["counted"] == n_trials and not result["lost"] and not result["trained_twice"]
                     and not result["counted_not_trained_once"] and not result["wrong_values"]
                     and not result["enqueued_not_run_once"] and by_state["RUNNING"] == 0
-                    and by_state["WAITING"] == 0 and result["worker_exit_codes"] == [0])
+                    and by_state["WAITING"] == 0 and not result["workers_lost"])
     return result
 
 
@@ -153,6 +216,9 @@ def main(argv=None) -> int:
     parser.add_argument("--heartbeat", type=float, default=60.0,
                         help="search.heartbeat_seconds (60, the default; shorter ones under an overload "
                              "get live trials taken for dead, which then run twice)")
+    parser.add_argument("--kill", type=float, default=0.1, help="fraction of workers killed with SIGKILL (0: none)")
+    parser.add_argument("--no-restart", action="store_true", help="do not restart the PostgreSQL server mid-run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the faults' times and victims")
     parser.add_argument("--storages", default="postgresql,journal")
     parser.add_argument("--url", default=None, help="use this storage (must hold no study yet) instead")
     parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
@@ -160,30 +226,32 @@ def main(argv=None) -> int:
     n_trials = args.trials or 8 * args.workers
     results, servers, scratch = [], [], []
     try:
-        targets = [(args.url.split(":")[0], args.url)] if args.url else []
+        targets = [(args.url.split(":")[0], args.url, None)] if args.url else []
         for kind in ([] if args.url else args.storages.split(",")):
             if kind == "journal":
                 scratch.append(tempfile.mkdtemp(prefix="odyssey-load-"))
-                targets.append((kind, f"journal:{scratch[-1]}/load.log"))
+                targets.append((kind, f"journal:{scratch[-1]}/load.log", None))
             elif kind == "postgresql":
                 from postgres_server import PostgresServer
 
                 servers.append(PostgresServer())
-                targets.append((kind, servers[-1].database()))
+                targets.append((kind, servers[-1].database(), None if args.no_restart else servers[-1]))
             else:
                 raise SystemExit(f"unknown storage kind {kind!r}: use postgresql and/or journal")
-        for kind, url in targets:
+        for kind, url, server in targets:
             print(f"[load] {kind}: {args.workers} workers, {n_trials} trials ({args.enqueue} enqueued), "
-                  f"{args.sleep} s a trial", flush=True)
-            results.append(run(url, kind, args.workers, n_trials, args.enqueue, args.sleep, args.heartbeat))
+                  f"{args.sleep} s a trial; {round(args.kill * args.workers)} killed"
+                  + (", server restarted once" if server else ""), flush=True)
+            results.append(run(url, kind, args.workers, n_trials, args.enqueue, args.sleep, args.heartbeat,
+                               args.kill, server, args.seed))
     finally:
         for server in servers:
             server.stop()
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
     columns = ("storage", "workers", "counted", "wall_s", "trials_per_s", "ideal_trials_per_s",
-               "overhead_s_per_trial", "surplus", "taken_for_dead", "lost", "trained_twice",
-               "enqueued_not_run_once", "ok")
+               "workers_killed", "server_restarts", "reconnect_retries", "taken_for_dead", "workers_lost",
+               "surplus", "lost", "trained_twice", "enqueued_not_run_once", "ok")
     print(" | ".join(columns))
     for result in results:
         print(" | ".join(str(result[c]) for c in columns))

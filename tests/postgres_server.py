@@ -4,6 +4,10 @@ with apt-get when it may). As root the server runs as the `postgres` user (Postg
 run as root); as anyone else, as that user.
 
     def test_x(postgres): url = postgres()   # the fixture (tests/conftest.py): a fresh database
+    PostgresServer(password="...")            # a role that must give its password over TCP
+
+`restart()` is `pg_ctl restart` (every connection is cut; the load test's fault injection);
+`pause()` and `resume()` stop and start it again, keeping its databases.
 
 A test that cannot get a server is skipped with the reason, never passed silently.
 """
@@ -39,7 +43,7 @@ def _free_port() -> int:
 class PostgresServer:
     """One server; `database()` creates a fresh, empty database and returns its URL."""
 
-    def __init__(self):
+    def __init__(self, password: str | None = None):
         self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
         if not self.initdb or not self.pg_ctl:
             raise RuntimeError("PostgreSQL's initdb/pg_ctl are not installed "
@@ -57,12 +61,22 @@ class PostgresServer:
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
         self.data = os.path.join(self.root, "data")
         self.port = _free_port()
-        self.user = "odyssey"
-        self._run([self.initdb, "-D", self.data, "-A", "trust", "-U", self.user, "-E", "UTF8"], "initdb")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=300 "
+        self.user, self.password = "odyssey", password
+        auth = ["-A", "trust"]
+        if password is not None:  # TCP connections (the URLs' 127.0.0.1) must give it; the socket stays trusted
+            pwfile = os.path.join(self.root, "pwfile")
+            with open(pwfile, "w") as handle:
+                handle.write(password + "\n")
+            if self.as_user:
+                os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        self._run([self.initdb, "-D", self.data, *auth, "-U", self.user, "-E", "UTF8"], "initdb")
+        if password is not None:
+            os.remove(pwfile)
+        self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=300 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"),
-                   "-o", options, "-w", "-t", "60", "start"], "pg_ctl start")
+                   "-o", self.options, "-w", "-t", "60", "start"], "pg_ctl start")
 
     def _run(self, command: list[str], what: str) -> None:
         done = subprocess.run([*self.as_user, *command], capture_output=True, text=True, timeout=120)
@@ -72,7 +86,8 @@ class PostgresServer:
             raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]} {tail}")
 
     def url(self, database: str) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+        user = self.user if self.password is None else f"{self.user}:{self.password}"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def database(self) -> str:
         import psycopg
@@ -81,6 +96,18 @@ class PostgresServer:
         with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (resume() starts it again)."""
+        self._run([self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"], "pg_ctl stop")
+
+    def resume(self) -> None:
+        self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"),
+                   "-o", self.options, "-w", "-t", "60", "start"], "pg_ctl start")
+
+    def restart(self) -> None:
+        self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"), "-o", self.options,
+                   "-m", "fast", "-w", "-t", "60", "restart"], "pg_ctl restart")
 
     def stop(self) -> None:
         try:

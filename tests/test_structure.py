@@ -313,3 +313,84 @@ def test_the_readme_links_the_architecture_page_and_every_link_resolves():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, "links to nothing: " + ", ".join(broken)
 
+
+
+# ------------------------------------------------ what the docs and docstrings name exists
+
+DOC_FILES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md", *sorted(PACKAGE.rglob("*.py")),
+             *sorted((ROOT / "conf").rglob("*.yaml")), *sorted((ROOT / "scripts").glob("*.py"))]
+DOTTED = re.compile(r"(?<![\w/.])harness(?:\.[A-Za-z_]\w*)+")
+NAME_IN_PATH = re.compile(r"`([A-Za-z_][\w.]*)`,?\s+(?:in|of|from)\s+`?((?:harness|scripts|tests)/[\w/]*\w\.py)`?")
+PROJECT_PATH = re.compile(r"(?<![\w/.])((?:harness|scripts|tests|conf|docs)/[\w/.-]*\w\.(?:py|md|yaml|sh))")
+
+
+def defined_names(body) -> dict:
+    """{name: node} of what a module or class body defines or imports at its top level."""
+    found = {}
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                found.update({n.id: node for n in ast.walk(target) if isinstance(n, ast.Name)})
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update({(alias.asname or alias.name).split(".")[0]: node for alias in node.names})
+    return found
+
+
+def resolves(file: Path, names: list[str]) -> bool:
+    """Whether `names` (["Class", "method"] or ["function"]) are defined in `file`."""
+    scope = defined_names(ast.parse(file.read_text()).body)
+    for k, name in enumerate(names):
+        if name not in scope:
+            return False
+        node = scope[name]
+        if not isinstance(node, ast.ClassDef):
+            return k == len(names) - 1 or isinstance(node, (ast.Import, ast.ImportFrom))
+        scope = defined_names(node.body)
+    return True
+
+
+def module_file(parts: list[str]) -> Path | None:
+    path = ROOT.joinpath(*parts)
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.is_file()), None)
+
+
+def stale_references(files) -> list[str]:
+    """Every `harness.module.name`, every "`name` in harness/path.py" and every project path
+    that the text of `files` mentions and that does not exist (NAME, <...>: placeholders)."""
+    stale = []
+    for file in files:
+        text = file.read_text()
+        where = file.relative_to(ROOT) if file.is_relative_to(ROOT) else file.name
+        for match in DOTTED.finditer(text):
+            parts = match.group(0).split(".")
+            k = next((k for k in range(len(parts), 0, -1) if module_file(parts[:k])), 0)
+            if k == 1 and len(parts) > 1 and not resolves(module_file(parts[:1]), parts[1:2]):
+                stale.append(f"{where}: {match.group(0)} (no module {'.'.join(parts[:2])})")
+            elif k > 1 and parts[k:] and not resolves(module_file(parts[:k]), parts[k:]):
+                stale.append(f"{where}: {match.group(0)}")
+        for match in NAME_IN_PATH.finditer(text):
+            name, path = match.groups()
+            if not (ROOT / path).is_file() or not resolves(ROOT / path, name.split(".")):
+                stale.append(f"{where}: `{name}` in {path}")
+        for match in PROJECT_PATH.finditer(text):
+            if "NAME" not in match.group(1) and not (ROOT / match.group(1)).exists():
+                stale.append(f"{where}: {match.group(1)}")
+    return stale
+
+
+def test_the_reference_check_finds_a_moved_name(tmp_path):
+    page = tmp_path / "probe.md"
+    page.write_text("`make_layer` in harness/cells.py; `PRESETS` in harness/cells.py; harness.sweep.no_such; "
+                    "harness.storage.Liveness.fail_stale; see harness/nowhere.py\n")
+    assert stale_references([page]) == ["probe.md: harness.sweep.no_such", "probe.md: `PRESETS` in harness/cells.py",
+                                        "probe.md: harness/nowhere.py"]
+
+
+def test_every_name_and_path_the_docs_and_docstrings_mention_exists():
+    """One place for each fact, and the pointers to it right: "`PRESETS` in harness/models.py",
+    harness.storage.Liveness, conf/search/greff.yaml, ... in docs/, the README, docstrings,
+    comments and configs all name something that is there."""
+    stale = stale_references(DOC_FILES)
+    assert not stale, "names or paths that do not exist where the text says:\n" + "\n".join(stale)

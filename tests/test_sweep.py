@@ -118,7 +118,9 @@ def test_sigkill_mid_sweep_then_rerun_ends_with_exactly_n_trials(tmp_path):
     assert code == 0, err
     study, trials = study_trials(url, "jsb_chorales.cifg")
     check_finished(trials, 4)
-    assert study.user_attrs == {"dataset": "jsb_chorales", "variant": "cifg", "recipe": "greff"}
+    assert {k: study.user_attrs[k] for k in ("dataset", "variant", "recipe")} == {
+        "dataset": "jsb_chorales", "variant": "cifg", "recipe": "greff"}
+    assert study.user_attrs["protocol"]["max_epochs"] == 1  # harness.protocol, recorded once
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

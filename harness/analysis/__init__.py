@@ -36,7 +36,7 @@ from harness import figures, report
 from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
 from harness.analysis.read import POOLED
 from harness.errors import UserError
-from harness.storage import open_storage
+from harness.storage import move_password, open_storage, redact
 
 # Every key and its default: conf/analysis/default.yaml, the one place they are written,
 # read here too so that run() takes a partial mapping (a script's, a test's) as well.
@@ -80,13 +80,16 @@ def run(cfg) -> Path:
     if not out.is_absolute():
         out = harness.project_root() / out
     started = time.time()
-    print(f"[analyze] reading studies of {dataset!r} from {options['storage']}")
+    options["storage"] = move_password(options["storage"])  # a password goes to PGPASSWORD, never on
+    print(f"[analyze] reading studies of {dataset!r} from {redact(options['storage'])}")
     storage = open_storage(options["storage"], key="analysis.storage", create=False)  # never a new, empty one
     studies = read.load(storage, dataset, str(options["metric"]), recipe)
     column, sign = studies.metric, studies.sign
     out.mkdir(parents=True, exist_ok=True)
     trials = studies.trials
     print(f"[analyze] {len(trials)} trials in {trials.variant.nunique()} variants")
+    for name, reason in studies.mixed.items():
+        print(f"[analyze] study {name} is mixed: {reason}; its trials are not one random search", flush=True)
 
     table = trials.rename(columns={c: c[len("param:"):] for c in trials.columns
                                    if c.startswith("param:")})
@@ -138,7 +141,8 @@ def run(cfg) -> Path:
     if options["figures"]:
         print("[analyze] drawing figures")
         drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options, pooled=POOLED)
-    path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=options["storage"],
+    path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=redact(options["storage"]),
+                        mixed=studies.mixed,
                         trials=table,
                         variants=variants, importance=importance, results=results,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,

@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 
 from harness.errors import UserError
+from harness.protocol import mixed_reason
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
 GREFF = "greff"  # the recipe of a study without a `recipe` attribute (made before recipes)
@@ -40,6 +41,7 @@ class Studies:
     names: dict = field(default_factory=dict)  # variant -> study names
     recipe: str = GREFF  # the training recipe of every study read
     sequential: dict = field(default_factory=dict)  # variant -> its study's `sequential` attribute (harness.rounds)
+    mixed: dict = field(default_factory=dict)  # study name -> why its trials are not of one protocol
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:
@@ -95,7 +97,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
                         "analyse them separately (set analysis.dataset to one study's name).")
     sign = -1.0 if directions == {optuna.study.StudyDirection.MAXIMIZE} else 1.0
 
-    rows, distributions, curves, names, sequential = [], {}, {}, {}, {}
+    rows, distributions, curves, names, sequential, mixed = [], {}, {}, {}, {}, {}
     frozen = []
     for variant in sorted(found):
         for summary in found[variant]:
@@ -103,6 +105,8 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
             if "sequential" in summary.user_attrs:  # a sweep with search.until=decided
                 sequential[variant] = summary.user_attrs["sequential"]
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            if (reason := mixed_reason(summary.user_attrs, study.get_trials(deepcopy=False))) is not None:
+                mixed[summary.study_name] = reason  # harness.protocol: not one random search
             for trial in study.get_trials(deepcopy=False):
                 frozen.append((variant, trial))
                 for name, distribution in trial.distributions.items():
@@ -124,7 +128,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
         frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
     return Studies(frame, distributions, curves, sign, column, names,
-                   recipe if recipe is not None else next(iter(recipes)), sequential)
+                   recipe if recipe is not None else next(iter(recipes)), sequential, mixed)
 
 
 def _trial_row(variant, trial, column) -> dict:

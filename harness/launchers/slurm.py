@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from harness import project_root
 from harness.errors import UserError
@@ -253,15 +253,17 @@ def launch(cfg, variants: list[str]) -> list[str]:
     import optuna
     from optuna.trial import TrialState
 
+    from harness import protocol
     from harness.datasets import load_dataset
-    from harness.storage import open_storage
-    from harness.sweep import counts, open_study
+    from harness.models import variant_config
+    from harness.storage import open_storage, redact
+    from harness.sweep import counts, open_study, space_of
 
     search = cfg.search
     options = search.get("slurm") or {}
     url = search.storage
     if isinstance(url, str) and url.startswith("sqlite"):
-        raise UserError(f"search.storage={url}: SQLite cannot be shared by the tasks of a SLURM array job (its "
+        raise UserError(f"search.storage={redact(url)}: SQLite cannot be shared by the tasks of a SLURM array job (its "
                         f"locks do not work across machines); use {SHARED_STORAGE}.")
     wait = options.get("wait", True)
     poll = options.get("poll_seconds", 10)
@@ -286,6 +288,10 @@ def launch(cfg, variants: list[str]) -> list[str]:
     names, remaining = [], 0
     for name in variants:
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=str(cfg.train.name))
+        checked = cfg.copy()
+        with open_dict(checked):
+            checked.variant = variant_config(cfg, name)
+        protocol.keep(study, checked, space_of(checked))  # before a task is queued (harness.protocol)
         counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
         print(f"{study.study_name}: {counted}/{target} trials already done", flush=True)
         names.append(study.study_name)
@@ -321,7 +327,7 @@ def launch(cfg, variants: list[str]) -> list[str]:
         raise UserError(f"search.launcher=slurm: sbatch refused the job ({words[-1][:300]}); check "
                         "search.slurm.partition, time_min, cpus_per_task, mem_gb and sbatch against `sinfo`.") from None
     job_id = str(jobs[0].job_id).split("_")[0]
-    print(f"slurm: submitted array job {job_id}, {tasks} task(s) ({', '.join(names)}; storage {url}); "
+    print(f"slurm: submitted array job {job_id}, {tasks} task(s) ({', '.join(names)}; storage {redact(url)}); "
           f"each task's log in {folder}/{job_id}_<task>/", flush=True)
     if not wait:
         print(f"slurm: follow it with `squeue -j {job_id}` (cancel: `scancel {job_id}`); the tasks write "
