@@ -184,8 +184,12 @@ def test_a_recipe_sweep_samples_its_own_space_into_its_own_study(tmp_path):
     assert finish(odyssey(*sweep_command(conf, url, *adam, n_trials=3)))[0] == 0
     assert finish(odyssey(*sweep_command(conf, url, "max_epochs=1", n_trials=2)))[0] == 0
     studies = {s.study_name: s.user_attrs for s in optuna.get_all_study_summaries(url)}
-    assert studies == {"tiny.adam.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "adam"},
-                       "tiny.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "greff"}}
+    identity = {name: {key: attrs[key] for key in ("dataset", "variant", "recipe")} for name, attrs in studies.items()}
+    assert identity == {"tiny.adam.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "adam"},
+                        "tiny.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "greff"}}
+    # each study recorded the protocol of its own recipe (harness.protocol)
+    assert studies["tiny.adam.vanilla"]["protocol"]["space"]["batch_size"]["choices"] == [2, 3]
+    assert "batch_size" not in studies["tiny.vanilla"]["protocol"]["space"]
     trials = optuna.load_study(study_name="tiny.adam.vanilla", storage=url).trials
     assert all(set(t.params) == {"hidden_size", "learning_rate", "batch_size", "input_noise_std"} for t in trials)
     assert all(t.params["batch_size"] in (2, 3) and 1e-4 <= t.params["learning_rate"] <= 1e-1 for t in trials)
