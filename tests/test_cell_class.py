@@ -215,18 +215,26 @@ def test_a_cell_whose_loss_becomes_nan_is_a_diverged_run(user, compose_config):
 def test_bad_cells_are_refused_in_one_line_naming_the_file(user, tmp_path, capsys, variant, words):
     _, conf = user
     url = f"sqlite:///{tmp_path / 'refused.db'}"
+    line, out = one_line_refusal(capsys, ["sweep", "--config-dir", str(conf), "dataset=tiny", f"variant={variant}",
+                                          "search.n_trials=1", "max_epochs=1", "search.space.hidden_size.low=4",
+                                          "search.space.hidden_size.high=5", f"search.storage={url}",
+                                          f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"])
+    assert all(word in line for word in (str(conf / "variant"), *words)), line
+    assert "trial" not in out  # refused before any trial started
+
+
+def one_line_refusal(capsys, arguments):
+    """Run `odyssey ARGUMENTS`, which must end in exit 2 with one line and no traceback:
+    (that line, what went to stdout)."""
     try:
-        cli.main(["sweep", "--config-dir", str(conf), "dataset=tiny", f"variant={variant}", "search.n_trials=1",
-                  "max_epochs=1", "search.space.hidden_size.low=4", "search.space.hidden_size.high=5",
-                  f"search.storage={url}", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"])
+        cli.main(arguments)
         code = 0
     except SystemExit as stop:
         code = stop.code
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert all(word in lines[0] for word in (str(conf / "variant"), *words)), lines[0]
-    assert "trial" not in out  # refused before any trial started
+    return lines[0], out
 
 
 def test_resolve_refuses_what_cannot_be_a_class_model(user):
@@ -255,13 +263,7 @@ def test_keyword_arguments_from_the_command_line_reach_the_class(user, tmp_path,
     _, conf = user
     for given, words in (("+variant.cell.chunk=0", ("chunk=0", "give at least 1 frame")),
                          ("+variant.cell.width=3", ("width=3", "unexpected keyword argument"))):
-        try:
-            cli.main(["train", "--config-dir", str(conf), "dataset=tiny", "variant=mingru", given, "max_epochs=1",
-                      "hidden_size=3", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null"])
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-        out, err = capsys.readouterr()
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-        assert all(word in lines[0] for word in (str(ROOT / "conf" / "variant" / "mingru.yaml"), *words)), lines[0]
+        line, _ = one_line_refusal(capsys, ["train", "--config-dir", str(conf), "dataset=tiny", "variant=mingru", given,
+                                            "max_epochs=1", "hidden_size=3", f"hydra.run.dir={tmp_path / 'run'}",
+                                            "hydra.output_subdir=null"])
+        assert all(word in line for word in (str(ROOT / "conf" / "variant" / "mingru.yaml"), *words)), line

@@ -20,37 +20,39 @@ def sigma(a):
     return 1.0 / (1.0 + math.exp(-a))
 
 
+def affine(w, x, key, n, t, b):
+    """W_key x^t + b_key of block n, sequence b, written out as a sum."""
+    M = x.shape[2]
+    return sum(w[f"W_{key}"][n, m].item() * x[t, b, m].item() for m in range(M)) + w[f"b_{key}"][n].item()
+
+
 def mingru_by_hand(w, x):
     """The minGRU of Feng et al. (2024), eq. by eq., one block and one frame at a time."""
-    T, B, M = x.shape
+    T, B, _ = x.shape
     N = w["b_z"].shape[0]
     y = torch.zeros(T, B, N, dtype=torch.float64)
     for b in range(B):
         h = [0.0] * N
         for t in range(T):
             for n in range(N):
-                z = sigma(sum(w["W_z"][n, m].item() * x[t, b, m].item() for m in range(M)) + w["b_z"][n].item())
-                candidate = sum(w["W_h"][n, m].item() * x[t, b, m].item() for m in range(M)) + w["b_h"][n].item()
-                h[n] = (1 - z) * h[n] + z * candidate
+                z = sigma(affine(w, x, "z", n, t, b))
+                h[n] = (1 - z) * h[n] + z * affine(w, x, "h", n, t, b)
                 y[t, b, n] = h[n]
     return y
 
 
 def minlstm_by_hand(w, x):
     """The minLSTM of Feng et al. (2024), eq. by eq., one block and one frame at a time."""
-    T, B, M = x.shape
+    T, B, _ = x.shape
     N = w["b_f"].shape[0]
     y = torch.zeros(T, B, N, dtype=torch.float64)
-
-    def affine(key, n, t, b):
-        return sum(w[f"W_{key}"][n, m].item() * x[t, b, m].item() for m in range(M)) + w[f"b_{key}"][n].item()
 
     for b in range(B):
         h = [0.0] * N
         for t in range(T):
             for n in range(N):
-                f, i = sigma(affine("f", n, t, b)), sigma(affine("i", n, t, b))
-                h[n] = f / (f + i) * h[n] + i / (f + i) * affine("h", n, t, b)
+                f, i = sigma(affine(w, x, "f", n, t, b)), sigma(affine(w, x, "i", n, t, b))
+                h[n] = f / (f + i) * h[n] + i / (f + i) * affine(w, x, "h", n, t, b)
                 y[t, b, n] = h[n]
     return y
 
@@ -58,21 +60,18 @@ def minlstm_by_hand(w, x):
 def rglru_by_hand(w, x):
     """Griffin's RG-LRU (De et al. 2024, section 2.4) on u = W_u x + b_u, eq. by eq., with
     c = 8 and lambda_0 chosen so that sigma(lambda_0)^8 = 0.95."""
-    T, B, M = x.shape
+    T, B, _ = x.shape
     N = w["b_u"].shape[0]
     offset = math.log(0.95 ** (1 / 8) / (1 - 0.95 ** (1 / 8)))
     y = torch.zeros(T, B, N, dtype=torch.float64)
-
-    def affine(key, n, t, b):
-        return sum(w[f"W_{key}"][n, m].item() * x[t, b, m].item() for m in range(M)) + w[f"b_{key}"][n].item()
 
     for b in range(B):
         h = [0.0] * N
         for t in range(T):
             for n in range(N):
-                r, i = sigma(affine("a", n, t, b)), sigma(affine("x", n, t, b))
+                r, i = sigma(affine(w, x, "a", n, t, b)), sigma(affine(w, x, "x", n, t, b))
                 a = sigma(w["lambda"][n].item() + offset) ** (8 * r)
-                h[n] = a * h[n] + math.sqrt(1 - a * a) * i * affine("u", n, t, b)
+                h[n] = a * h[n] + math.sqrt(1 - a * a) * i * affine(w, x, "u", n, t, b)
                 y[t, b, n] = h[n]
     return y
 
