@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import time
@@ -530,13 +531,19 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
 
 
 def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
-    """Entry point of a worker process; SIGTERM stops it like Ctrl-C (its trial is released)."""
+    """Entry point of a worker process; SIGTERM stops it like Ctrl-C: its trial is released,
+    then the process leaves at once (os._exit), without the interpreter's finalization,
+    which in a worker that holds torch and a study's objects took more than 5 s on two busy cores
+    (measured: 365,000 objects collected at exit) and would outlast the sweep's grace
+    (STOP_GRACE), so that the worker was killed. Every storage write is committed by then."""
     stop_on_signals(signal.SIGTERM, signal.SIGINT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(OmegaConf.create(cfg_container), variant, worker, local_workers=workers)
     except KeyboardInterrupt:
-        pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except UserError as error:
         print(f"[worker {worker}] error: {error}", flush=True)
         raise SystemExit(2)
@@ -555,8 +562,12 @@ def _ending(process) -> str:
     return f"exited with status {code}"
 
 
-def _stop(processes, grace: float = 5.0) -> None:
-    """SIGTERM every worker (each releases its trial), then SIGKILL what is left after `grace`."""
+STOP_GRACE = 10.0  # seconds a stopped worker has to release its trial before SIGKILL
+
+
+def _stop(processes, grace: float = STOP_GRACE) -> None:
+    """SIGTERM every worker (each releases its trial and leaves), then SIGKILL what is left
+    after `grace`: a worker stuck in a long call (a storage that does not answer)."""
     for process in processes:
         if process.is_alive():
             process.terminate()

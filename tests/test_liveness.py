@@ -173,26 +173,34 @@ def wait_for(predicate, timeout=300):
 @pytest.mark.slow
 def test_sigterm_stops_every_worker_and_leaves_no_running_trial(tmp_path):
     """More workers than cores are capped with a warning; SIGTERM to the sweep stops them all
-    within seconds, each trial released as lost."""
+    within seconds, each trial released as lost by its worker, which leaves by itself (none
+    is killed at the end of the grace)."""
     conf = tiny_music(tmp_path)
     url = f"sqlite:///{tmp_path}/term.db"
     workers = cores() + 2
     process = odyssey(*_sweep_args(conf, url, f"search.workers={workers}", "search.n_trials=50",
                                    "max_epochs=100000", "patience=100000"))
-    wait_for(lambda: len(study_trials(url, "tiny.vanilla")[1]) >= min(2, cores()))
+
+    def held():  # the trials that the workers hold (RUNNING, stamped by their worker), once each holds one
+        trials = study_trials(url, "tiny.vanilla")[1]
+        running = {t.number: t.system_attrs[WORKER_ATTR]["pid"] for t in trials
+                   if t.state == TrialState.RUNNING and t.system_attrs.get(WORKER_ATTR, {}).get("trial") == t.number}
+        return running if len(set(running.values())) >= min(2, cores()) else None
+
+    holding = wait_for(held)
     time.sleep(1.0)
     started = time.time()
     process.send_signal(signal.SIGTERM)
     code, out, err = finish(process, timeout=60)
-    assert time.time() - started < 10, err
+    assert time.time() - started < sweep_module.STOP_GRACE, err
     assert code == 130, err
     assert f"search.workers={workers} is more than the {cores()} cores" in err
     _, trials = study_trials(url, "tiny.vanilla")
-    assert trials and not any(t.state == TrialState.RUNNING for t in trials)
-    # each worker released its trial as lost; one stopped inside study.ask, before it held its
-    # trial, leaves that trial to the sweep, which fails it and enqueues it again (WAITING)
-    assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in trials)
-    assert any("stopped" in t.user_attrs.get("lost", "") for t in trials)
+    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
+    assert trials and not any(t.state == TrialState.RUNNING for t in trials), seen
+    assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in trials), seen
+    for number in holding:  # each released by its own worker, with the reason
+        assert trials[number].user_attrs.get("lost") == "stopped: KeyboardInterrupt", (seen, out, err)
     assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in trials}) <= cores()
 
 

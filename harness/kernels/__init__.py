@@ -37,12 +37,15 @@ layer 1 first; layouts in its docstring):
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 _loaded: dict[str, object] = {}
+CTC_MODULE = "odyssey_ctc_v2"  # the name of the built CTC module (its folder under build_directory)
 
 
 def lstm():
@@ -67,7 +70,7 @@ def gated_feedback():
 def ctc():
     """The compiled CTC loss, gradient and best-path decoding (ctc.cpp), or None (then the
     native engine uses torch's ctc_loss, and evaluation harness/ctc.py's decoding)."""
-    return _module("ctc", "odyssey_ctc_v2", "ctc.cpp")
+    return _module("ctc", CTC_MODULE, "ctc.cpp")
 
 
 def _module(key: str, name: str, source: str):
@@ -80,6 +83,13 @@ def _module(key: str, name: str, source: str):
     return _loaded[key]
 
 
+def build_directory(name: str) -> Path:
+    """Where module `name` is built and cached: one folder a virtualenv (unless
+    TORCH_EXTENSIONS_DIR says otherwise), since two checkouts on one machine would
+    otherwise rebuild each other's modules in turn."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions") / name
+
+
 def _build(name: str, source: str, flags: list[str] = ()):
     # The build needs the virtualenv's `ninja`; the same PATH every time also keeps ninja
     # from rebuilding because the environment differs between processes.
@@ -89,16 +99,38 @@ def _build(name: str, source: str, flags: list[str] = ()):
     try:
         from torch.utils import cpp_extension
 
-        # One build folder a virtualenv (unless TORCH_EXTENSIONS_DIR says otherwise): two
-        # checkouts on one machine would otherwise rebuild each other's modules in turn.
-        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
-        build_directory = root / name
-        build_directory.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
-                                  extra_cflags=["-O3", "-march=native", *flags], verbose=False,
-                                  build_directory=str(build_directory))
+        directory = build_directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        with _loading(directory):
+            return cpp_extension.load(name=name, sources=[str(Path(__file__).with_name(source))],
+                                      extra_cflags=["-O3", "-march=native", *flags], verbose=False,
+                                      build_directory=str(directory))
     except Exception as error:  # no compiler, no ninja: fall back to Python, and say so once
         warnings.warn(f"the compiled cell loops could not be built ({str(error).splitlines()[0][:160]}); "
                       "using the Python loops (same results, slower). Run scripts/setup.sh to see why.")
         return None
 
+
+
+@contextmanager
+def _loading(build_directory: Path):
+    """Hold an exclusive flock on `build_directory`/odyssey.lock while torch loads (and if
+    need be builds) the module there, and clear a `lock` file that a dead process left.
+
+    Every process, even one whose module is built, takes torch's build lock (the file
+    `lock`, created and deleted by torch.utils.file_baton.FileBaton) while it loads; a
+    process killed meanwhile (SIGKILL, the out-of-memory killer, a batch system's time
+    limit) leaves the file, and every later process on the machine then waits for it
+    forever. A flock is released by the kernel when its process dies, so whoever holds it
+    knows that no other odyssey process is loading, and that a `lock` file is stale."""
+    with open(build_directory / "odyssey.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: torch's own lock alone, as before
+            yield
+            return
+        try:
+            (build_directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
