@@ -34,7 +34,9 @@ soon as the storage answers (`abandon`), so nothing stays RUNNING and a rerun to
 study up.
 
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
-and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost. The stop is
+and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost; a stop that
+Python dropped (raised inside a garbage collector's callback) is raised again at the next
+epoch or pass of the worker's loop (`check_stop`). The stop is
 held back while the worker holds a journal file's lock: a stop raised between taking the
 lock file and the `try` that removes it would leave it behind, and the release (and every
 other worker) would wait out Optuna's 30 s grace period for it; a batch system kills first.
@@ -112,6 +114,17 @@ def stop_on_signal(signum, frame) -> None:
 def stop_on_signals(*signums: int) -> None:
     for signum in signums:
         signal.signal(signum, stop_on_signal)
+
+
+def check_stop() -> None:
+    """Raise the stop again if a stop signal came and work still goes on: Python runs a
+    signal handler wherever the main thread is, and when that is a weakref callback or a
+    __del__ method (which the garbage collector runs at any allocation), it prints the
+    KeyboardInterrupt as "Exception ignored in ..." and drops it; the worker then trained on,
+    deaf to the signal, until the sweep killed it with its trial unreleased. Called where a
+    stop is safe: every epoch (sweep.reporter) and every pass of the workers' loops."""
+    if _Stop.raised and not _Stop.held:
+        raise KeyboardInterrupt("stop signal")
 
 
 class SignalSafeLock(optuna.storages.journal.JournalFileSymlinkLock):

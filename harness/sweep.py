@@ -44,8 +44,8 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import (Liveness, StorageLost, abandon, connection_lost, create_study, move_password,
-                             open_storage, reconnecting, redact, stop_on_signals)
+from harness.storage import (Liveness, StorageLost, abandon, check_stop, connection_lost, create_study,
+                             move_password, open_storage, reconnecting, redact, stop_on_signals)
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -332,6 +332,7 @@ def tell_pruned(study: optuna.Study, trial: optuna.Trial, seed: int, liveness: L
 def reporter(trial: optuna.Trial, reported: list[int]):
     """on_epoch of a trial's training: report the validation metric, and prune if the pruner says so."""
     def on_epoch(epoch: int, value: float) -> None:
+        check_stop()
         _report(trial, value, epoch)
         reported.append(epoch)
         if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
@@ -416,6 +417,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
     started, done_here = time.time(), 0
     try:
         while True:
+            check_stop()
             liveness.fail_stale(study)
             while trainer.free > 0:
                 trials = study.get_trials(deepcopy=False)
@@ -500,6 +502,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
         return
     started, done_here = time.time(), 0
     while True:
+        check_stop()
         liveness.fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         counted = sum(counts(t) for t in trials)
@@ -592,6 +595,7 @@ def run_processes(cfg: DictConfig, variant: str, workers: int) -> list[str]:
             process.start()
         waiting = list(processes)
         while waiting:
+            check_stop()
             multiprocessing.connection.wait([p.sentinel for p in waiting], timeout=1.0)
             for process in [p for p in waiting if not p.is_alive()]:
                 waiting.remove(process)

@@ -269,3 +269,33 @@ def test_a_stop_signal_waits_until_the_journal_lock_is_released(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:3] == ["held True", "stopped SIGTERM False", "ignored"], run.stdout
+
+
+STOP_INSIDE_DEL = r"""
+import gc, os, signal
+from harness.storage import check_stop, stop_on_signals
+stop_on_signals(signal.SIGTERM)
+
+class Garbage:
+    def __del__(self):                     # as a weakref callback the garbage collector runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):              # the handler raises here, and Python drops it
+            pass
+
+Garbage()
+gc.collect()
+print("dropped", flush=True)
+try:
+    check_stop()                           # the next epoch of the worker
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+def test_a_stop_that_python_dropped_is_raised_at_the_next_check(tmp_path):
+    """A stop signal handled inside a __del__ or weakref callback is printed as "Exception
+    ignored" and lost; check_stop, called every epoch, raises it again."""
+    run = subprocess.run([sys.executable, "-c", STOP_INSIDE_DEL], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "Exception ignored" in run.stderr and "KeyboardInterrupt" in run.stderr, run.stderr
+    assert run.stdout.split() == ["dropped", "stopped"], run.stdout
