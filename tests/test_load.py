@@ -41,7 +41,11 @@ def run_load_test(url, kind, server=None):
     for t in complete:  # the stub's value: log10(lr) + N/1000 + noise, worked out here again
         p = t.params
         assert math.isclose(t.value, math.log10(p["learning_rate"]) + p["hidden_size"] / 1000 + p["input_noise_std"])
-    assert len({tuple(sorted(t.params.items())) for t in complete}) == TRIALS  # no configuration counted twice
+    same = {}
+    for t in complete:
+        same.setdefault(tuple(sorted(t.params.items())), []).append(t)
+    twice = [[(t.number, t.user_attrs, t.system_attrs) for t in group] for group in same.values() if len(group) > 1]
+    assert not twice, (twice, json.dumps(result))  # no configuration counted twice
     tags = sorted(t.user_attrs["enqueued"] for t in complete if "enqueued" in t.user_attrs)
     assert tags == list(range(ENQUEUED))  # every enqueued trial ran exactly once
     return result
