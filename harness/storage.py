@@ -36,10 +36,10 @@ study up.
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
 and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost; a stop that
 Python dropped (raised inside a garbage collector's callback) is raised again at the next
-epoch or pass of the worker's loop (`check_stop`). The stop is
-held back while the worker holds a journal file's lock: a stop raised between taking the
-lock file and the `try` that removes it would leave it behind, and the release (and every
-other worker) would wait out Optuna's 30 s grace period for it; a batch system kills first.
+epoch or pass of the worker's loop (`check_stop`). The stop is held back while the worker
+holds a journal file's lock: a stop raised between taking the lock file and the `try` that
+removes it would leave it behind, and the release (and every other worker) would wait out
+Optuna's 30 s grace period for it; a batch system kills first.
 """
 
 from __future__ import annotations

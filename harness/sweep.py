@@ -535,10 +535,10 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
 
 def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
     """Entry point of a worker process; SIGTERM stops it like Ctrl-C: its trial is released,
-    then the process leaves at once (os._exit), without the interpreter's finalization,
-    which in a worker that holds torch and a study's objects took more than 5 s on two busy cores
-    (measured: 365,000 objects collected at exit) and would outlast the sweep's grace
-    (STOP_GRACE), so that the worker was killed. Every storage write is committed by then."""
+    then the process leaves at once (os._exit), without the interpreter's finalization: in
+    a worker that holds torch and a study's objects (365,000 of them, measured) it took more
+    than 5 s on two busy cores, the whole of the sweep's former grace, and the worker was
+    killed. Every storage write is committed by then."""
     stop_on_signals(signal.SIGTERM, signal.SIGINT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

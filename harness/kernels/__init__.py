@@ -111,7 +111,6 @@ def _build(name: str, source: str, flags: list[str] = ()):
         return None
 
 
-
 @contextmanager
 def _loading(build_directory: Path):
     """Hold an exclusive flock on `build_directory`/odyssey.lock while torch loads (and if
