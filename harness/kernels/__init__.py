@@ -112,8 +112,8 @@ def _build(name: str, source: str, flags: list[str] = ()):
 
 
 @contextmanager
-def _loading(build_directory: Path):
-    """Hold an exclusive flock on `build_directory`/odyssey.lock while torch loads (and if
+def _loading(directory: Path):
+    """Hold an exclusive flock on `directory`/odyssey.lock while torch loads (and if
     need be builds) the module there, and clear a `lock` file that a dead process left.
 
     Every process, even one whose module is built, takes torch's build lock (the file
@@ -122,14 +122,14 @@ def _loading(build_directory: Path):
     limit) leaves the file, and every later process on the machine then waits for it
     forever. A flock is released by the kernel when its process dies, so whoever holds it
     knows that no other odyssey process is loading, and that a `lock` file is stale."""
-    with open(build_directory / "odyssey.lock", "a") as handle:
+    with open(directory / "odyssey.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:  # a file system without locks: torch's own lock alone, as before
             yield
             return
         try:
-            (build_directory / "lock").unlink(missing_ok=True)
+            (directory / "lock").unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
