@@ -77,7 +77,8 @@ def sequential_lines(sequential: dict, trials, reference) -> list[str]:
              f"{first.get('cap')} trials a variant; docs/analysis.md, \"Sequential studies\"), and stopped each "
              "variant when decided. Its verdicts are about the median difference between a variant's trial and a "
              f"{reference} trial; the scorecard above judges the final trials by Welch and the margin.", ""]
-    counts = trials.groupby("variant").size()
+    counted_rows = trials[trials.counted.astype(bool)] if "counted" in trials else trials
+    counts = counted_rows.groupby("variant").size()  # counted trials: not the lost, surplus or duplicate ones
     rows = [{"variant": v, "trials": int(counts.get(v, 0)), "verdict": o.get("verdict"), "at look": o.get("look"),
              "by": o.get("by", "")} for v, o in sorted(sequential.items())]
     rows.append({"variant": reference, "trials": int(counts.get(reference, 0)), "verdict": "(reference)",
@@ -118,18 +119,27 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
 
     lines += sequential_lines(sequential or {}, trials, reference)
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
-    excluded = trials[trials.excluded != ""]
+    redone = trials[~trials.counted.astype(bool)] if "counted" in trials else trials.iloc[:0]
+    if len(redone):
+        reasons = redone.excluded.value_counts()
+        lines += [f"{len(redone)} of {len(trials)} trials do not count toward n_trials and are left out of "
+                  "everything below: " + ", ".join(f"{n} {r}" for r, n in reasons.items()) + " (lost = stopped by "
+                  "Ctrl-C, SIGTERM or a time limit, and redone; surplus = started past the target; duplicate = a "
+                  "second result of one configuration; retried = taken for dead, and redone by its retry). None of "
+                  "them is a failure of the model.", ""]
+    counted_rows = trials[trials.counted.astype(bool)] if "counted" in trials else trials
+    excluded = counted_rows[counted_rows.excluded != ""]
     if len(excluded):
         reasons = excluded.excluded.value_counts()
-        lines += [f"{len(excluded)} of {len(trials)} trials are counted but excluded from fANOVA, "
+        lines += [f"{len(excluded)} of {len(counted_rows)} counted trials are excluded from fANOVA, "
                   "box plots and tests: " + ", ".join(f"{n} {r}" for r, n in reasons.items())
                   + " (failed = FAIL state, a `failure` attribute such as a NaN/inf loss, or a "
                   "non-finite metric).", ""]
         for variant, part in excluded.groupby("variant"):
-            if len(part) == len(trials[trials.variant == variant]):
+            if len(part) == len(counted_rows[counted_rows.variant == variant]):
                 lines += [f"Variant `{variant}` has no usable trial.", ""]
     else:
-        lines += ["Every trial finished with a finite validation and analysed metric.", ""]
+        lines += ["Every counted trial finished with a finite validation and analysed metric.", ""]
     lines += pruned_lines(trials)
     flagged = trials[trials.diverged]
     if options["diverged_rule"] == "none":

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from harness.analysis import scorecard, sequential
 from harness.errors import UserError
+from harness.storage import counted
 
 UNTIL = ("n_trials", "decided")
 
@@ -57,9 +58,9 @@ def margin_of(cfg) -> tuple[float | None, str]:
     return scorecard.margin_for(task, cfg.analysis.get("margin"))
 
 
-def series(study, counts) -> np.ndarray:
+def series(study) -> np.ndarray:
     """The counted trials' test metric in trial-number order; NaN for a diverged trial."""
-    trials = sorted((t for t in study.get_trials(deepcopy=False) if counts(t)), key=lambda t: t.number)
+    trials = counted(study.get_trials(deepcopy=False))
     values = [t.user_attrs.get("test_metric", t.value) if t.state == TrialState.COMPLETE else math.nan
               for t in trials]
     return np.array([math.nan if v is None else v for v in values], dtype=float)
@@ -100,10 +101,9 @@ def judge(reference: np.ndarray, variant: np.ndarray, every: int, cap: int, alph
     return outcome
 
 
-def run(cfg, variants: list[str], top_up, study_of, counts) -> dict:
+def run(cfg, variants: list[str], top_up, study_of) -> dict:
     """The rounds: top_up(name, target) brings a variant's study to `target` counted trials;
-    study_of(name) opens it; counts(trial) says whether a trial counts. Returns {variant:
-    outcome} of every variant but the reference."""
+    study_of(name) opens it. Returns {variant: outcome} of every variant but the reference."""
     search, analysis = cfg.search, cfg.analysis
     reference = analysis.get("reference_variant", "vanilla")
     every, cap, alpha = int(search.look_every), int(search.n_trials), float(analysis.alpha)
@@ -113,18 +113,18 @@ def run(cfg, variants: list[str], top_up, study_of, counts) -> dict:
           f"(alpha {alpha:g}, margin {'none' if margin is None else f'{margin:g}'}: {why})", flush=True)
     sizes = None
     while True:
-        base = series(study_of(reference), counts)
+        base = series(study_of(reference))
         outcomes = {}
         for name in others:
             study = study_of(name)
-            outcomes[name] = judge(base, series(study, counts), every, cap, alpha, margin)
+            outcomes[name] = judge(base, series(study), every, cap, alpha, margin)
             study.set_user_attr("sequential", outcomes[name])
         open_ = [name for name, o in outcomes.items() if o["verdict"] == "undecided" and o["look"] < cap]
         print("round: " + "; ".join(f"{name} {o['verdict']} at {o['look']}" for name, o in outcomes.items()),
               flush=True)
         if not open_:
             return outcomes
-        now = [len(series(study_of(name), counts)) for name in variants]
+        now = [len(series(study_of(name))) for name in variants]
         if now == sizes:  # the last round added nothing (its workers died): say so, do not spin
             raise UserError("search.until=decided: the last round added no trial; see the workers' messages above, "
                             "then run the same command to go on from the last look.")

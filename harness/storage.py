@@ -57,6 +57,7 @@ from pathlib import Path
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from harness import project_root
@@ -186,6 +187,84 @@ def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+# -- which trials count (docs/training.md, "The trial rules") -----------------------------
+
+def counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial, on its own, is a result: COMPLETE, PRUNED, or FAIL with a `failure`
+    (it diverged); not a late result recorded beside a retry that ran (`duplicate_of`)."""
+    if trial.user_attrs.get("duplicate_of") is not None:
+        return False
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get("failure") is not None)
+
+
+def _histories(trials) -> dict[int, list[int]]:
+    """{trial number: its retry history}: the trials it retries, the first one first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return {t.number: RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials}
+
+
+def lineages(trials) -> dict[int, int]:
+    """{trial number: the number of the trial whose work it does}: a retry, that of the first
+    trial of its retry history (Optuna's RetryHeartbeatStaleTrialCallback); a late result
+    (`late_result_of`), that of the trial it was taken from; any other trial, its own."""
+    by_number, history = {t.number: t for t in trials}, _histories(trials)
+    roots: dict[int, int] = {}
+
+    def root(number: int) -> int:
+        if number not in roots:
+            trial = by_number[number]
+            late = trial.user_attrs.get("late_result_of")
+            if late is not None and late in by_number and late < number:
+                roots[number] = root(late)
+            else:
+                roots[number] = history[number][0] if history[number] else number
+        return roots[number]
+
+    for t in trials:
+        root(t.number)
+    return roots
+
+
+def counted(trials) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward n_trials, by number: those that are results (`counts`),
+    at most one for each piece of work (`lineages`), the first. A trial failed as stale while
+    its worker lived on can leave two results of one configuration (its late result, and a
+    retry that a worker claimed before the late result was recorded); the later one does not
+    count. A new trial has a higher number than every trial before it, so a result that counts
+    goes on counting."""
+    roots, first = lineages(trials), {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if counts(trial):
+            first.setdefault(roots[trial.number], trial)
+    return sorted(first.values(), key=lambda t: t.number)
+
+
+def uncounted(trials) -> dict[int, str]:
+    """{number: why} of the finished trials that a sweep left out of its count and redid:
+    "lost" (stopped: Ctrl-C, SIGTERM, a batch system's time limit), "duplicate" (a second
+    result of one piece of work, see `counted`), "surplus" (started past the target, or a
+    retry closed once the study had its count), "retried" (taken for dead; a retry redid
+    it). A failed trial without one of these marks (a study of another tool) is not listed."""
+    chosen = {t.number for t in counted(trials)}
+    retried = {number for history in _histories(trials).values() for number in history}
+    why = {}
+    for trial in trials:
+        if trial.number in chosen or not trial.state.is_finished():
+            continue
+        attrs = trial.user_attrs
+        if attrs.get("lost"):
+            why[trial.number] = "lost"
+        elif attrs.get("duplicate_of") is not None or counts(trial):
+            why[trial.number] = "duplicate"
+        elif attrs.get("surplus"):
+            why[trial.number] = "surplus"
+        elif trial.number in retried:
+            why[trial.number] = "retried"
+    return why
 
 
 def heartbeat_interval(seconds: float) -> int:

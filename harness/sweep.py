@@ -44,8 +44,8 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import (Liveness, StorageLost, abandon, check_stop, connection_lost, create_study,
-                             move_password, open_storage, reconnecting, redact, stop_on_signals)
+from harness.storage import (Liveness, StorageLost, abandon, check_stop, connection_lost, counted, create_study,
+                             lineages, move_password, open_storage, reconnecting, redact, stop_on_signals)
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -125,15 +125,7 @@ def storage_label(url: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "storage"
 
 
-# -- counting and liveness --------------------------------------------------------------
-
-def counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts toward n_trials (docs/training.md, "The trial rules")."""
-    if trial.user_attrs.get("duplicate_of") is not None:
-        return False
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get("failure") is not None)
-
+# -- pruning (which trials count: harness.storage.counted) -----------------------------
 
 def make_pruner(search) -> optuna.pruners.BasePruner | None:
     """search.pruner: none, median (optuna.pruners.MedianPruner) or hyperband
@@ -148,8 +140,6 @@ def make_pruner(search) -> optuna.pruners.BasePruner | None:
         return optuna.pruners.HyperbandPruner(min_resource=max(1, int(search.pruner_warmup_epochs)),
                                               reduction_factor=int(search.pruner_reduction_factor))
     return None
-
-
 
 
 # -- one study --------------------------------------------------------------------------
@@ -293,11 +283,17 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, s
 
 def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, target: int) -> DictConfig | None:
     """The root config of a trial, its seed set and recorded; None (and the trial told
-    as surplus) if another worker took the last place first."""
-    ahead = sum(1 for t in study.get_trials(deepcopy=False)
-                if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING))
-    if ahead >= target:  # another worker took the last place first
+    as surplus) if another worker took the last place first, or if it is a retry whose work
+    has a result meanwhile (the late result of the trial it retries: `duplicate_of` it)."""
+    trials = study.get_trials(deepcopy=False)
+    results, roots = counted(trials), lineages(trials)
+    done = [t.number for t in results if roots[t.number] == roots[trial.number]]
+    ahead = sum(1 for t in results if t.number < trial.number) + sum(
+        1 for t in trials if t.number < trial.number and t.state == TrialState.RUNNING)
+    if done or ahead >= target:  # its work is done, or another worker took the last place first
         trial.set_user_attr("surplus", True)
+        if done:
+            trial.set_user_attr("duplicate_of", done[0])
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial_cfg = trial_config(cfg, dict(trial.params))
@@ -360,14 +356,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
 def trial_line(tag: str, study: optuna.Study, trial, result, target: int, rate: float) -> str:
     """The progress line of a finished trial."""
     trials = study.get_trials(deepcopy=False)
-    counted = sum(counts(t) for t in trials)
+    done = len(counted(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
     shown = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
     outcome = ("pruned" if result.get("pruned") else f"FAILED ({result['failure']})" if result["failure"]
                else f"val {result['val_metric']:.4f} test {result['test_metric']:.4f}")
     return (f"{tag} trial {trial.number}: {shown} -> {outcome}, {result['epochs']} epochs, "
-            f"{result['seconds']:.0f} s | {counted}/{target} done{best} | {rate:.1f} trials/hour")
+            f"{result['seconds']:.0f} s | {done}/{target} done{best} | {rate:.1f} trials/hour")
 
 
 def largest_network(cfg: DictConfig, space: dict, data, end=max):
@@ -421,8 +417,8 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
             liveness.fail_stale(study)
             while trainer.free > 0:
                 trials = study.get_trials(deepcopy=False)
-                counted = sum(counts(t) for t in trials)
-                if counted + sum(t.state == TrialState.RUNNING for t in trials) >= target:
+                done = len(counted(trials))
+                if done + sum(t.state == TrialState.RUNNING for t in trials) >= target:
                     break
                 beat = ExitStack()
                 try:
@@ -440,7 +436,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                 trainer.add(trial_cfg, trial.number, on_epoch=reporter(trial, reported),
                             out_dir=out_root / f"trial_{trial.number:04d}")
             if not len(trainer):
-                if sum(counts(t) for t in study.get_trials(deepcopy=False)) >= target:
+                if len(counted(study.get_trials(deepcopy=False))) >= target:
                     liveness.close_retries(study)
                     return
                 time.sleep(min(liveness.interval, 5.0))  # the last trials are running elsewhere
@@ -493,7 +489,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
-    left = target - sum(counts(t) for t in study.get_trials(deepcopy=False))
+    left = target - len(counted(study.get_trials(deepcopy=False)))
     plan = lockstep_plan(cfg, space, data, left)
     if plan is not None:
         torch.set_num_threads(int(cfg.train.threads))
@@ -505,12 +501,12 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
         check_stop()
         liveness.fail_stale(study)
         trials = study.get_trials(deepcopy=False)
-        counted = sum(counts(t) for t in trials)
+        done = len(counted(trials))
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        if counted >= target:
+        if done >= target:
             liveness.close_retries(study)
             break
-        if counted + running >= target:  # the last trials are running elsewhere
+        if done + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
             continue
         try:
@@ -674,9 +670,9 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
 
     def top_up(name: str, target: int) -> None:  # the variant's study to `target` counted trials
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
-        counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
+        done = len(counted(study.get_trials(deepcopy=False)))
         former = study.user_attrs.get("variant") != name  # a study of the model's former name (gfrnn)
-        print(f"{study.study_name}: {counted}/{target} trials already done"
+        print(f"{study.study_name}: {done}/{target} trials already done"
               + (f" (a study of {name} under its former name)" if former else ""), flush=True)
         round_cfg = cfg.copy()
         with open_dict(round_cfg):
@@ -689,13 +685,12 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
             finally:  # the trial of a worker that died (or was killed at a stop) is not left RUNNING
                 Liveness(storage, float(search.heartbeat_seconds)).fail_stale(study)
         study = open_study(storage, cfg.dataset.name, name, seed=0, recipe=recipe)
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        results = counted(study.get_trials(deepcopy=False))
+        complete = [t for t in results if t.state == TrialState.COMPLETE]
+        pruned = sum(t.state == TrialState.PRUNED for t in results)
         best = min(complete, key=lambda t: t.value) if complete else None
-        print(f"{study.study_name}: {sum(counts(t) for t in trials)} trials counted "
-              f"({len(complete)} complete, {pruned} pruned, "
-              f"{sum(counts(t) for t in trials) - len(complete) - pruned} diverged)"
+        print(f"{study.study_name}: {len(results)} trials counted "
+              f"({len(complete)} complete, {pruned} pruned, {len(results) - len(complete) - pruned} diverged)"
               + (f", best val {best.value:.4f} / test {best.user_attrs.get('test_metric'):.4f}" if best else ""),
               flush=True)
         without_complete[name] = None if complete else study.study_name
@@ -703,7 +698,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
 
     if search.get("until", "n_trials") == "decided":
         rounds.run(cfg, variants, top_up, lambda name: open_study(storage, cfg.dataset.name, name, seed=0,
-                                                                  recipe=recipe), counts)
+                                                                  recipe=recipe))
     else:
         for name in variants:
             top_up(name, int(search.n_trials))

@@ -99,8 +99,8 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     import optuna
     from optuna.trial import TrialState
 
+    from harness.storage import counted as counted_trials
     from harness.storage import create_study, open_storage, retry_callback
-    from harness.sweep import counts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url)
@@ -159,19 +159,27 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         trained += [int(name.split("_")[1]) for name, _ in lines if name.startswith("trial_")]
         reconnects += int(lines[-1][1]) if lines else 0
     shutil.rmtree(log_dir, ignore_errors=True)
-    counted = [t for t in trials if counts(t)]
+    counted = counted_trials(trials)  # the study's own rule (harness.storage.counted)
     by_state = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     wrong_values = [t.number for t in counted if t.state == TrialState.COMPLETE
                     and not math.isclose(t.value, known_value(t.params), rel_tol=1e-12, abs_tol=1e-12)]
     enqueued_runs = [sum(1 for t in counted if t.user_attrs.get("enqueued") == k
                          and all(math.isclose(t.params[p], v) for p, v in enqueued[k].items()))
                      for k in range(n_enqueue)]
-    # A trial and its retries (Optuna's retry history) are one piece of work: it must end with
-    # exactly one counted result (a late result of the original counts for it) once it began.
+    # A trial, its retries (Optuna's retry history) and a late result of any of them are one
+    # piece of work: it must end with exactly one counted result once it began.
     callback = retry_callback()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         root = {t.number: (callback.retry_history(t) or [t.number])[0] for t in trials}
+    for t in sorted(trials, key=lambda t: t.number):  # a late result's original comes before it
+        if t.user_attrs.get("late_result_of") is not None:
+            root[t.number] = root[t.user_attrs["late_result_of"]]
+    chosen = {t.number for t in counted}
+    # finished results that do not count: each repeats the parameters of its work's counted result
+    repeats = [t for t in trials if t.state == TrialState.COMPLETE and t.number not in chosen]
+    repeats_unmatched = [t.number for t in repeats if not any(
+        root[c.number] == root[t.number] and c.params == t.params for c in counted)]
     results_of: dict[int, int] = {}
     for t in counted:
         results_of[root[t.number]] = results_of.get(root[t.number], 0) + 1
@@ -187,7 +195,8 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         "wall_s": round(wall, 2), "trials_per_s": round(len(counted) / wall, 2),
         "ideal_trials_per_s": round(workers / sleep, 2),
         "overhead_s_per_trial": round(max(0.0, wall * workers / max(1, len(counted)) - sleep), 4),
-        "counted": len(counted), "states": by_state, "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
+        "counted": len(counted), "repeats": len(repeats), "repeats_unmatched": len(repeats_unmatched),
+        "states": by_state, "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
         "workers_killed": len(killed), "server_restarts": int(restarted), "restart_s": restart_seconds,
         "reconnect_retries": reconnects, "taken_for_dead": len(taken_for_dead),
         # lost: begun, and its last retry neither counted nor closed as surplus (the count was reached without it)
@@ -200,8 +209,8 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         "workers_lost": sum(1 for p in processes if p.pid not in killed_pids and p.exitcode != 0),
         "worker_exit_codes": sorted({p.exitcode for p in processes if p.pid not in killed_pids}),
     }
-    result["ok"] = (result["counted"] == n_trials and not result["lost"] and not result["trained_twice"]
-                    and not result["counted_not_trained_once"] and not result["wrong_values"]
+    result["ok"] = (result["counted"] == n_trials and not result["repeats_unmatched"] and not result["lost"]
+                    and not result["trained_twice"] and not result["counted_not_trained_once"] and not result["wrong_values"]
                     and not result["enqueued_not_run_once"] and by_state["RUNNING"] == 0
                     and by_state["WAITING"] == 0 and not result["workers_lost"])
     return result
@@ -251,7 +260,7 @@ def main(argv=None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     columns = ("storage", "workers", "counted", "wall_s", "trials_per_s", "ideal_trials_per_s",
                "workers_killed", "server_restarts", "reconnect_retries", "taken_for_dead", "workers_lost",
-               "surplus", "lost", "trained_twice", "enqueued_not_run_once", "ok")
+               "surplus", "repeats", "lost", "trained_twice", "enqueued_not_run_once", "ok")
     print(" | ".join(columns))
     for result in results:
         print(" | ".join(str(result[c]) for c in columns))

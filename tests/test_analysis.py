@@ -147,6 +147,35 @@ def test_welch_column_matches_scipy_and_failed_trials_are_counted(tmp_path):
     assert (tmp_path / "out" / "boxplots.png").exists()
 
 
+def test_trials_that_do_not_count_are_named_and_left_out_not_called_failures(tmp_path):
+    """A sweep's stopped (lost), surplus and duplicate trials are not failures of the model:
+    the report names them apart, n_trials counts only the rest, and a plain FAIL (a study of
+    another tool) is still a failure."""
+    rng = np.random.default_rng(5)
+    distributions = {"hidden_size": D.IntDistribution(20, 200, log=True)}
+    url = _journal(tmp_path)
+    fail = optuna.trial.TrialState.FAIL
+    for variant in ("vanilla", "cifg"):
+        rows = [_complete({"hidden_size": int(h)}, float(t))
+                for h, t in zip(rng.integers(20, 200, 12), rng.normal(5.0, 0.3, 12))]
+        if variant == "cifg":
+            rows += [({"hidden_size": 30}, None, None, fail, {"lost": "stopped: KeyboardInterrupt"}),
+                     ({"hidden_size": 31}, None, None, fail, {"surplus": True}),
+                     ({"hidden_size": 32}, None, None, fail, {}),
+                     ({"hidden_size": 33}, 4.0, 4.0, optuna.trial.TrialState.COMPLETE, {"duplicate_of": 2})]
+        _study(url, "uncounted", variant, rows, distributions)
+    report = _run(url, tmp_path / "out", "uncounted", min_trials_for_fanova=1000)
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv").query("variant == 'cifg'").set_index("number")
+    assert list(trials.loc[[12, 13, 14, 15], "excluded"]) == ["lost", "surplus", "failed", "duplicate"]
+    assert list(trials.loc[[12, 13, 14, 15], "counted"]) == [False, False, True, False]
+    variants = pd.read_csv(tmp_path / "out" / "variants.csv").set_index("variant")
+    assert variants.loc["cifg", "n_trials"] == 13 and variants.loc["cifg", "n_not_counted"] == 3
+    assert variants.loc["cifg", "n_failed"] == 1 and variants.loc["cifg", "n_usable"] == 12
+    text = report.read_text()
+    assert "3 of 28 trials do not count toward n_trials" in text and "1 lost" in text and "1 duplicate" in text
+    assert "1 of 25 counted trials are excluded" in text and "1 failed" in text
+
+
 def test_foreign_study_without_vanilla_and_only_failed_trials(tmp_path):
     # a study not made by this tool: its own parameter names, a categorical one, no
     # vanilla, and one variant whose every trial failed

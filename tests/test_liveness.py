@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 import harness.sweep as sweep_module
 from harness.resources import cores, torch_threads
-from harness.storage import WORKER_ATTR, Liveness, create_study, open_storage
-from harness.sweep import EXIT_WORKER_DIED, counts, run_worker
+from harness.storage import WORKER_ATTR, Liveness, counted, counts, create_study, open_storage, uncounted
+from harness.sweep import EXIT_WORKER_DIED, run_worker
 from harness.train import TrainingResult
 from storage_race import race_on_empty_storage
 from test_sweep import finish, odyssey, study_trials, tiny_music
@@ -129,6 +129,54 @@ def test_a_late_result_whose_retry_runs_elsewhere_is_recorded_as_a_duplicate(tmp
     assert late.state == TrialState.COMPLETE and late.value == 0.5 and late.params == trial.params
     assert late.user_attrs == {"test_metric": 0.6, "late_result_of": 0, "duplicate_of": 1}
     assert not counts(late)
+
+
+def _taken_for_dead(tmp_path):
+    """A study whose trial 0 was failed as stale by another worker, its retry not made yet."""
+    storage = open_storage(f"sqlite:///{tmp_path}/r.db", heartbeat_seconds=1)
+    liveness = Liveness(storage, 1)
+    study = create_study(storage, study_name="x.vanilla")
+    study.ask({"x": FloatDistribution(0.0, 1.0)})
+    storage.set_trial_state_values(liveness.trial_id(study, 0), TrialState.FAIL)
+    return storage, liveness, study
+
+
+def test_a_retry_made_after_its_late_result_was_kept_is_not_trained(tmp_path, compose_config):
+    """The race of a PostgreSQL server restart: a worker fails trial 0 as stale, and before it
+    has enqueued the retry, trial 0's own worker (alive after all) finds no retry and keeps its
+    result as a trial of its own. The retry, made next, is dropped when a worker claims it."""
+    storage, liveness, study = _taken_for_dead(tmp_path)
+    assert liveness.keep_late_result(study, 0, TrialState.COMPLETE, 0.5, {}) is None  # no retry yet: trial 1
+    liveness.retry(study, study.get_trials()[0])  # the retry, trial 2, enqueued late
+    claimed = study.ask()
+    assert claimed.number == 2 and claimed.params == study.get_trials()[0].params
+    assert sweep_module.start_trial(study, claimed, compose_config([], command="sweep"), target=10) is None
+    trials = study.get_trials()
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["duplicate_of"] == 1
+    assert [t.number for t in counted(trials)] == [1]
+    assert uncounted(trials) == {0: "retried", 2: "duplicate"}
+
+
+def test_of_two_results_of_one_configuration_only_the_first_counts(tmp_path, compose_config):
+    """The other order of the same race: a worker claimed the retry (trial 1) before the late
+    result was kept, so both trained; the late result (trial 2, made with no retry in sight)
+    has the same parameters and does not count, and a later count never loses trial 1."""
+    storage, liveness, study = _taken_for_dead(tmp_path)
+    liveness.retry(study, study.get_trials()[0])
+    retry = study.ask()
+    assert sweep_module.start_trial(study, retry, compose_config([], command="sweep"), target=10) is not None
+    study.tell(retry, 0.7)
+    original = study.get_trials()[0]
+    study.add_trial(optuna.trial.create_trial(  # what keep_late_result adds when it sees no retry
+        state=TrialState.COMPLETE, params=original.params, distributions=original.distributions, value=0.5,
+        user_attrs={"late_result_of": 0}))
+    trials = study.get_trials()
+    assert trials[1].params == trials[2].params and counts(trials[1]) and counts(trials[2])
+    assert [t.number for t in counted(trials)] == [1]
+    assert uncounted(trials) == {0: "retried", 2: "duplicate"}
+    fresh = study.ask({"x": FloatDistribution(0.0, 1.0)})  # a new trial takes the next number
+    study.tell(fresh, 0.9)
+    assert [t.number for t in counted(study.get_trials())] == [1, 3]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

@@ -27,7 +27,7 @@ from harness.lockstep import LockstepTrainer, choose_lockstep, resolve_device, s
 from harness.lockstep.stack import SlotModel, SlotStack
 from harness.models import LSTM_VARIANTS
 from harness.networks import SequenceNetwork
-from harness.sweep import counts
+from harness.storage import counts
 from harness.train import train
 from test_engine import K as O  # outputs (CTC: O - 1 characters + blank)
 from test_engine import M, TASKS, sequences  # random sequences of each task, M inputs

@@ -11,8 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness.storage import open_storage
-from harness.sweep import counts
+from harness.storage import counts, open_storage
 from storage_race import race_on_empty_storage
 from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
 

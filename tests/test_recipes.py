@@ -212,7 +212,7 @@ def test_pruned_trials_count_and_a_stopped_sweep_tops_up(tmp_path):
     from optuna.trial import TrialState
     from test_sweep import finish, odyssey
 
-    from harness.sweep import counts
+    from harness.storage import counts
 
     conf, url = tiny_music(tmp_path), f"sqlite:///{tmp_path}/pruned.db"
     pruned = ("max_epochs=6", "search.pruner=median", "search.pruner_startup_trials=2",
@@ -252,7 +252,7 @@ def test_hyperband_prunes_at_its_rungs_and_the_study_ends_with_n_trials(tmp_path
     from optuna.trial import TrialState
     from test_sweep import finish, odyssey
 
-    from harness.sweep import counts
+    from harness.storage import counts
 
     conf, url = tiny_music(tmp_path), f"sqlite:///{tmp_path}/hyperband.db"
     code, out, err = finish(odyssey(*sweep_command(

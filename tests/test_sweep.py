@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.errors import UserError
-from harness.storage import open_storage
-from harness.sweep import EXIT_NO_COMPLETE, counts, search_space
+from harness.storage import counts, open_storage
+from harness.sweep import EXIT_NO_COMPLETE, search_space
 
 GREFF = {"hidden_size": (20, 200), "learning_rate": (1e-6, 1e-2),
          "one_minus_momentum": (0.01, 1.0), "input_noise_std": (0.0, 1.0)}

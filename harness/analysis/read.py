@@ -21,6 +21,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.protocol import mixed_reason
+from harness.storage import uncounted
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
 GREFF = "greff"  # the recipe of a study without a `recipe` attribute (made before recipes)
@@ -33,7 +34,7 @@ POOLED = "all"
 class Studies:
     """What the analysis reads: one row a trial, and what belongs to the studies."""
 
-    trials: pd.DataFrame  # variant, number, state, excluded, failure, param:*, metrics, attrs
+    trials: pd.DataFrame  # variant, number, state, excluded, counted, failure, param:*, metrics, attrs
     distributions: dict  # variant -> {parameter: optuna distribution}
     curves: dict  # (variant, number) -> (epochs, values): the trial's intermediate values
     sign: float  # +1 when lower is better (minimised studies), -1 when higher is
@@ -107,37 +108,43 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             if (reason := mixed_reason(summary.user_attrs, study.get_trials(deepcopy=False))) is not None:
                 mixed[summary.study_name] = reason  # harness.protocol: not one random search
-            for trial in study.get_trials(deepcopy=False):
-                frozen.append((variant, trial))
+            trials = study.get_trials(deepcopy=False)
+            why = uncounted(trials)  # lost, surplus, duplicate or retried trials: the sweep redid their work
+            for trial in trials:
+                frozen.append((variant, trial, why.get(trial.number)))
                 for name, distribution in trial.distributions.items():
                     distributions.setdefault(variant, {}).setdefault(name, distribution)
-    has_test = any("test_metric" in t.user_attrs for _, t in frozen)
+    has_test = any("test_metric" in t.user_attrs for _, t, _ in frozen)
     if metric == "auto":
         metric = "test" if has_test else "validation"
     if metric not in ("test", "validation"):
         raise UserError(f"analysis.metric={metric!r}: use auto, test or validation.")
     column = "test_metric" if metric == "test" else "validation_metric"
-    for variant, trial in frozen:
-        rows.append(_trial_row(variant, trial, column))
+    for variant, trial, why in frozen:
+        rows.append(_trial_row(variant, trial, column, why))
         if trial.intermediate_values:
             steps = sorted(trial.intermediate_values)
             curves[(variant, trial.number)] = (
                 np.array(steps), np.array([trial.intermediate_values[s] for s in steps], dtype=float))
     frame = pd.DataFrame(rows)
     if not len(frame):
-        frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "failure",
+        frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "counted", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
     return Studies(frame, distributions, curves, sign, column, names,
                    recipe if recipe is not None else next(iter(recipes)), sequential, mixed)
 
 
-def _trial_row(variant, trial, column) -> dict:
+def _trial_row(variant, trial, column, uncounted_why: str | None = None) -> dict:
+    """One row of the trials table; `excluded` says why a trial is left out of the analysis
+    ("" if it is not), `counted` whether it counts toward n_trials (harness.storage.uncounted)."""
     attrs = trial.user_attrs
     value = trial.value if trial.values else np.nan
     test = attrs.get("test_metric", np.nan)
     analysed = test if column == "test_metric" else value
     failure = attrs.get("failure")
-    if trial.state == optuna.trial.TrialState.FAIL or failure:
+    if uncounted_why is not None:
+        excluded = uncounted_why
+    elif trial.state == optuna.trial.TrialState.FAIL or failure:
         excluded = "failed"
     elif trial.state == optuna.trial.TrialState.PRUNED:
         excluded = "pruned"
@@ -150,7 +157,7 @@ def _trial_row(variant, trial, column) -> dict:
     else:
         excluded = ""
     row = {"variant": variant, "number": trial.number, "state": trial.state.name,
-           "excluded": excluded, "failure": failure or ""}
+           "excluded": excluded, "counted": uncounted_why is None, "failure": failure or ""}
     row.update({f"param:{k}": v for k, v in trial.params.items()})
     row["validation_metric"] = value
     row["test_metric"] = test

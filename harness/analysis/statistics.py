@@ -114,7 +114,8 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
     for variant, group in trials.groupby("variant"):
         used = screened[screened.variant == variant]
         best = top[top.variant == variant]
-        row = {"variant": variant, "n_trials": len(group),
+        counted = group["counted"].astype(bool) if "counted" in group else pd.Series(True, index=group.index)
+        row = {"variant": variant, "n_trials": int(counted.sum()), "n_not_counted": int((~counted).sum()),
                "n_complete": int((group.state == "COMPLETE").sum()),
                "n_failed": int((group.excluded == "failed").sum()),
                "n_not_finished": int((group.excluded == "not finished").sum()),

@@ -176,14 +176,14 @@ def _progress(storage, names: list[str], target: int) -> str:
     import optuna
     from optuna.trial import TrialState
 
-    from harness.sweep import counts
+    from harness.storage import counted
 
     parts = []
     for name in names:
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         values = [t.value for t in trials if t.state == TrialState.COMPLETE]
         best = f", best val {min(values):.4f}" if values else ""
-        parts.append(f"{name} {sum(counts(t) for t in trials)}/{target}{best}")
+        parts.append(f"{name} {len(counted(trials))}/{target}{best}")
     return "; ".join(parts)
 
 
@@ -256,8 +256,8 @@ def launch(cfg, variants: list[str]) -> list[str]:
     from harness import protocol
     from harness.datasets import load_dataset
     from harness.models import variant_config
-    from harness.storage import open_storage, redact
-    from harness.sweep import counts, open_study, space_of
+    from harness.storage import counted, open_storage, redact
+    from harness.sweep import open_study, space_of
 
     search = cfg.search
     options = search.get("slurm") or {}
@@ -292,10 +292,10 @@ def launch(cfg, variants: list[str]) -> list[str]:
         with open_dict(checked):
             checked.variant = variant_config(cfg, name)
         protocol.keep(study, checked, space_of(checked))  # before a task is queued (harness.protocol)
-        counted = sum(counts(t) for t in study.get_trials(deepcopy=False))
-        print(f"{study.study_name}: {counted}/{target} trials already done", flush=True)
+        done = len(counted(study.get_trials(deepcopy=False)))
+        print(f"{study.study_name}: {done}/{target} trials already done", flush=True)
         names.append(study.study_name)
-        remaining += max(0, target - counted)
+        remaining += max(0, target - done)
     if remaining == 0:
         print("slurm: every study has its trials; nothing submitted.", flush=True)
         return names
