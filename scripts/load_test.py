@@ -210,8 +210,8 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         "worker_exit_codes": sorted({p.exitcode for p in processes if p.pid not in killed_pids}),
     }
     result["ok"] = (result["counted"] == n_trials and not result["repeats_unmatched"] and not result["lost"]
-                    and not result["trained_twice"] and not result["counted_not_trained_once"] and not result["wrong_values"]
-                    and not result["enqueued_not_run_once"] and by_state["RUNNING"] == 0
+                    and not result["trained_twice"] and not result["counted_not_trained_once"]
+                    and not result["wrong_values"] and not result["enqueued_not_run_once"] and by_state["RUNNING"] == 0
                     and by_state["WAITING"] == 0 and not result["workers_lost"])
     return result
 
