@@ -170,6 +170,7 @@ def test_trials_that_do_not_count_are_named_and_left_out_not_called_failures(tmp
     assert list(trials.loc[[12, 13, 14, 15], "counted"]) == [False, False, True, False]
     variants = pd.read_csv(tmp_path / "out" / "variants.csv").set_index("variant")
     assert variants.loc["cifg", "n_trials"] == 13 and variants.loc["cifg", "n_not_counted"] == 3
+    assert variants.loc["cifg", "n_complete"] == 12  # not the duplicate
     assert variants.loc["cifg", "n_failed"] == 1 and variants.loc["cifg", "n_usable"] == 12
     text = report.read_text()
     assert "3 of 28 trials do not count toward n_trials" in text and "1 lost" in text and "1 duplicate" in text

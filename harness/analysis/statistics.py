@@ -115,11 +115,12 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
         used = screened[screened.variant == variant]
         best = top[top.variant == variant]
         counted = group["counted"].astype(bool) if "counted" in group else pd.Series(True, index=group.index)
-        row = {"variant": variant, "n_trials": int(counted.sum()), "n_not_counted": int((~counted).sum()),
-               "n_complete": int((group.state == "COMPLETE").sum()),
+        row = {"variant": variant, "n_trials": int(counted.sum()),
+               "n_complete": int(((group.state == "COMPLETE") & counted).sum()),
                "n_failed": int((group.excluded == "failed").sum()),
                "n_not_finished": int((group.excluded == "not finished").sum()),
                "n_no_test_metric": int((group.excluded == "no test metric").sum()),
+               "n_not_counted": int((~counted).sum()),  # lost, surplus, duplicate, retried
                "n_diverged": int(group.get("diverged", pd.Series(False, index=group.index)).sum()),
                "n_usable": len(used), "n_top": len(best)}
         for label, part in (("all", used), ("top", best)):
