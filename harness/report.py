@@ -63,9 +63,9 @@ def pruned_lines(trials) -> list[str]:
     return [line + ".", ""]
 
 
-def sequential_lines(sequential: dict, trials, reference) -> list[str]:
-    """The rounds of a sweep with search.until=decided: trials each variant got, and at
-    which look and by what its comparison with the reference was decided."""
+def sequential_lines(sequential: dict, counted_rows, reference) -> list[str]:
+    """The rounds of a sweep with search.until=decided: counted trials each variant got, and
+    at which look and by what its comparison with the reference was decided."""
     if not sequential:
         return []
     first = next(iter(sequential.values()))
@@ -77,8 +77,7 @@ def sequential_lines(sequential: dict, trials, reference) -> list[str]:
              f"{first.get('cap')} trials a variant; docs/analysis.md, \"Sequential studies\"), and stopped each "
              "variant when decided. Its verdicts are about the median difference between a variant's trial and a "
              f"{reference} trial; the scorecard above judges the final trials by Welch and the margin.", ""]
-    counted_rows = trials[trials.counted.astype(bool)] if "counted" in trials else trials
-    counts = counted_rows.groupby("variant").size()  # counted trials: not the lost, surplus or duplicate ones
+    counts = counted_rows.groupby("variant").size()  # not the lost, surplus or duplicate ones
     rows = [{"variant": v, "trials": int(counts.get(v, 0)), "verdict": o.get("verdict"), "at look": o.get("look"),
              "by": o.get("by", "")} for v, o in sorted(sequential.items())]
     rows.append({"variant": reference, "trials": int(counts.get(reference, 0)), "verdict": "(reference)",
@@ -117,9 +116,10 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
               + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
               "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
-    lines += sequential_lines(sequential or {}, trials, reference)
+    counted_mask = trials.counted.astype(bool)  # harness.analysis.read: lost, surplus, duplicate, retried are not
+    counted_rows, redone = trials[counted_mask], trials[~counted_mask]
+    lines += sequential_lines(sequential or {}, counted_rows, reference)
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
-    redone = trials[~trials.counted.astype(bool)] if "counted" in trials else trials.iloc[:0]
     if len(redone):
         reasons = redone.excluded.value_counts()
         lines += [f"{len(redone)} of {len(trials)} trials do not count toward n_trials and are left out of "
@@ -127,7 +127,6 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
                   "Ctrl-C, SIGTERM or a time limit, and redone; surplus = started past the target; duplicate = a "
                   "second result of one configuration; retried = taken for dead, and redone by its retry). None of "
                   "them is a failure of the model.", ""]
-    counted_rows = trials[trials.counted.astype(bool)] if "counted" in trials else trials
     excluded = counted_rows[counted_rows.excluded != ""]
     if len(excluded):
         reasons = excluded.excluded.value_counts()

@@ -542,9 +542,8 @@ class Liveness:
         study one trial beyond n_trials: finished work is never dropped to keep the count.)"""
         trials = study.get_trials(deepcopy=False)
         original = next(t for t in trials if t.number == number)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            retries = [t for t in trials if (self.retry.retry_history(t) or [None])[-1] == number]
+        history = _histories(trials)
+        retries = [t for t in trials if (history[t.number] or [None])[-1] == number]
         attrs = {**user_attrs, "late_result_of": number}
         values = None if value is None else [value]
         for retry in retries:

@@ -114,7 +114,7 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
     for variant, group in trials.groupby("variant"):
         used = screened[screened.variant == variant]
         best = top[top.variant == variant]
-        counted = group["counted"].astype(bool) if "counted" in group else pd.Series(True, index=group.index)
+        counted = group["counted"].astype(bool)
         row = {"variant": variant, "n_trials": int(counted.sum()),
                "n_complete": int(((group.state == "COMPLETE") & counted).sum()),
                "n_failed": int((group.excluded == "failed").sum()),
