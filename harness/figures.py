@@ -313,6 +313,56 @@ def learning_curves(out, curves, dataset) -> str | None:
     return _save(fig, out, "learning_curves")
 
 
+def sequential_paths(out, paths, reference, margin, dataset) -> str | None:
+    """A sweep with search.until=decided, look by look: each variant's Hodges-Lehmann shift
+    against the reference with its repeated confidence interval, the margin around 0, and
+    the verdict where the sweep stopped it (harness.analysis.sequential.path)."""
+    if not paths:
+        return None
+    groups = sorted(paths)
+    columns = min(4, len(groups))
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows + 0.5), squeeze=False,
+                             sharex=True)
+    for ax, group in zip(axes.flat, groups):
+        steps = paths[group]
+        looks = np.array([r["look"] for r in steps], dtype=float)
+        shift = np.array([r["shift"] for r in steps], dtype=float)
+        low = np.array([r["shift_low"] for r in steps], dtype=float)
+        high = np.array([r["shift_high"] for r in steps], dtype=float)
+        if margin:
+            for edge in (-margin, margin):
+                ax.axhline(edge, color="#55a868", ls="--", lw=1, label=f"±{margin:g} margin" if edge > 0 else None)
+        ax.axhline(0, color="black", lw=0.6)
+        # The scale shows the shifts, the margin and the intervals of the last third of the looks;
+        # the first looks' wide intervals, and an end at +inf (diverged trials rank as the worst
+        # outcome), run off the axes.
+        last = len(steps) * 2 // 3
+        later = np.array([*shift, *low[last:], *high[last:], -(margin or 0), margin or 0])
+        later = later[np.isfinite(later)]
+        pad = 0.08 * (np.ptp(later) or 1.0)
+        bottom, top = later.min() - pad, later.max() + pad
+        ax.fill_between(looks, np.clip(low, bottom - pad, top + pad), np.clip(high, bottom - pad, top + pad),
+                        color="#4c72b0", alpha=0.25, lw=0, label="repeated interval")
+        ax.plot(looks, shift, color="#4c72b0", marker=".", label="shift")
+        ax.set_ylim(bottom, top)
+        verdict = steps[-1]["verdict"]
+        ax.set_title(f"{group}: {verdict} at {int(looks[-1])}", fontsize=10,
+                     color={"worse": "#c44e52", "better": "#4c72b0", "equivalent": "#55a868"}.get(verdict, "black"))
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, frameon=False, loc="upper right")
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"shift against {reference}")
+    for ax in axes[-1]:
+        ax.set_xlabel("trials a variant (look)")
+    fig.suptitle(f"{dataset}: the sequential study, each variant's shift against {reference} at every look",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "sequential")
+
+
 def draw_all(out: Path, usable, top, variants, results, curves, column, options, pooled: str) -> dict[str, str]:
     """Every figure that the results allow; `pooled` is the name of the group of all
     variants' trials in `results`."""

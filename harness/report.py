@@ -63,9 +63,10 @@ def pruned_lines(trials) -> list[str]:
     return [line + ".", ""]
 
 
-def sequential_lines(sequential: dict, counted_rows, reference) -> list[str]:
-    """The rounds of a sweep with search.until=decided: counted trials each variant got, and
-    at which look and by what its comparison with the reference was decided."""
+def sequential_lines(sequential: dict, counted_rows, reference, figure: str | None = None) -> list[str]:
+    """The rounds of a sweep with search.until=decided: counted trials each variant got, at
+    which look and by what its comparison with the reference was decided, and the figure of
+    every look."""
     if not sequential:
         return []
     first = next(iter(sequential.values()))
@@ -82,7 +83,15 @@ def sequential_lines(sequential: dict, counted_rows, reference) -> list[str]:
              "by": o.get("by", "")} for v, o in sorted(sequential.items())]
     rows.append({"variant": reference, "trials": int(counts.get(reference, 0)), "verdict": "(reference)",
                  "at look": "", "by": ""})
-    return lines + [table(pd.DataFrame(rows)), ""]
+    lines += [table(pd.DataFrame(rows)), ""]
+    if figure:
+        lines += [f"Each comparison at every look, up to the one that decided it (`sequential.csv`): the "
+                  f"Hodges-Lehmann shift of a variant's trials against {reference}'s and its repeated confidence "
+                  "interval. The rank test decides *worse* or *better* when |Z| reaches its boundary (the interval "
+                  "then lies on one side of 0, or nearly); *equivalent* is decided when the interval lies inside "
+                  "the margin.", "",
+                  f"![The sequential study]({figure})", ""]
+    return lines
 
 
 def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
@@ -118,7 +127,7 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
 
     counted_mask = trials.counted.astype(bool)  # harness.analysis.read: lost, surplus, duplicate, retried are not
     counted_rows, redone = trials[counted_mask], trials[~counted_mask]
-    lines += sequential_lines(sequential or {}, counted_rows, reference)
+    lines += sequential_lines(sequential or {}, counted_rows, reference, figures.get("sequential"))
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     if len(redone):
         reasons = redone.excluded.value_counts()

@@ -19,14 +19,10 @@ the statistic and boundary, the settings), which the analysis report shows.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from optuna.trial import TrialState
 
 from harness.analysis import scorecard, sequential
 from harness.errors import UserError
-from harness.storage import counted
 
 UNTIL = ("n_trials", "decided")
 
@@ -60,39 +56,23 @@ def margin_of(cfg) -> tuple[float | None, str]:
 
 def series(study) -> np.ndarray:
     """The counted trials' test metric in trial-number order; NaN for a diverged trial."""
-    trials = counted(study.get_trials(deepcopy=False))
-    values = [t.user_attrs.get("test_metric", t.value) if t.state == TrialState.COMPLETE else math.nan
-              for t in trials]
-    return np.array([math.nan if v is None else v for v in values], dtype=float)
-
-
-def looks_up_to(n: int, every: int, cap: int) -> list[int]:
-    """The looks a variant with n trials has passed: multiples of `every`, and the cap."""
-    looks = list(range(every, min(n, cap) + 1, every))
-    if n >= cap and (not looks or looks[-1] != cap):
-        looks.append(cap)
-    return [k for k in looks if k >= 2]
+    return sequential.series(study.get_trials(deepcopy=False))
 
 
 def judge(reference: np.ndarray, variant: np.ndarray, every: int, cap: int, alpha: float, margin) -> dict:
     """The verdict of one variant at its last look so far, with what decided it."""
-    looks = looks_up_to(min(len(reference), len(variant)), every, cap)
+    looks = sequential.looks_up_to(min(len(reference), len(variant)), every, cap)
     outcome = {"verdict": "undecided", "look": looks[-1] if looks else 0, "n_trials": int(len(variant)),
                "alpha": alpha, "margin": margin, "look_every": every, "cap": cap}
     if not looks:
         return outcome
-    found = sequential.verdicts(reference, variant, looks, alpha=alpha, margin=margin, cap=cap)
-    decided = [k for k, v in enumerate(found) if v != "undecided"]
-    k = decided[0] if decided else len(looks) - 1
-    n = looks[k]
-    z = float(sequential.rank_z(np.nan_to_num(reference[:n], nan=np.inf), np.nan_to_num(variant[:n], nan=np.inf)))
-    differ = float(sequential.boundaries(np.array(looks[:k + 1]) / cap, alpha)[-1])
-    same = float(sequential.boundaries(np.array(looks[:k + 1]) / cap, 2 * alpha)[-1])
-    shift, low, high = sequential.shift_interval(reference[:n], variant[:n], critical=same)
-    outcome.update(verdict=found[k], look=n, z=z, boundary=differ, shift=shift, shift_low=low, shift_high=high)
-    if found[k] in ("worse", "better"):
+    last = sequential.path(reference, variant, looks, alpha=alpha, margin=margin, cap=cap)[-1]
+    verdict, n, z, differ = last["verdict"], last["look"], last["z"], last["boundary"]
+    low, high = last["shift_low"], last["shift_high"]
+    outcome.update(verdict=verdict, look=n, z=z, boundary=differ, shift=last["shift"], shift_low=low, shift_high=high)
+    if verdict in ("worse", "better"):
         outcome["by"] = f"rank test |Z| = {abs(z):.2f} >= boundary {differ:.2f} at {n} trials a variant"
-    elif found[k] == "equivalent":
+    elif verdict == "equivalent":
         outcome["by"] = (f"repeated interval of the shift [{low:.3g}, {high:.3g}] inside ±{margin:g} "
                          f"at {n} trials a variant")
     else:

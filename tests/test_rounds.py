@@ -5,6 +5,8 @@ metric is 10 + N(0, 1) from its seed, plus 50 for NFG (far worse)."""
 
 import numpy as np
 import optuna
+import pandas as pd
+import pytest
 
 from harness import analysis
 from harness import sweep as sweep_module
@@ -45,15 +47,25 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
     assert counted(url, "jsb_chorales.cifg")[0] == 40 and counted(url, "jsb_chorales.vanilla")[0] == 40
     # the report says how many trials each variant got, and where and by what it was decided
     report = analysis.run({"dataset": "jsb_chorales", "storage": url, "out": str(tmp_path / "out"),
-                           "n_bootstrap": 0, "figures": False, "crosscheck": False,
+                           "n_bootstrap": 0, "figures": True, "crosscheck": False,
                            "min_trials_for_fanova": 1000}).read_text()
     section = report[report.index("## Sequential study"):report.index("## Trials")]
     assert "| nfg | 10 | worse | 10 | rank test |Z|" in section.replace("\\|", "|")
     assert "| cifg | 40 | undecided | 40 |" in section
+    # every look of each comparison, up to the one the sweep decided or last judged
+    assert "![The sequential study](sequential.png)" in section and (tmp_path / "out" / "sequential.png").stat().st_size
+    looks = pd.read_csv(tmp_path / "out" / "sequential.csv")
+    nfg = looks[looks.variant == "nfg"]
+    assert nfg.look.tolist() == [10] and nfg.verdict.tolist() == ["worse"]
+    cifg = looks[looks.variant == "cifg"]
+    assert cifg.look.tolist() == [10, 20, 30, 40] and set(cifg.verdict) == {"undecided"}
+    stored = counted(url, "jsb_chorales.cifg")[1]  # what the sweep judged at its last look, from the same trials
+    assert cifg.iloc[-1][["z", "shift", "shift_low", "shift_high"]].tolist() == pytest.approx(
+        [stored["z"], stored["shift"], stored["shift_low"], stored["shift_high"]])
 
 
 def test_looks_up_to_the_cap():
-    from harness.rounds import looks_up_to
+    from harness.analysis.sequential import looks_up_to
 
     assert looks_up_to(35, 10, 200) == [10, 20, 30]
     assert looks_up_to(200, 30, 200) == [30, 60, 90, 120, 150, 180, 200]

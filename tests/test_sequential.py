@@ -125,3 +125,47 @@ def test_one_study_nan_as_the_worst_outcome_and_a_decision_stands():
         sequential.verdicts(vanilla, worse, [20, 10])
     with pytest.raises(ValueError, match="margin"):
         sequential.verdicts(vanilla, worse, [10, 20], margin=0)
+
+
+def test_shift_interval_is_the_set_of_shifts_the_rank_test_does_not_reject():
+    # Moses' interval from order statistics of the pairwise differences, against the shifts d
+    # that scipy's Mann-Whitney test of (variant - d) against vanilla does not reject at the
+    # critical value, found by scanning d: the interval holds every kept shift, and reaches
+    # at most one pairwise difference beyond them at each end (it rounds its order down)
+    rng = np.random.default_rng(8)
+    vanilla, variant = rng.choice(VANILLA, 40), rng.choice(NOAF[np.isfinite(NOAF)], 40)
+    differences = np.unique(np.subtract.outer(variant, vanilla))
+    for critical in (1.96, 2.6):
+        shift, low, high = sequential.shift_interval(vanilla, variant, critical=critical)
+        step = 0.0005
+        grid = np.arange(low - 0.3, high + 0.3, step)
+        kept = np.array([d for d in grid if stats.norm.isf(stats.mannwhitneyu(
+            variant - d, vanilla, method="asymptotic", use_continuity=False).pvalue / 2) < critical])
+        assert low <= kept.min() and kept.max() <= high
+        assert np.sum((differences >= low) & (differences < kept.min() - step)) <= 1
+        assert np.sum((differences <= high) & (differences > kept.max() + step)) <= 1
+        assert shift == pytest.approx(np.median(np.subtract.outer(variant, vanilla)))
+        assert low < shift < high
+
+
+def test_a_path_shows_every_look_up_to_the_decision_and_agrees_with_the_verdicts():
+    rng = np.random.default_rng(9)
+    looks = list(range(10, 201, 10))
+    for vanilla, variant, expected in (
+            (rng.choice(VANILLA, 200), rng.choice(NOAF, 200), "worse"),  # NaN in NOAF: diverged trials
+            (rng.normal(9, 0.4, 200), rng.normal(9, 0.4, 200), "equivalent"),
+            (rng.normal(9, 1.5, 200), rng.normal(9.2, 1.5, 200), "undecided")):
+        found = sequential.verdicts(vanilla, variant, looks, margin=0.3)
+        steps = sequential.path(vanilla, variant, looks, margin=0.3)
+        assert [s["verdict"] for s in steps] == found[:len(steps)]
+        assert [s["look"] for s in steps] == looks[:len(steps)]
+        decided = [v for v in found if v != "undecided"]
+        assert len(steps) == (found.index(decided[0]) + 1 if decided else len(looks))  # ends at the decision
+        assert steps[-1]["verdict"] == expected
+        for s in steps:
+            # the rank test and the interval are two computations; their verdicts must agree
+            crossed = abs(s["z"]) >= s["boundary"]
+            inside = -0.3 < s["shift_low"] and s["shift_high"] < 0.3
+            assert (s["verdict"] in ("worse", "better")) == crossed
+            assert (s["verdict"] == "equivalent") == (inside and not crossed)
+            assert s["shift_low"] <= s["shift"] <= s["shift_high"]

@@ -11,7 +11,8 @@ and write what these computed:
     statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
     fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
     scorecard.py     the paper's findings judged on this study
-    sequential.py    verdicts that stay valid under a look after every round (search.until=decided)
+    sequential.py    verdicts that stay valid under a look after every round (search.until=decided),
+                     and each comparison look by look (sequential.csv, the figure sequential.png)
 
 cfg keys: conf/analysis/default.yaml.
 
@@ -33,7 +34,7 @@ from omegaconf import OmegaConf
 
 import harness
 from harness import figures, report
-from harness.analysis import diverged, fanova_fit, read, scorecard, statistics
+from harness.analysis import diverged, fanova_fit, read, scorecard, sequential, statistics
 from harness.analysis.read import POOLED
 from harness.errors import UserError
 from harness.storage import move_password, open_storage, redact
@@ -137,10 +138,18 @@ def run(cfg) -> Path:
     card.to_csv(out / "scorecard.csv", index=False)
 
     curves = _best_curves(screened, studies.curves, int(options["curves_per_variant"]), sign)
+    paths = sequential.paths(studies.series, studies.sequential, str(options["reference_variant"]))
+    if paths:  # a sweep with search.until=decided: each comparison at every look
+        pd.DataFrame([{"variant": v, **row} for v, rows in sorted(paths.items()) for row in rows]).to_csv(
+            out / "sequential.csv", index=False)
     drawn = {}
     if options["figures"]:
         print("[analyze] drawing figures")
         drawn = figures.draw_all(out, screened, top, variants, results, curves, column, options, pooled=POOLED)
+        if paths:
+            drawn["sequential"] = figures.sequential_paths(out, paths, options["reference_variant"],
+                                                           next(iter(studies.sequential.values())).get("margin"),
+                                                           dataset)
     path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=redact(options["storage"]),
                         mixed=studies.mixed,
                         trials=table,

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from harness.analysis import sequential as sequential_module
 from harness.errors import UserError
 from harness.protocol import mixed_reason
 from harness.storage import uncounted
@@ -43,6 +44,7 @@ class Studies:
     recipe: str = GREFF  # the training recipe of every study read
     sequential: dict = field(default_factory=dict)  # variant -> its study's `sequential` attribute (harness.rounds)
     mixed: dict = field(default_factory=dict)  # study name -> why its trials are not of one protocol
+    series: dict = field(default_factory=dict)  # variant -> what a sweep until=decided judges (sequential.series)
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:
@@ -98,7 +100,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
                         "analyse them separately (set analysis.dataset to one study's name).")
     sign = -1.0 if directions == {optuna.study.StudyDirection.MAXIMIZE} else 1.0
 
-    rows, distributions, curves, names, sequential, mixed = [], {}, {}, {}, {}, {}
+    rows, distributions, curves, names, sequential, mixed, series = [], {}, {}, {}, {}, {}, {}
     frozen = []
     for variant in sorted(found):
         for summary in found[variant]:
@@ -109,6 +111,8 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
             if (reason := mixed_reason(summary.user_attrs, study.get_trials(deepcopy=False))) is not None:
                 mixed[summary.study_name] = reason  # harness.protocol: not one random search
             trials = study.get_trials(deepcopy=False)
+            if variant not in series or "sequential" in summary.user_attrs:  # the judged study of a variant
+                series[variant] = sequential_module.series(trials)
             why = uncounted(trials)  # lost, surplus, duplicate or retried trials: the sweep redid their work
             for trial in trials:
                 frozen.append((variant, trial, why.get(trial.number)))
@@ -131,7 +135,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
         frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "counted", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
     return Studies(frame, distributions, curves, sign, column, names,
-                   recipe if recipe is not None else next(iter(recipes)), sequential, mixed)
+                   recipe if recipe is not None else next(iter(recipes)), sequential, mixed, series)
 
 
 def _trial_row(variant, trial, column, uncounted_why: str | None = None) -> dict:

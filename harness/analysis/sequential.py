@@ -28,8 +28,13 @@ the shift, from the same rank statistic, for equivalence.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from optuna.trial import TrialState
 from scipy import optimize, stats
+
+from harness.storage import counted
 
 VERDICTS = ("worse", "better", "equivalent", "undecided")
 GAMMA = -2.0  # the spending function's shape (docs/analysis.md: chosen by simulation on the reference study)
@@ -170,3 +175,59 @@ def shift_interval(vanilla, variant, critical: float) -> tuple[float, float, flo
     with np.errstate(invalid="ignore"):
         middle = float(np.median(differences))
     return middle, float(differences[c - 1]), float(differences[len(differences) - c])
+
+
+def path(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = None,
+         cap: int | None = None) -> list[dict]:
+    """The comparison as it stood at each look, up to the first that decided it (the variant
+    stops there): a dict per look with its number of trials a variant `look`, the `verdict`,
+    the rank statistic `z` and its `boundary`, the Hodges-Lehmann `shift` of the variant and
+    its repeated confidence interval [`shift_low`, `shift_high`] (at the equivalence
+    boundary, `equivalence_boundary`). Arguments as for `verdicts` (1-D series)."""
+    found = verdicts(vanilla, variant, looks, alpha=alpha, margin=margin, cap=cap)
+    fractions = np.array(looks, dtype=float) / int(cap if cap is not None else looks[-1])
+    differ, same = boundaries(fractions, alpha), boundaries(fractions, 2 * alpha)
+    x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
+    rows = []
+    for k, n in enumerate(looks):
+        shift, low, high = shift_interval(x[:n], y[:n], critical=float(same[k]))
+        rows.append({"look": int(n), "verdict": found[k], "z": float(rank_z(x[:n], y[:n])),
+                     "boundary": float(differ[k]), "equivalence_boundary": float(same[k]),
+                     "shift": shift, "shift_low": low, "shift_high": high})
+        if found[k] != "undecided":
+            break
+    return rows
+
+
+def looks_up_to(n: int, every: int, cap: int) -> list[int]:
+    """The looks a variant with n trials has passed: multiples of `every`, and the cap."""
+    looks = list(range(every, min(n, cap) + 1, every))
+    if n >= cap and (not looks or looks[-1] != cap):
+        looks.append(cap)
+    return [k for k in looks if k >= 2]
+
+
+def series(trials) -> np.ndarray:
+    """What a sweep with search.until=decided judges (harness.rounds): its counted trials
+    (harness.storage.counted) in trial-number order, each by its test metric (its objective
+    where it has none), NaN for one that did not complete (its loss diverged)."""
+    values = [t.user_attrs.get("test_metric", t.value) if t.state == TrialState.COMPLETE else math.nan
+              for t in sorted(counted(trials), key=lambda t: t.number)]
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def paths(series_of: dict, settings: dict, reference: str) -> dict[str, list[dict]]:
+    """{variant: its `path`} for a sweep's stored outcomes: `settings` maps a variant to its
+    study's `sequential` attribute (harness.rounds: look_every, cap, alpha, margin and the
+    last look judged), `series_of` a variant to its `series`. Looks go up to the last one
+    the sweep judged, so the path ends where the sweep's verdict stands."""
+    found = {}
+    for variant, outcome in settings.items():
+        if variant == reference or variant not in series_of or reference not in series_of:
+            continue
+        n = min(len(series_of[reference]), len(series_of[variant]), int(outcome.get("look") or 0))
+        looks = looks_up_to(n, int(outcome["look_every"]), int(outcome["cap"]))
+        if looks:
+            found[variant] = path(series_of[reference], series_of[variant], looks, alpha=float(outcome["alpha"]),
+                                  margin=outcome.get("margin"), cap=int(outcome["cap"]))
+    return found
