@@ -108,9 +108,9 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
             if "sequential" in summary.user_attrs:  # a sweep with search.until=decided
                 sequential[variant] = summary.user_attrs["sequential"]
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            if (reason := mixed_reason(summary.user_attrs, study.get_trials(deepcopy=False))) is not None:
-                mixed[summary.study_name] = reason  # harness.protocol: not one random search
             trials = study.get_trials(deepcopy=False)
+            if (reason := mixed_reason(summary.user_attrs, trials)) is not None:
+                mixed[summary.study_name] = reason  # harness.protocol: not one random search
             if variant not in series or "sequential" in summary.user_attrs:  # the judged study of a variant
                 series[variant] = sequential_module.series(trials)
             why = uncounted(trials)  # lost, surplus, duplicate or retried trials: the sweep redid their work

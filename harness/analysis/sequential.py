@@ -28,6 +28,7 @@ the shift, from the same rank statistic, for equivalence.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -90,6 +91,16 @@ def boundaries(fractions, alpha: float, spending=spent) -> np.ndarray:
     return np.array(found)
 
 
+@functools.lru_cache(maxsize=64)
+def _differ_and_same(fractions: tuple, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The boundaries of a difference (alpha) and of equivalence (2 alpha) at these information
+    fractions: `verdicts` and `path` need both, and the rounds judge every variant at the same
+    looks, so each set is integrated once."""
+    differ, same = boundaries(np.array(fractions), alpha), boundaries(np.array(fractions), 2 * alpha)
+    differ.flags.writeable = same.flags.writeable = False
+    return differ, same
+
+
 def rank_z(vanilla: np.ndarray, variant: np.ndarray) -> np.ndarray:
     """Standardised Mann-Whitney statistic of `variant` against `vanilla` along the last
     axis (positive: the variant's values tend to be larger), midranks and tie-corrected
@@ -141,7 +152,7 @@ def verdicts(vanilla, variant, looks, alpha: float = 0.05, margin: float | None 
     if margin is not None and not margin > 0:
         raise ValueError(f"margin must be positive: {margin}")
     fractions = np.array(looks) / cap
-    differ, same = boundaries(fractions, alpha), boundaries(fractions, 2 * alpha)
+    differ, same = _differ_and_same(tuple(fractions), alpha)
     result = np.full((x.shape[0], len(looks)), "undecided", dtype=object)
     decided = np.zeros(x.shape[0], dtype=bool)
     for k, n in enumerate(looks):
@@ -186,7 +197,7 @@ def path(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = No
     boundary, `equivalence_boundary`). Arguments as for `verdicts` (1-D series)."""
     found = verdicts(vanilla, variant, looks, alpha=alpha, margin=margin, cap=cap)
     fractions = np.array(looks, dtype=float) / int(cap if cap is not None else looks[-1])
-    differ, same = boundaries(fractions, alpha), boundaries(fractions, 2 * alpha)
+    differ, same = _differ_and_same(tuple(fractions), alpha)
     x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
     rows = []
     for k, n in enumerate(looks):
