@@ -77,7 +77,8 @@ def sequential_lines(sequential: dict, counted_rows, reference, figure: str | No
              f"(alpha {first.get('alpha')}, margin {'none' if margin is None else f'±{margin:g}'}, cap "
              f"{first.get('cap')} trials a variant; docs/analysis.md, \"Sequential studies\"), and stopped each "
              "variant when decided. Its verdicts are about the median difference between a variant's trial and a "
-             f"{reference} trial; the scorecard above judges the final trials by Welch and the margin.", ""]
+             f"{reference} trial, and the scorecard above takes them as they are (the Welch test of each "
+             "variant's final trials, whose number the data chose, stays in `variants.csv`).", ""]
     counts = counted_rows.groupby("variant").size()  # not the lost, surplus or duplicate ones
     rows = [{"variant": v, "trials": int(counts.get(v, 0)), "verdict": o.get("verdict"), "at look": o.get("look"),
              "by": o.get("by", "")} for v, o in sorted(sequential.items())]
@@ -122,6 +123,11 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
               "opposite difference; a finding of no difference agrees only on *equivalent*. "
               + (f"Margin: {options['margin']:g} ({options['margin_reason']})."
                  if options.get("margin") is not None else f"Margin: none ({options.get('margin_reason', '')}).")
+              + (" A variant swept with search.until=decided is judged instead by the verdict its sweep stopped "
+                 "on (\"Sequential study\" below: the group-sequential rank test, each comparison at its own alpha, "
+                 "without Holm's correction; for a family-wise level over m variants, sweep with analysis.alpha "
+                 "divided by m), since a fixed-sample test on trials whose number the data chose does not hold its "
+                 "level." if sequential else "")
               + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
               "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 

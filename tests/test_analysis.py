@@ -562,3 +562,54 @@ def test_a_study_whose_variant_has_the_pooled_groups_name_is_refused(tmp_path):
     _study(url, "elsewhere", "all", [], {})
     with pytest.raises(UserError, match="study 'elsewhere.all' has variant 'all', the analysis's name"):
         _run(url, tmp_path / "out", "elsewhere")
+
+
+def test_a_variant_swept_in_rounds_is_judged_by_the_verdict_its_sweep_stopped_on():
+    """With search.until=decided the sample size depends on the data, so the scorecard takes
+    the sweep's sequential verdict, not Welch on the final trials: here every Welch row says
+    undecided, and each finding must follow the stored outcome instead."""
+    from harness.analysis import scorecard
+
+    def welch(variant, n):  # a Welch row that decides nothing
+        return {"variant": variant, "n_usable": n, "comparison": "undecided", "mean_diff_all": 0.2,
+                "tost_low": -0.5, "tost_high": 0.9, "welch_p_all": 0.03, "welch_holm_all": 0.2,
+                "trials_to_decide": 600}
+
+    variants = pd.DataFrame([welch("vanilla", 200), welch("nfg", 150), welch("cifg", 190), welch("np", 170),
+                             welch("fgr", 200), welch("gru", 50)])
+
+    def outcome(verdict, look, z, shift, low, high):
+        return {"verdict": verdict, "look": look, "z": z, "boundary": 2.3, "shift": shift, "shift_low": low,
+                "shift_high": high, "alpha": 0.05, "margin": 0.3, "look_every": 10, "cap": 200}
+
+    rounds = {"nfg": outcome("worse", 150, 2.77, 0.32, 0.07, 0.60),
+              "cifg": outcome("equivalent", 190, 0.73, 0.07, -0.12, 0.27),
+              "np": outcome("equivalent", 170, 0.72, 0.07, -0.14, 0.28),
+              "fgr": outcome("undecided", 200, 1.69, 0.16, -0.02, 0.34)}
+    options = {"reference_variant": "vanilla", "alpha": 0.05, "margin": 0.3}
+    importance = pd.DataFrame(columns=["variant", "term", "fraction", "std", "ci_low", "ci_high"])
+    card = scorecard.judge("jsb_chorales", "music", variants, importance, {}, options, 1.0, rounds)
+    card = card.set_index("finding")
+    assert card.loc["NFG (no forget gate) significantly worse", "verdict"] == "agrees"
+    assert "worse at look 150 of the sequential rank test" in card.loc["NFG (no forget gate) significantly worse",
+                                                                        "evidence"]
+    assert card.loc["CIFG and NP not significantly different", "verdict"] == "agrees"
+    assert card.loc["FGR (full gate recurrence) significantly worse", "verdict"] == "undecided"
+    # no variant better: the sequential ones' repeated intervals end above -0.3, but the GRU,
+    # swept to a fixed 50, is still judged by Welch, whose interval reaches -0.5
+    none_better = card.loc["no variant significantly better than vanilla"]
+    assert none_better.verdict == "undecided" and "gru" in none_better.evidence and "nfg" not in none_better.evidence
+    without_gru = scorecard.judge("jsb_chorales", "music", variants[variants.variant != "gru"], importance, {},
+                                  options, 1.0, rounds).set_index("finding")
+    assert without_gru.loc["no variant significantly better than vanilla", "verdict"] == "agrees"
+    # the same Welch rows with no rounds: everything undecided, as before
+    fixed = scorecard.judge("jsb_chorales", "music", variants, importance, {}, options, 1.0).set_index("finding")
+    assert set(fixed.loc[["NFG (no forget gate) significantly worse", "CIFG and NP not significantly different",
+                          "FGR (full gate recurrence) significantly worse"], "verdict"]) == {"undecided"}
+    # a sequential "better" contradicts "no variant better"; a sequential "equivalent" contradicts "NFG worse"
+    flipped = {**rounds, "cifg": outcome("better", 60, -3.1, -0.9, -1.5, -0.3),
+               "nfg": outcome("equivalent", 200, 0.2, 0.01, -0.2, 0.2)}
+    flipped_card = scorecard.judge("jsb_chorales", "music", variants, importance, {}, options, 1.0,
+                                   flipped).set_index("finding")
+    assert flipped_card.loc["no variant significantly better than vanilla", "verdict"] == "disagrees"
+    assert flipped_card.loc["NFG (no forget gate) significantly worse", "verdict"] == "disagrees"

@@ -59,6 +59,12 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
     assert nfg.look.tolist() == [10] and nfg.verdict.tolist() == ["worse"]
     cifg = looks[looks.variant == "cifg"]
     assert cifg.look.tolist() == [10, 20, 30, 40] and set(cifg.verdict) == {"undecided"}
+    # the scorecard judges each variant by the verdict its sweep stopped on
+    card = pd.read_csv(tmp_path / "out" / "scorecard.csv").set_index("finding")
+    nfg_row = card.loc["NFG (no forget gate) significantly worse"]
+    assert nfg_row.verdict == "agrees" and "worse at look 10 of the sequential rank test" in nfg_row.evidence
+    assert f"|Z| = {abs(decided['z']):.2f}" in nfg_row.evidence
+    assert "each comparison at its own alpha" in report
     stored = counted(url, "jsb_chorales.cifg")[1]  # what the sweep judged at its last look, from the same trials
     assert cifg.iloc[-1][["z", "shift", "shift_low", "shift_high"]].tolist() == pytest.approx(
         [stored["z"], stored["shift"], stored["shift_low"], stored["shift_high"]])

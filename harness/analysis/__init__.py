@@ -134,7 +134,7 @@ def run(cfg) -> Path:
             out / "importance_without_rule.csv", index=False)
 
     effects = results[POOLED].effects if POOLED in results else {}
-    card = scorecard.judge(dataset, task, variants, importance, effects, options, sign)
+    card = scorecard.judge(dataset, task, variants, importance, effects, options, sign, studies.sequential)
     card.to_csv(out / "scorecard.csv", index=False)
 
     curves = _best_curves(screened, studies.curves, int(options["curves_per_variant"]), sign)

@@ -5,7 +5,11 @@ Rules (docs/analysis.md, "Scorecard" and "Verdicts"): each variant's comparison 
 reference (statistics.py, column `comparison`) is worse / better (Welch on all trials,
 Holm's correction over the variants, p < alpha), equivalent (the difference's Welch
 interval at level 1 - 2 alpha inside (-margin, +margin), `analysis.margin`, default by
-task: MARGINS) or undecided. No count of trials decides a verdict.
+task: MARGINS) or undecided. No count of trials decides a verdict. A variant swept with
+search.until=decided is judged instead by the verdict its sweep stopped on (its study's
+`sequential` attribute, harness.rounds: the group-sequential rank test, each comparison
+at its own alpha), since a fixed-sample test of a sample whose size the data chose does
+not hold its level, and the sweep and its scorecard then say one thing.
 
 - "X significantly worse": agrees on worse; disagrees on equivalent or better; else undecided.
 - "not significantly different": agrees on equivalent; disagrees on worse or better.
@@ -88,8 +92,9 @@ def _fmt(x, digits=3):
 
 
 class _Judge:
-    def __init__(self, variants, importance, effects, options):
+    def __init__(self, variants, importance, effects, options, sequential=None):
         self.variants = variants.set_index("variant") if len(variants) else variants
+        self.sequential = sequential or {}
         self.importance = importance
         self.effects = effects
         self.reference = options["reference_variant"]
@@ -106,8 +111,15 @@ class _Judge:
         if ref not in v.index or v.loc[ref, "n_usable"] < 2:
             return "undecided", f"{variant}: no usable {ref} trials to compare with"
         row = v.loc[variant]
-        found = row["comparison"]
-        evidence = self.evidence(variant, row)
+        outcome = self.sequential.get(variant)
+        if outcome and outcome.get("verdict"):  # swept in rounds: the verdict its sweep stopped on
+            found, margin = outcome["verdict"], outcome.get("margin")
+            better_end = float(outcome.get("shift_low", float("nan")))  # lower is better, as every task's metric
+            evidence = self.evidence_of_rounds(variant, row, outcome)
+        else:
+            found, margin = row["comparison"], self.margin
+            better_end = min(self.sign * row["tost_low"], self.sign * row["tost_high"])
+            evidence = self.evidence(variant, row)
         if claim == "worse":
             return {"worse": "agrees", "equivalent": "disagrees", "better": "disagrees"}.get(found, "undecided"), evidence
         if claim == "same":
@@ -115,10 +127,24 @@ class _Judge:
         # not_better: the interval's better-side end stays above -margin
         if found == "better":
             return "disagrees", evidence
-        ends = sorted((self.sign * row["tost_low"], self.sign * row["tost_high"]))
-        if self.margin is not None and finite(ends[0]) and ends[0] > -self.margin:
+        if margin is not None and finite(better_end) and better_end > -float(margin):
             return "agrees", evidence
         return "undecided", evidence
+
+    @staticmethod
+    def evidence_of_rounds(variant, row, outcome):
+        """The sweep's verdict with the rank test's Z against its boundary, the Hodges-Lehmann
+        shift and its repeated interval against the sweep's margin; Welch beside them."""
+        margin = outcome.get("margin")
+        shift, low, high = (float(outcome.get(k, float("nan"))) for k in ("shift", "shift_low", "shift_high"))
+        z, boundary = (abs(float(outcome.get(k, float("nan")))) for k in ("z", "boundary"))
+        return (f"{variant}: {outcome['verdict']} at look {outcome.get('look')} of the sequential rank test "
+                f"(search.until=decided, alpha {outcome.get('alpha')} for this comparison): |Z| = {z:.2f} against "
+                f"boundary {boundary:.2f}, shift {'+' if shift >= 0 else ''}{_fmt(shift)} [{_fmt(low)}, {_fmt(high)}] "
+                f"(Hodges-Lehmann, repeated interval; margin {'none' if margin is None else f'±{margin:g}'}); "
+                f"Welch on its {int(row['n_usable'])} usable trials: {'+' if row['mean_diff_all'] >= 0 else ''}"
+                f"{_fmt(row['mean_diff_all'])} [{_fmt(row['tost_low'])}, {_fmt(row['tost_high'])}], Holm p = "
+                f"{_fmt(row['welch_holm_all'], 2)}")
 
     def evidence(self, variant, row):
         """The difference, its interval, the margin, the test and what it found."""
@@ -153,9 +179,10 @@ def _ci(t):
     return f"{_fmt(t[0], 2)} [{_fmt(t[1], 2)}, {_fmt(t[2], 2)}]"
 
 
-def judge(dataset, task, variants, importance, effects, options, sign=1.0) -> pd.DataFrame:
-    """One row a finding: finding, tasks, verdict, evidence."""
-    j = _Judge(variants, importance, effects, options)
+def judge(dataset, task, variants, importance, effects, options, sign=1.0, sequential=None) -> pd.DataFrame:
+    """One row a finding: finding, tasks, verdict, evidence. `sequential`: {variant: the
+    outcome its sweep with search.until=decided stored} (read.Studies.sequential)."""
+    j = _Judge(variants, importance, effects, options, sequential)
     j.sign = sign  # +1: lower is better
     rows = []
     pooled = importance[importance.variant == POOLED] if len(importance) else importance
@@ -198,8 +225,9 @@ def _finding(key, j, pooled, singles, effects, task, options, sign):
             return "disagrees", "significantly better: " + "; ".join(better)
         open_ = [e for n, v, e in judged if v == "undecided"]
         if not open_:
-            return "agrees", (f"no variant's {1 - 2 * j.alpha:.0%} Welch interval (all trials) reaches "
-                              f"{j.margin:g} past {j.reference} on the better side")
+            kind = f"{1 - 2 * j.alpha:.0%} Welch interval (all trials)" + (
+                " or repeated interval of a sequential sweep" if j.sequential else "")
+            return "agrees", f"no variant's {kind} reaches the margin past {j.reference} on the better side"
         return "undecided", "not ruled out: " + "; ".join(open_)
     if not len(pooled) or not singles:
         return "undecided", "no pooled fANOVA (too few trials or no shared parameters)"
