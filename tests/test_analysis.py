@@ -613,3 +613,16 @@ def test_a_variant_swept_in_rounds_is_judged_by_the_verdict_its_sweep_stopped_on
                                    flipped).set_index("finding")
     assert flipped_card.loc["no variant significantly better than vanilla", "verdict"] == "disagrees"
     assert flipped_card.loc["NFG (no forget gate) significantly worse", "verdict"] == "disagrees"
+
+
+def test_a_long_bootstrap_shows_its_progress(tmp_path, monkeypatch, capsys):
+    """The pooled fANOVA of a large study takes minutes: it says how far it is."""
+    from harness.analysis import fanova_fit
+
+    monkeypatch.setattr(fanova_fit, "PROGRESS_EVERY", 0.0)  # a line after every resample
+    rng = np.random.default_rng(3)
+    url = _journal(tmp_path)
+    _study(url, "jsb_chorales", "vanilla", _lr_study(rng, 40, 0.0), LR_SPACE)
+    _run(url, tmp_path / "out", "jsb_chorales", n_bootstrap=3, figures=False, crosscheck=False)
+    said = capsys.readouterr().out
+    assert "all: 1/3 resamples" in said and "all: 2/3 resamples" in said and "min left" in said

@@ -28,6 +28,8 @@ import optuna
 import pandas as pd
 
 from harness.analysis import fanova_compat
+
+PROGRESS_EVERY = 60.0  # seconds between two progress lines of a group's bootstrap
 from harness.analysis.read import Parameter, shared_parameters
 
 NOISE, RATE, SIZE = "input_noise_std", "learning_rate", "hidden_size"
@@ -153,7 +155,14 @@ def analyse(group: str, frame: pd.DataFrame, column: str, distributions: dict, o
     started = time.perf_counter()
     if bootstrap and int(options["n_bootstrap"]) > 0:
         rng = np.random.default_rng(int(options["seed"]) + 7919)
-        for b in range(int(options["n_bootstrap"])):
+        total, shown = int(options["n_bootstrap"]), started
+        for b in range(total):
+            now = time.perf_counter()
+            if now - shown >= PROGRESS_EVERY and b:  # a large group takes minutes: say how far it is
+                each = (now - started) / b
+                print(f"[analyze]   {group}: {b}/{total} resamples, {each:.1f} s each, about "
+                      f"{each * (total - b) / 60:.0f} min left", flush=True)
+                shown = now
             pick = rng.integers(len(y), size=len(y))
             if np.ptp(y[pick]) == 0:
                 continue
