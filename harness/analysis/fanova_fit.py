@@ -28,11 +28,10 @@ import optuna
 import pandas as pd
 
 from harness.analysis import fanova_compat
-
-PROGRESS_EVERY = 60.0  # seconds between two progress lines of a group's bootstrap
 from harness.analysis.read import Parameter, shared_parameters
 
 NOISE, RATE, SIZE = "input_noise_std", "learning_rate", "hidden_size"
+PROGRESS_EVERY = 60.0  # seconds between two progress lines of a group's bootstrap
 EFFECTS = {"noise_effect": "predicted metric at the largest minus the smallest input noise",
            "lr_shift": "decades the best learning rate moves from the smallest to the largest "
                        "hidden size"}
