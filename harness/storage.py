@@ -39,7 +39,9 @@ Python dropped (raised inside a garbage collector's callback) is raised again at
 epoch or pass of the worker's loop (`check_stop`). The stop is held back while the worker
 holds a journal file's lock: a stop raised between taking the lock file and the `try` that
 removes it would leave it behind, and the release (and every other worker) would wait out
-Optuna's 30 s grace period for it; a batch system kills first.
+Optuna's 30 s grace period for it; a batch system kills first. It is held back too while
+the main thread has a database connection checked out (`_hold_stops_while_connected`): a
+stop inside a transaction or its close left SQLite's lock held.
 """
 
 from __future__ import annotations
@@ -97,15 +99,22 @@ def move_password(url: str) -> str:
 
 class _Stop:
     held = 0              # journal locks the main thread holds (Python runs handlers there)
+    connections: set = set()  # database connections the main thread has checked out (their pool records)
     pending: int | None = None
     raised = False
+    listening = False
+
+
+def _held() -> bool:
+    return bool(_Stop.held or _Stop.connections)
 
 
 def stop_on_signal(signum, frame) -> None:
-    """Signal handler: stop like Ctrl-C (KeyboardInterrupt), once; outside a journal lock."""
+    """Signal handler: stop like Ctrl-C (KeyboardInterrupt), once; outside a journal lock
+    and a database connection."""
     if _Stop.raised:
         return            # a second signal must not interrupt the release of the trial
-    if _Stop.held:
+    if _held():
         _Stop.pending = signum
         return
     _Stop.raised = True
@@ -115,6 +124,32 @@ def stop_on_signal(signum, frame) -> None:
 def stop_on_signals(*signums: int) -> None:
     for signum in signums:
         signal.signal(signum, stop_on_signal)
+    _hold_stops_while_connected()
+
+
+def _hold_stops_while_connected() -> None:
+    """Hold a stop back while the main thread has a database connection checked out from
+    its pool (SQLAlchemy's pool events: from checkout to checkin). A stop raised inside a
+    transaction or inside the session's close, which hands the connection back, left its
+    SQLite lock held: the worker's own release of its trial, and the other workers, then
+    waited on that lock (a 120 s busy timeout) until the sweep killed them at the end of its
+    grace, their trials unreleased. The held stop is raised at the next `check_stop`."""
+    if _Stop.listening:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    def checkout(dbapi_connection, record, proxy):
+        if threading.current_thread() is threading.main_thread():
+            _Stop.connections.add(id(record))
+
+    def handed_back(dbapi_connection, record, *rest):  # checked in, or taken out of the pool
+        _Stop.connections.discard(id(record))
+
+    event.listen(Pool, "checkout", checkout)
+    for name in ("checkin", "invalidate", "soft_invalidate", "detach", "close"):
+        event.listen(Pool, name, handed_back)
+    _Stop.listening = True
 
 
 def check_stop() -> None:
@@ -123,8 +158,14 @@ def check_stop() -> None:
     __del__ method (which the garbage collector runs at any allocation), it prints the
     KeyboardInterrupt as "Exception ignored in ..." and drops it; the worker then trained on,
     deaf to the signal, until the sweep killed it with its trial unreleased. Called where a
-    stop is safe: every epoch (sweep.reporter) and every pass of the workers' loops."""
-    if _Stop.raised and not _Stop.held:
+    stop is safe: every epoch (sweep.reporter) and every pass of the workers' loops. A stop
+    held back while a database connection was checked out is raised here too."""
+    if _held():
+        return
+    if _Stop.pending is not None:
+        signum, _Stop.pending = _Stop.pending, None
+        stop_on_signal(signum, None)
+    if _Stop.raised:
         raise KeyboardInterrupt("stop signal")
 
 
@@ -147,7 +188,7 @@ class SignalSafeLock(optuna.storages.journal.JournalFileSymlinkLock):
         finally:
             if threading.current_thread() is threading.main_thread():
                 _Stop.held -= 1
-                if not _Stop.held and _Stop.pending is not None:
+                if not _held() and _Stop.pending is not None:
                     signum, _Stop.pending = _Stop.pending, None
                     stop_on_signal(signum, None)
 

@@ -240,7 +240,10 @@ def test_sigterm_stops_every_worker_and_leaves_no_running_trial(tmp_path):
     started = time.time()
     process.send_signal(signal.SIGTERM)
     code, out, err = finish(process, timeout=60)
-    assert time.time() - started < sweep_module.STOP_GRACE, err
+    stopped_in = time.time() - started
+    # a worker still there at the end of the grace is killed: say which, and what each worker said
+    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in study_trials(url, "tiny.vanilla")[1]]
+    assert stopped_in < sweep_module.STOP_GRACE, (stopped_in, err, out[-4000:], seen)
     assert code == 130, err
     assert f"search.workers={workers} is more than the {cores()} cores" in err
     _, trials = study_trials(url, "tiny.vanilla")
@@ -338,6 +341,43 @@ try:
 except KeyboardInterrupt:
     print("stopped", flush=True)
 """
+
+
+STOP_INSIDE_A_TRANSACTION = r"""
+import os, signal, sqlite3, sys
+import sqlalchemy
+from harness.storage import check_stop, stop_on_signals
+stop_on_signals(signal.SIGTERM)
+path = sys.argv[1]
+engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+with engine.begin() as connection:           # a write transaction, its connection checked out
+    connection.exec_driver_sql("create table t (x int)")
+    os.kill(os.getpid(), signal.SIGTERM)     # the stop comes inside it
+    for _ in range(1000):                    # the handler has run by now
+        pass
+    connection.exec_driver_sql("insert into t values (1)")
+    print("held", flush=True)
+print("committed", flush=True)               # and the connection handed back to the pool
+try:
+    check_stop()                             # the next epoch of the worker
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+other = sqlite3.connect(path, timeout=0.5)  # no lock left behind: another process writes at once
+other.execute("insert into t values (2)")
+other.commit()
+print(*[x for (x,) in other.execute("select x from t order by x")], flush=True)
+"""
+
+
+def test_a_stop_inside_a_database_transaction_waits_for_its_end(tmp_path):
+    """A stop raised inside a transaction, or inside the close that hands its connection
+    back, left the SQLite lock held, and every worker's release of its trial then waited on
+    it until the sweep killed them: the stop is held while the connection is checked out,
+    and raised at the next check."""
+    run = subprocess.run([sys.executable, "-c", STOP_INSIDE_A_TRANSACTION, str(tmp_path / "t.db")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["held", "committed", "stopped", "1", "2"], (run.stdout, run.stderr)
 
 
 def test_a_stop_that_python_dropped_is_raised_at_the_next_check(tmp_path):
