@@ -420,6 +420,7 @@ def reconnecting(work, what: str, budget: float):
                                   f"{waited:.0f} s of retries; finished trials are kept: run the same command "
                                   "again to top the study up.") from None
             pause = min(delay, budget - waited) * random.uniform(0.75, 1.25)  # workers do not retry in step
+            check_stop()  # a stop held back during the call that failed
             time.sleep(pause)
             waited, delay = waited + pause, min(2 * delay, 16.0)
             Reconnects.count += 1
