@@ -362,7 +362,7 @@ try:
     check_stop()                             # the next epoch of the worker
 except KeyboardInterrupt:
     print("stopped", flush=True)
-other = sqlite3.connect(path, timeout=0.5)  # no lock left behind: another process writes at once
+other = sqlite3.connect(path, timeout=0.5)  # no lock left behind: another connection writes at once
 other.execute("insert into t values (2)")
 other.commit()
 print(*[x for (x,) in other.execute("select x from t order by x")], flush=True)
