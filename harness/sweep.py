@@ -330,6 +330,7 @@ def reporter(trial: optuna.Trial, reported: list[int]):
     def on_epoch(epoch: int, value: float) -> None:
         check_stop()
         _report(trial, value, epoch)
+        check_stop()  # a stop held back during the report's write (storage.check_stop)
         reported.append(epoch)
         if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
             raise optuna.TrialPruned()
@@ -343,6 +344,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
     trial_cfg = start_trial(study, trial, cfg, target)
     if trial_cfg is None:
         return None
+    check_stop()  # a stop held back during the writes that started the trial: not after a first long epoch
     started, reported = time.perf_counter(), []
     try:
         result = train(trial_cfg, data=data, out_dir=out_dir, log=lambda message: None,
