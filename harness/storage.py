@@ -102,7 +102,6 @@ class _Stop:
     connections: set = set()  # database connections the main thread has checked out (their pool records)
     pending: int | None = None
     raised = False
-    listening = False
 
 
 def _held() -> bool:
@@ -134,22 +133,23 @@ def _hold_stops_while_connected() -> None:
     SQLite lock held: the worker's own release of its trial, and the other workers, then
     waited on that lock (a 120 s busy timeout) until the sweep killed them at the end of its
     grace, their trials unreleased. The held stop is raised at the next `check_stop`."""
-    if _Stop.listening:
-        return
     from sqlalchemy import event
     from sqlalchemy.pool import Pool
 
-    def checkout(dbapi_connection, record, proxy):
-        if threading.current_thread() is threading.main_thread():
-            _Stop.connections.add(id(record))
-
-    def handed_back(dbapi_connection, record, *rest):  # checked in, or taken out of the pool
-        _Stop.connections.discard(id(record))
-
-    event.listen(Pool, "checkout", checkout)
+    if event.contains(Pool, "checkout", _checked_out):
+        return
+    event.listen(Pool, "checkout", _checked_out)
     for name in ("checkin", "invalidate", "soft_invalidate", "detach", "close"):
-        event.listen(Pool, name, handed_back)
-    _Stop.listening = True
+        event.listen(Pool, name, _handed_back)
+
+
+def _checked_out(dbapi_connection, record, proxy) -> None:
+    if threading.current_thread() is threading.main_thread():
+        _Stop.connections.add(id(record))
+
+
+def _handed_back(dbapi_connection, record, *rest) -> None:  # checked in, or taken out of the pool
+    _Stop.connections.discard(id(record))
 
 
 def check_stop() -> None:

@@ -241,13 +241,12 @@ def test_sigterm_stops_every_worker_and_leaves_no_running_trial(tmp_path):
     process.send_signal(signal.SIGTERM)
     code, out, err = finish(process, timeout=60)
     stopped_in = time.time() - started
+    _, trials = study_trials(url, "tiny.vanilla")
+    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
     # a worker still there at the end of the grace is killed: say which, and what each worker said
-    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in study_trials(url, "tiny.vanilla")[1]]
     assert stopped_in < sweep_module.STOP_GRACE, (stopped_in, err, out[-4000:], seen)
     assert code == 130, err
     assert f"search.workers={workers} is more than the {cores()} cores" in err
-    _, trials = study_trials(url, "tiny.vanilla")
-    seen = [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
     assert trials and not any(t.state == TrialState.RUNNING for t in trials), seen
     assert all(t.state in (TrialState.FAIL, TrialState.WAITING) for t in trials), seen
     for number in holding:  # each released by its own worker, with the reason
