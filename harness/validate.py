@@ -44,7 +44,7 @@ from harness.schema import SCHEMAS
 from harness.schema import kinds as schema_kinds
 
 CONF = project_root() / "conf"
-COMMON_DATASET_KEYS = {"name", "format", "path", "task", "bidirectional", "generate"}
+COMMON_DATASET_KEYS = {"name", "format", "path", "task", "bidirectional", "generate", "domain"}
 _ABSENT = object()
 
 

@@ -8,6 +8,7 @@ keys below (docs/own_dataset.md has the whole contract):
     path: /data/Nottingham.pickle
     task: next_step        # next_step | framewise | regression | ctc
     bidirectional: false
+    domain: music          # optional: music | speech | handwriting | none (default: by task, task_kind)
 
 `load_dataset(cfg)` dispatches on `format` to the reader module of that name; each reader
 has one entry point `read(cfg, path) -> DataSplits`. Built-in stand-ins also carry a
@@ -37,6 +38,17 @@ from harness.errors import UserError
 FORMATS = ("pianoroll", "npz", "midi", "timit", "iam_ondb", "wav_textgrid", "inkml")
 TASKS = ("next_step", "framewise", "regression", "ctc")
 SPLITS = ("train", "valid", "test")
+# The paper's three tasks, which a data set is compared with (the analysis's task: which
+# findings apply, the default margin); the `domain` key names one, or none.
+DOMAINS = ("music", "speech", "handwriting")
+# The task a data set's own task resembles when its config sets no `domain`, and why. Each
+# built-in format serves one task, so this agrees with the format too (midi, pianoroll:
+# next_step; timit, wav_textgrid: framewise; iam_ondb, inkml: ctc).
+DOMAIN_OF_TASK = {
+    "next_step": ("music", "frames of notes in [0, 1] predicted one step ahead, as the paper's piano rolls (JSB Chorales)"),
+    "framewise": ("speech", "a class for every frame, as the paper's phones (TIMIT)"),
+    "ctc": ("handwriting", "a label sequence transcribed with CTC, as the paper's handwriting (IAM-OnDB)"),
+}
 
 
 @dataclass
@@ -131,6 +143,32 @@ def config_choice(cfg, key: str, choices: tuple, default=None):
     return value
 
 
+def task_kind_reason(cfg) -> tuple[str | None, str]:
+    """(domain, why): which of the paper's tasks (DOMAINS) a data set config is compared
+    with, or None, and a one-line reason. The config's `domain` key when set (`none`: no
+    task); else by its `task` (DOMAIN_OF_TASK; regression: None). UserError on an unknown
+    `domain`."""
+    name = config_value(cfg, "name", "<unnamed>")
+    given = config_value(cfg, "domain")
+    if given is not None:
+        if str(given) not in (*DOMAINS, "none"):
+            raise UserError(f"dataset '{name}': domain '{given}' is unknown; use one of {', '.join(DOMAINS)} or "
+                            "none (or leave it out to have it follow the task).")
+        domain = None if str(given) == "none" else str(given)
+        return domain, f"set by the data set's config (domain: {given})"
+    task = config_value(cfg, "task")
+    if task in DOMAIN_OF_TASK:
+        domain, like = DOMAIN_OF_TASK[task]
+        return domain, f"from the data set's task {task}: {like}"
+    return None, (f"the data set's task {task} is none of the paper's tasks (set domain in its config to "
+                  "compare it with one)")
+
+
+def task_kind(cfg) -> str | None:
+    """music / speech / handwriting for a data set config, or None (task_kind_reason)."""
+    return task_kind_reason(cfg)[0]
+
+
 @dataclass(frozen=True)
 class ZScore:
     """Inputs normalised with the training split's statistics: (x - mean) / std per input.
@@ -165,6 +203,7 @@ def load_dataset(cfg) -> DataSplits:
         raise UserError(f"dataset '{name}': format '{fmt}' is unknown; use one of {', '.join(FORMATS)}.")
     if task not in TASKS:
         raise UserError(f"dataset '{name}': task '{task}' is unknown; use one of {', '.join(TASKS)}.")
+    task_kind(cfg)  # an unknown `domain` fails here, before any work
     path = resolve_path(cfg["path"])
     if not path.exists():
         hint = (f"run `odyssey data {name}` to make it" if config_value(cfg, "generate") is not None
