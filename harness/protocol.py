@@ -19,6 +19,11 @@ checked against what its trials say (their distributions) and then gets the attr
 with `protocol_from_trial` saying that the trials before that number were not recorded.
 A key of the recipe, the variant or the data set's settings that the recorded protocol
 lacks (one a later odyssey added) is not compared.
+
+`keep` also records the data set's task (study user attribute `task`: music, speech,
+handwriting or null, harness.datasets.task_kind), which the analysis reads. It is not part
+of the protocol: it decides how trials are judged, not what they are, so it follows the
+data set's config (its `domain` key) at every sweep.
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ from pathlib import Path
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness.datasets import resolve_path
+from harness.datasets import resolve_path, task_kind
 from harness.errors import UserError
 
 PROTOCOL, CHANGES, FROM_TRIAL = "protocol", "protocol_changes", "protocol_from_trial"   # study user attributes
+TASK = "task"   # study user attribute: the data set's task for the analysis (harness.datasets.task_kind)
 VERSION = 1
 # Recipe keys that do not change a result: where and how fast it runs (equivalent engines,
 # threads, evaluation batch, flushing denormals: docs/engine.md), the recipe's name (the
 # study's name says it) and its space (recorded as the space).
 NOT_RESULT_KEYS = {"name", "eval_batch_size", "threads", "engine", "device", "flush_denormal", "space"}
-# Data set keys that locate or cache the files rather than define them.
-NOT_DATA_KEYS = {"name", "path", "cache_dir", "generate"}
+# Data set keys that locate or cache the files, or say how trials are judged (domain),
+# rather than define them.
+NOT_DATA_KEYS = {"name", "path", "cache_dir", "generate", "domain"}
 # Where a flattened key comes from, for the message: the config key a user sets.
 LENIENT = ("recipe.", "variant.", "dataset.settings.")
 
@@ -204,9 +211,12 @@ CHOICES = ("refuse", "allow")   # search.protocol_change
 
 def keep(study, cfg, space: dict) -> None:
     """check() the protocol of a sweep of `cfg` (its variant set) over `space` on `study`,
-    as search.protocol_change says."""
+    as search.protocol_change says, and record the data set's task (TASK)."""
     choice = str(cfg.search.get("protocol_change", "refuse"))
     if choice not in CHOICES:
         raise UserError(f"search.protocol_change={choice} is unknown; use refuse (the default) or allow.")
     space_key = "train.space" if cfg.train.get("space") is not None else "search.space"
     check(study, describe(cfg, space), allow=choice == "allow", space_key=space_key)
+    task = task_kind(cfg.dataset)
+    if TASK not in study.user_attrs or study.user_attrs[TASK] != task:
+        study.set_user_attr(TASK, task)
