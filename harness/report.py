@@ -105,7 +105,8 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
              f"Storage: `{storage}`. Training recipe: `{recipe}`. Studies: {trials.variant.nunique()} variants, "
              f"{len(trials)} trials. Analysed: {metric_words} ({better} is better); the best "
              f"{options['top_fraction']:.0%} are chosen by the validation metric. Task: "
-             f"{task or 'unknown'}. Intervals are {options['ci_level']:.0%} percentile "
+             f"{task or 'unknown'}" + (f" ({options['task_reason']})" if options.get("task_reason") else "")
+             + f". Intervals are {options['ci_level']:.0%} percentile "
              f"bootstrap intervals over trials ({options['n_bootstrap']} resamples).", ""]
 
     for name, reason in (mixed or {}).items():

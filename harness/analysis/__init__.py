@@ -102,7 +102,8 @@ def run(cfg) -> Path:
     table.to_csv(out / "trials.csv", index=False)
     usable = table[table.excluded == ""]
     screened = usable[~usable.diverged].copy()
-    task = scorecard.infer_task(dataset, options.get("task"))
+    task, options["task_reason"] = scorecard.task_of(dataset, options.get("task"), studies.task)
+    print(f"[analyze] task: {task or 'unknown'} ({options['task_reason']})")
     options["margin"], options["margin_reason"] = scorecard.margin_for(task, options.get("margin"))
     top = statistics.top_trials(screened, float(options["top_fraction"]), sign)
     variants = statistics.variants_table(table, screened, top, column, sign, options)

@@ -8,6 +8,9 @@ pooled: `recipe` picks one, and a data set with studies of several recipes needs
 (harness.analysis.compare puts recipes side by side). Any single-objective
 study with numeric or categorical parameters can be read; the metric analysed is the
 user attribute `test_metric` where the trials carry one, else the objective value.
+The data set's task (music, speech, handwriting or none) is what its studies recorded
+(user attribute `task`, harness.protocol) when they agree; `Studies.task` is None where
+none recorded it (studies made elsewhere or before odyssey did).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pandas as pd
 
 from harness.analysis import sequential as sequential_module
 from harness.errors import UserError
-from harness.protocol import mixed_reason
+from harness.protocol import TASK, mixed_reason
 from harness.storage import uncounted
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
@@ -45,6 +48,7 @@ class Studies:
     sequential: dict = field(default_factory=dict)  # variant -> its study's `sequential` attribute (harness.rounds)
     mixed: dict = field(default_factory=dict)  # study name -> why its trials are not of one protocol
     series: dict = field(default_factory=dict)  # variant -> what a sweep until=decided judges (sequential.series)
+    task: tuple | None = None  # (task, why) the studies recorded (recorded_task); None: none recorded one
 
 
 def _dataset_variant(summary) -> tuple[str | None, str]:
@@ -135,7 +139,27 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
         frame = pd.DataFrame(columns=["variant", "number", "state", "excluded", "counted", "failure",
                                       "validation_metric", "test_metric", *ATTR_COLUMNS])
     return Studies(frame, distributions, curves, sign, column, names,
-                   recipe if recipe is not None else next(iter(recipes)), sequential, mixed, series)
+                   recipe if recipe is not None else next(iter(recipes)), sequential, mixed, series,
+                   recorded_task([s for group in found.values() for s in group]))
+
+
+def recorded_task(summaries) -> tuple[str | None, str] | None:
+    """(task, why) from the studies' `task` attributes: the one they agree on (None: the data
+    set's config names none of the paper's tasks), or None with the disagreement said in
+    `why`; None when no study recorded a task."""
+    tasks = {s.study_name: s.user_attrs[TASK] for s in summaries if TASK in s.user_attrs}
+    if not tasks:
+        return None
+    kinds = set(tasks.values())
+    if len(kinds) > 1:
+        listing = ", ".join(f"{name}: {task or 'none'}" for name, task in sorted(tasks.items()))
+        return None, f"the studies recorded different tasks ({listing}), so none; set analysis.task to choose one"
+    task = kinds.pop()
+    some = "" if len(tasks) == len(summaries) else f" ({len(tasks)} of {len(summaries)} studies)"
+    if task is None:
+        return None, (f"recorded with the studies{some}: the data set's config names none of the paper's tasks; "
+                      "set analysis.task to compare with one")
+    return task, f"recorded with the studies{some}, from the data set's config"
 
 
 def _trial_row(variant, trial, column, uncounted_why: str | None = None) -> dict:

@@ -60,6 +60,20 @@ FINDINGS = [
 ]
 
 
+def task_of(dataset: str, given=None, recorded: tuple | None = None) -> tuple[str | None, str]:
+    """(task, why): analysis.task when set; else what the studies recorded from their data
+    set's config (read.recorded_task); else, for studies that recorded none (made elsewhere,
+    or before odyssey recorded it), a guess from the data set's name (infer_task)."""
+    if given:
+        return str(given), "set by analysis.task"
+    if recorded is not None:
+        return recorded
+    guessed = infer_task(dataset)
+    if guessed is None:
+        return None, "unknown: the studies recorded no task and the data set's name suggests none; set analysis.task"
+    return guessed, "guessed from the data set's name: the studies recorded no task"
+
+
 def infer_task(dataset: str, given=None) -> str | None:
     """music / speech / handwriting from analysis.task or the data set's name; else None."""
     if given:
