@@ -160,21 +160,43 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     if options["diverged_rule"] == "none":
         lines += ["The rule for diverged-but-finite trials is off (analysis.diverged_rule=none).", ""]
     else:
-        rule = (f"more than {options['diverged_ratio']:g} times worse than the variant's "
-                "median where every value is positive, else more than "
-                f"{options['diverged_k']:g} interquartile ranges beyond its bad quartile")
-        if options["diverged_rule"] == "ratio":
-            rule = f"more than {options['diverged_ratio']:g} times worse than the variant's median"
-        elif options["diverged_rule"] == "iqr":
-            rule = (f"more than {options['diverged_k']:g} interquartile ranges beyond the "
-                    "variant's bad quartile")
-        lines += [f"Diverged but finite (rule `{options['diverged_rule']}`: {rule}; "
-                  "docs/analysis.md): "
-                  f"{len(flagged)} trial(s) set aside"
-                  + (": " + ", ".join(f"{v} {len(p)} (fence {fences[v]:.4g}; values "
-                                      + ", ".join(f"{x:.4g}" for x in p[column]) + ")"
-                                      for v, p in flagged.groupby("variant")) if len(flagged) else "")
-                  + ".", ""]
+        # diverged.flag: one fence for every variant, drawn from an anchor that diverging runs cannot
+        # move (the reference's trials, or all of them pooled); anchor `own` gives each variant its own
+        def drawn(fence, whose):
+            side = ("above" if sign > 0 else "below") + f" {fence.value:.4g}"
+            if fence.rule == "ratio":
+                return (f"{side}, {options['diverged_ratio']:g} times worse than the median "
+                        f"{fence.centre:.4g} of {whose} {fence.n_trials} usable trials")
+            return (f"{side}, {options['diverged_k']:g} interquartile ranges of {whose} {fence.n_trials} "
+                    f"usable trials beyond their {'Q3' if sign > 0 else 'Q1'} {fence.centre:.4g}")
+
+        def listed(values):
+            values = sorted(values, key=lambda x: sign * x)
+            return (", ".join(f"{x:.4g}" for x in values) if len(values) <= 8
+                    else f"{values[0]:.4g} to {values[-1]:.4g}")
+
+        usable_rows = trials[trials.excluded == ""]
+        shared = next((f for f in fences.values() if f.anchor != "own"), None)
+        if not fences:
+            anchor = (f"anchor `{options['diverged_anchor']}`, which has too few usable trials, no spread, "
+                      "or, for a ratio, a value that is not positive, so no fence was drawn")
+        elif shared is not None:
+            whose = "every variant's" if shared.anchor == "pooled" else f"`{shared.source}`'s"
+            anchor = (f"anchor `{shared.anchor}`" + (f", since {shared.why}" if shared.why else "")
+                      + f"; one fence for every variant, so that one variant's catastrophe cannot move it: "
+                      + drawn(shared, whose))
+        else:
+            anchor = "anchor `own`: each variant's fence from its own trials"
+        parts = []
+        for variant, part in flagged.groupby("variant"):
+            n = int((usable_rows.variant == variant).sum())
+            whole = (", every usable run: the variant is out of the fANOVA, box plots and tests, and the "
+                     "pooled fractions come from the other variants" if len(part) == n else "")
+            own = f"; fence {drawn(fences[variant], 'its')}" if shared is None else ""
+            parts.append(f"{variant} {len(part)} of {n}{whole} (values {listed(part[column])}{own})")
+        lines += [f"Diverged but finite (rule `{options['diverged_rule']}`, {anchor}; docs/analysis.md, "
+                  "\"Diverged trials\"): "
+                  f"{len(flagged)} trial(s) set aside" + (": " + "; ".join(parts) if parts else "") + ".", ""]
         if unscreened is not None and unscreened.fitted:
             with_rule = {r["term"]: r["fraction"] for r in results[pooled].rows} if pooled in results else {}
             without = {r["term"]: r["fraction"] for r in unscreened.rows}

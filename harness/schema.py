@@ -83,6 +83,7 @@ class AnalysisSchema:
     diverged_rule: str = MISSING
     diverged_k: float = MISSING
     diverged_ratio: float = MISSING
+    diverged_anchor: str = MISSING
     top_fraction: float = MISSING
     min_trials_for_fanova: int = MISSING
     alpha: float = MISSING

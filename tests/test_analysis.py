@@ -513,7 +513,7 @@ def test_diverged_rule_keeps_runs_that_did_not_learn():
     frame = pd.DataFrame({"variant": "vanilla", "test_metric": values})
     flags, fences = flag(frame, "test_metric", 1.0, "auto", 5.0, 10.0)
     assert list(np.flatnonzero(flags)) == [100, 101, 102]
-    assert fences["vanilla"] == pytest.approx(10 * np.median(values))
+    assert fences["vanilla"].value == pytest.approx(10 * np.median(values))
     # a quarter of the runs diverged (NOAF in a short study): the median still holds
     quarter = pd.DataFrame({"variant": "noaf", "test_metric": np.r_[rng.uniform(10, 60, 18),
                                                                     rng.uniform(1000, 5000, 6)]})
@@ -523,11 +523,86 @@ def test_diverged_rule_keeps_runs_that_did_not_learn():
     flags, fences = flag(loglik, "test_metric", -1.0, "auto", 5.0, 10.0)
     assert list(np.flatnonzero(flags)) == [40]
     q1, q3 = np.percentile(loglik.test_metric[:40].to_numpy().tolist() + [-900.0], [25, 75])
-    assert fences["v"] == pytest.approx(q1 - 5 * (q3 - q1))
+    assert fences["v"].value == pytest.approx(q1 - 5 * (q3 - q1))
     # too few trials, or the rule off: nothing is flagged
     assert not flag(frame.head(5), "test_metric", 1.0, "auto", 5.0, 10.0)[0].any()
     assert not flag(frame, "test_metric", 1.0, "none", 5.0, 10.0)[0].any()
 
+
+def test_diverged_fence_is_anchored_where_a_catastrophic_variant_cannot_move_it():
+    from harness.analysis.diverged import flag
+
+    rng = np.random.default_rng(12)
+    vanilla = np.r_[rng.uniform(6.5, 8, 90), 7.2 * 5]  # one run that did not learn: 5 x the median
+    nfg = rng.uniform(8, 12, 60)  # worse than vanilla as a whole, by less than the ratio
+    noaf = 7.2 * 10 ** rng.uniform(2, 3, 50)  # the reported case: every run at 100-1000 x vanilla's
+    frame = pd.DataFrame({"variant": ["vanilla"] * 91 + ["nfg"] * 60 + ["noaf"] * 50,
+                          "test_metric": np.r_[vanilla, nfg, noaf]})
+    fence = 10 * np.median(vanilla)  # by hand: one fence, from vanilla alone
+    for anchor in ("reference", "pooled"):
+        flags, fences = flag(frame, "test_metric", 1.0, "auto", anchor=anchor, reference="vanilla")
+        assert list(np.flatnonzero(flags)) == list(range(151, 201)), anchor  # all of noaf, nothing else
+        assert {f.anchor for f in fences.values()} == {anchor}
+    assert fences["noaf"].value == pytest.approx(10 * np.median(frame.test_metric))  # pooled
+    flags, fences = flag(frame, "test_metric", 1.0, "auto", reference="vanilla")
+    assert [f.value for f in fences.values()] == pytest.approx([fence] * 3)
+    assert fences["noaf"].source == "vanilla" and fences["noaf"].centre == pytest.approx(np.median(vanilla))
+    # each variant's own median (the rule before issue 34): noaf's catastrophe is its own yardstick
+    assert not flag(frame, "test_metric", 1.0, "auto", anchor="own")[0].any()
+    # no reference study: the pooled median, which moves only when half of all trials diverged
+    flags, fences = flag(frame[frame.variant != "vanilla"], "test_metric", 1.0, "ratio", reference="vanilla")
+    assert fences["noaf"].anchor == "pooled" and "no usable `vanilla`" in fences["noaf"].why
+    assert flags.sum() == 50 and fences["nfg"].value == pytest.approx(10 * np.median(np.r_[nfg, noaf]))
+    # the iqr rule from vanilla's quartiles, on a metric that is higher where better: all of
+    # noaf goes, and with it whatever else lies beyond 5 of vanilla's narrow IQRs (the run
+    # that did not learn, nfg's worst: the iqr rule's known cost, docs/analysis.md)
+    flags, fences = flag(frame.assign(test_metric=-frame.test_metric), "test_metric", -1.0, "iqr", k=5.0)
+    q1, q3 = np.percentile(-vanilla, [25, 75])
+    assert fences["nfg"].value == pytest.approx(q1 - 5 * (q3 - q1)) and fences["nfg"].rule == "iqr"
+    assert list(flags) == list(-frame.test_metric < q1 - 5 * (q3 - q1)) and flags[151:].all()
+
+
+def test_one_variants_catastrophe_cannot_decide_the_pooled_importance(tmp_path):
+    # vanilla, cifg, nfg: metric = 7.2 x 10^(0.35 max(0, -4 - log10 lr)) + noise, a function
+    # of the learning rate alone, so its pooled fraction is 1 but for the noise; runs with
+    # lr near 1e-6 did not learn and end at up to 5 x the median (7.2 x 10^0.7 = 36).
+    # noaf: every run at 100-1000 x vanilla's median, set by the hidden size alone.
+    rng = np.random.default_rng(13)
+    url = _journal(tmp_path)
+    for variant in ("vanilla", "cifg", "nfg", "noaf"):
+        rows = []
+        for _ in range(80 if variant != "noaf" else 60):
+            lr, h = 10 ** rng.uniform(-6, -2), int(round(10 ** rng.uniform(math.log10(20), math.log10(200))))
+            if variant == "noaf":
+                value = 7.2 * 10 ** (2 + math.log10(h / 20))
+            else:
+                value = 7.2 * 10 ** (0.35 * max(0.0, -4 - math.log10(lr))) + rng.normal(0, 0.05)
+            rows.append(_complete({"learning_rate": lr, "hidden_size": h}, value))
+        _study(url, "long_pieces", variant, rows, LR_SPACE)
+    common = dict(n_bootstrap=0, figures=False, crosscheck=False)
+    report = _run(url, tmp_path / "out", "long_pieces", **common)
+
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert trials[trials.variant == "noaf"].diverged.all()
+    assert not trials[trials.variant != "noaf"].diverged.any()
+    did_not_learn = trials[(trials.variant != "noaf") & (trials.test_metric > 4 * 7.2)]
+    assert len(did_not_learn) > 0  # at 4-5 x the median, and kept
+    pooled = pd.read_csv(tmp_path / "out" / "importance.csv").query("variant == 'all'").set_index("term")
+    assert pooled.loc["learning_rate", "fraction"] > 0.9
+    assert "noaf" not in set(pd.read_csv(tmp_path / "out" / "importance.csv").variant)
+    without = pd.read_csv(tmp_path / "out" / "importance_without_rule.csv").set_index("term")
+    assert without.loc["learning_rate", "fraction"] < 0.3 < without.loc["hidden_size", "fraction"]
+    text = report.read_text()
+    assert "60 trial(s) set aside: noaf 60 of 60, every usable run" in text
+    assert "anchor `reference`" in text and "of `vanilla`'s 80 usable trials" in text
+
+    # each variant's own median: nothing flagged, and noaf decides the headline
+    _run(url, tmp_path / "own", "long_pieces", diverged_anchor="own", **common)
+    assert not pd.read_csv(tmp_path / "own" / "trials.csv").diverged.any()
+    own = pd.read_csv(tmp_path / "own" / "importance.csv").query("variant == 'all'").set_index("term")
+    assert own.loc["learning_rate", "fraction"] < 0.3
+    with pytest.raises(UserError, match="analysis.diverged_anchor"):
+        _run(url, tmp_path / "bad", "long_pieces", diverged_anchor="median")
 
 def test_studies_the_analysis_cannot_read_give_one_clear_message(tmp_path):
     url = _journal(tmp_path)

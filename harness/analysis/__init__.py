@@ -61,6 +61,8 @@ def _options(cfg) -> dict:
         raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
     if options["diverged_rule"] not in diverged.RULES:
         raise UserError(f"analysis.diverged_rule must be one of {', '.join(diverged.RULES)}.")
+    if options["diverged_anchor"] not in diverged.ANCHORS:
+        raise UserError(f"analysis.diverged_anchor must be one of {', '.join(diverged.ANCHORS)}.")
     for key in ("n_bootstrap", "bootstrap_trees", "n_trees"):
         if int(options[key]) < (0 if key == "n_bootstrap" else 1):
             raise UserError(f"analysis.{key} must be a positive integer (n_bootstrap may be 0).")
@@ -96,7 +98,9 @@ def run(cfg) -> Path:
                                    if c.startswith("param:")})
     usable = table[table.excluded == ""]
     flags, fences = diverged.flag(usable, column, sign, str(options["diverged_rule"]),
-                                  float(options["diverged_k"]), float(options["diverged_ratio"]))
+                                  float(options["diverged_k"]), float(options["diverged_ratio"]),
+                                  anchor=str(options["diverged_anchor"]),
+                                  reference=str(options["reference_variant"]))
     table["diverged"] = False
     table.loc[flags.index, "diverged"] = flags
     table.to_csv(out / "trials.csv", index=False)
