@@ -315,8 +315,8 @@ def learning_curves(out, curves, dataset) -> str | None:
 
 def sequential_paths(out, paths, reference, margin, dataset) -> str | None:
     """A sweep with search.until=decided, look by look: each variant's Hodges-Lehmann shift
-    against the reference with its repeated confidence interval, the margin around 0, and
-    the verdict where the sweep stopped it (harness.analysis.sequential.path)."""
+    against the reference with the repeated interval that equivalence reads, the margin around
+    0, and the verdict where the sweep stopped it (harness.analysis.sequential.paths)."""
     if not paths:
         return None
     groups = sorted(paths)
@@ -328,8 +328,8 @@ def sequential_paths(out, paths, reference, margin, dataset) -> str | None:
         steps = paths[group]
         looks = np.array([r["look"] for r in steps], dtype=float)
         shift = np.array([r["shift"] for r in steps], dtype=float)
-        low = np.array([r["shift_low"] for r in steps], dtype=float)
-        high = np.array([r["shift_high"] for r in steps], dtype=float)
+        low = np.array([r["equivalence_low"] for r in steps], dtype=float)  # the interval equivalence reads
+        high = np.array([r["equivalence_high"] for r in steps], dtype=float)
         if margin:
             for edge in (-margin, margin):
                 ax.axhline(edge, color="#55a868", ls="--", lw=1, label=f"±{margin:g} margin" if edge > 0 else None)

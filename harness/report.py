@@ -63,36 +63,82 @@ def pruned_lines(trials) -> list[str]:
     return [line + ".", ""]
 
 
-def sequential_lines(sequential: dict, counted_rows, reference, figure: str | None = None) -> list[str]:
-    """The rounds of a sweep with search.until=decided: counted trials each variant got, at
-    which look and by what its comparison with the reference was decided, and the figure of
-    every look."""
+def sequential_lines(sequential: dict, variants, counted_rows, reference, figure: str | None = None) -> list[str]:
+    """The rounds of a sweep with search.until=decided: counted trials each variant got, the
+    verdict at its last look as this analysis judges the recorded looks, what the sweep
+    recorded at its last round beside it, and the figure of every look."""
     if not sequential:
         return []
     first = next(iter(sequential.values()))
     margin = first.get("margin")
     lines = ["## Sequential study", "",
              f"The sweep ran in rounds of {first.get('look_every')} trials a variant (search.until=decided), "
-             f"judging each variant against {reference} after every round by a group-sequential rank test "
-             f"(alpha {first.get('alpha')}, margin {'none' if margin is None else f'±{margin:g}'}, cap "
-             f"{first.get('cap')} trials a variant; docs/analysis.md, \"Sequential studies\"), and stopped each "
-             "variant when decided. Its verdicts are about the median difference between a variant's trial and a "
-             f"{reference} trial, and the scorecard above takes them as they are (the Welch test of each "
-             "variant's final trials, whose number the data chose, stays in `variants.csv`).", ""]
+             f"judging each variant against {reference} after every round by the group-sequential rank test "
+             f"(margin {'none' if margin is None else f'±{margin:g}'}, cap {first.get('cap')} trials a variant; "
+             "docs/analysis.md, \"Sequential studies\"), and stopped each variant when decided. The verdicts are "
+             "this analysis's, at the looks recorded with the study; `recorded` is what the sweep stored at its "
+             "last round (they differ only where the method changed since).", ""]
     counts = counted_rows.groupby("variant").size()  # not the lost, surplus or duplicate ones
-    rows = [{"variant": v, "trials": int(counts.get(v, 0)), "verdict": o.get("verdict"), "at look": o.get("look"),
-             "by": o.get("by", "")} for v, o in sorted(sequential.items())]
+    judged = variants.set_index("variant") if len(variants) else variants
+    rows = []
+    for v, o in sorted(sequential.items()):
+        row = judged.loc[v] if v in judged.index else None
+        rows.append({"variant": v, "trials": int(counts.get(v, 0)),
+                     "verdict": "" if row is None else row["comparison"],
+                     "at look": "" if row is None or not np.isfinite(row["rank_look"]) else int(row["rank_look"]),
+                     "level": "" if row is None else f"{row['rank_level']:.3g}",
+                     "recorded": f"{o.get('verdict')} at {o.get('look')}"})
     rows.append({"variant": reference, "trials": int(counts.get(reference, 0)), "verdict": "(reference)",
-                 "at look": "", "by": ""})
+                 "at look": "", "level": "", "recorded": ""})
     lines += [table(pd.DataFrame(rows)), ""]
     if figure:
         lines += [f"Each comparison at every look, up to the one that decided it (`sequential.csv`): the "
-                  f"Hodges-Lehmann shift of a variant's trials against {reference}'s and its repeated confidence "
-                  "interval. The rank test decides *worse* or *better* when |Z| reaches its boundary (the interval "
-                  "then lies on one side of 0, or nearly); *equivalent* is decided when the interval lies inside "
-                  "the margin.", "",
+                  f"Hodges-Lehmann shift of a variant's trials against {reference}'s and the repeated interval "
+                  "of the shift that equivalence reads (inside the margin: *equivalent*). *Worse* or *better* is "
+                  "decided when |Z| reaches the boundary of the variant's level (`sequential.csv`: `z`, "
+                  "`boundary`, `level`, and the interval of that test, `shift_low` and `shift_high`, which then "
+                  "excludes 0).", "",
                   f"![The sequential study]({figure})", ""]
     return lines
+
+
+def _shift(row) -> str:
+    """The rank test's shift with the interval its verdict reads (that of the difference for
+    worse or better, of equivalence otherwise)."""
+    if not row.get("comparison"):
+        return ""
+    difference = row["comparison"] in ("worse", "better")
+    low, high = ((row["rank_shift_low"], row["rank_shift_high"]) if difference
+                 else (row["rank_equivalence_low"], row["rank_equivalence_high"]))
+    return f"{row['rank_shift']:+.3g} [{low:.3g}, {high:.3g}]"
+
+
+def verdict_rules(variants, options, reference) -> str:
+    """The paragraph under the scorecard: the method, the families and their levels, the margin."""
+    alpha, multiplicity = options["alpha"], options.get("multiplicity", "holm")
+    families = variants[variants.family != ""].groupby("family").variant.apply(list) if len(variants) else {}
+    named = {"rounds": "swept in rounds (search.until=decided; judged at the looks recorded with the study)",
+             "fixed": "of fixed size (one look)"}
+    family_words = "; ".join(f"{', '.join(sorted(names))}: {named.get(kind, kind)}" for kind, names in
+                             dict(families).items())
+    level = (f"at a family-wise level of {alpha} over the variants of each family (Holm-type procedure for "
+             "group-sequential tests, Maurer & Bretz 2013; Holm's for one look)" if multiplicity == "holm"
+             else f"each at {alpha} on its own (analysis.multiplicity=none: no family-wise level)")
+    margin = (f"Margin: {options['margin']:g} ({options['margin_reason']})." if options.get("margin") is not None
+              else f"Margin: none ({options.get('margin_reason', '')}).")
+    return (f"Rules: each variant is compared with {reference} by the Wilcoxon-Mann-Whitney rank test on every counted "
+            "trial, a failed or diverged run ranking worst. It is *worse* or *better* when the test says so "
+            f"{level}; *equivalent* when the interval of the shift that inverts the same test lies inside ±margin "
+            f"(two one-sided tests, at {alpha} each: an intersection-union claim needs no correction); otherwise "
+            "*undecided*. The shift is the Hodges-Lehmann shift of a variant's trials against "
+            f"{reference}'s (a median difference, not a difference of means); an end at inf means no finite shift "
+            "makes the variant's diverged runs as good. Families: " + (family_words or "none") + ". Assumptions: "
+            "trials are independent draws of the random search; the boundaries are asymptotic (normal); the "
+            "directional claims are about the shift when the two spreads are alike (docs/analysis.md, "
+            "\"Verdicts\", measures what unequal spreads do). A finding of a difference disagrees only on "
+            "*equivalent* or the opposite difference; a finding of no difference agrees only on *equivalent*. "
+            + margin + " Welch's t-test on the converged runs, the paper's test, is in the evidence and the "
+            "variants table as information.")
 
 
 def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
@@ -116,25 +162,13 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     lines += ["## What this study says about the paper", ""]
     lines += _summary(scorecard)
     lines += [table(scorecard[["finding", "verdict", "evidence"]]), "",
-              f"Rules: a variant is *worse* or *better* than {reference} when Welch's t-test on all trials, "
-              f"after Holm's correction over the variants, gives p < {options['alpha']}; *equivalent* when "
-              f"the difference's {1 - 2 * options['alpha']:.0%} Welch interval lies inside ±margin (two "
-              "one-sided tests); otherwise *undecided*, with the trials a variant that would likely decide it "
-              "at the observed spread. A finding of a difference disagrees only on *equivalent* or the "
-              "opposite difference; a finding of no difference agrees only on *equivalent*. "
-              + (f"Margin: {options['margin']:g} ({options['margin_reason']})."
-                 if options.get("margin") is not None else f"Margin: none ({options.get('margin_reason', '')}).")
-              + (" A variant swept with search.until=decided is judged instead by the verdict its sweep stopped "
-                 "on (\"Sequential study\" below: the group-sequential rank test, each comparison at its own alpha, "
-                 "without Holm's correction; for a family-wise level over m variants, sweep with analysis.alpha "
-                 "divided by m), since a fixed-sample test on trials whose number the data chose does not hold its "
-                 "level." if sequential else "")
+              verdict_rules(variants, options, reference)
               + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
               "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
 
     counted_mask = trials.counted.astype(bool)  # harness.analysis.read: lost, surplus, duplicate, retried are not
     counted_rows, redone = trials[counted_mask], trials[~counted_mask]
-    lines += sequential_lines(sequential or {}, counted_rows, reference, figures.get("sequential"))
+    lines += sequential_lines(sequential or {}, variants, counted_rows, reference, figures.get("sequential"))
     lines += ["## Trials", "", table(pd.crosstab(trials.variant, trials.state).reset_index()), ""]
     if len(redone):
         reasons = redone.excluded.value_counts()
@@ -232,7 +266,8 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     shown[f"{1 - 2 * options['alpha']:.0%} Welch interval"] = [
         "" if not np.isfinite(r["tost_low"]) else f"[{r['tost_low']:.3g}, {r['tost_high']:.3g}]"
         for _, r in variants.iterrows()]
-    shown["comparison"] = variants["comparison"]
+    shown["verdict (rank test)"] = variants["comparison"]
+    shown["shift"] = [_shift(r) for _, r in variants.iterrows()]
     for key in ("all", "top"):
         shown[f"Welch p ({key})"] = variants[f"welch_p_{key}"]
         shown[f"Holm p ({key})"] = variants[f"welch_holm_{key}"]

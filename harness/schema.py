@@ -87,6 +87,7 @@ class AnalysisSchema:
     top_fraction: float = MISSING
     min_trials_for_fanova: int = MISSING
     alpha: float = MISSING
+    multiplicity: str = MISSING
     reference_variant: str = MISSING
     margin: Optional[float] = MISSING
     negligible_fraction: float = MISSING

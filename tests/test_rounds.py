@@ -10,6 +10,7 @@ import pytest
 
 from harness import analysis
 from harness import sweep as sweep_module
+from harness.errors import UserError
 from harness.storage import counted as counted_trials
 from harness.train import TrainingResult
 
@@ -28,7 +29,7 @@ def counted(url, name):
     return len(counted_trials(study.get_trials(deepcopy=False))), study.user_attrs.get("sequential")
 
 
-def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, compose_config, monkeypatch):
+def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, compose_config, monkeypatch, capsys):
     monkeypatch.setattr(sweep_module, "train", known_training)
     url = f"sqlite:///{tmp_path / 'rounds.db'}"
     # margin 0.01: CIFG (same distribution as vanilla) cannot be shown equivalent with
@@ -41,33 +42,59 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
     assert nfg == 10  # no trial after the look that decided it
     assert counted(url, "jsb_chorales.cifg")[0] == 30 and counted(url, "jsb_chorales.vanilla")[0] == 30
     assert counted(url, "jsb_chorales.cifg")[1]["verdict"] == "undecided"
-    # a raised cap: the undecided variant and vanilla go on from 30; NFG stays decided at 10
+    assert counted(url, "jsb_chorales.cifg")[1]["looks"] == [[10, 30], [20, 30], [30, 30]]  # recorded with the study
+    # a raised cap: the look at 30 was at the cap and spent all of alpha, so nothing can be decided
+    # past it at the same level: no trial is added, and NFG stays decided at 10
+    capsys.readouterr()
     sweep_module.sweep(compose_config([*overrides[:3], "search.n_trials=40", *overrides[4:]], command="sweep"))
+    said = capsys.readouterr().out
+    assert "nfg: decided worse at 10 trials a variant; it gets no more trials" in said
+    assert "spent all of alpha" in said
     assert counted(url, "jsb_chorales.nfg")[0] == 10
-    assert counted(url, "jsb_chorales.cifg")[0] == 40 and counted(url, "jsb_chorales.vanilla")[0] == 40
+    assert counted(url, "jsb_chorales.cifg")[0] == 30 and counted(url, "jsb_chorales.vanilla")[0] == 30
+    # a cap below the looks judged is refused in one line naming the key
+    with pytest.raises(UserError, match="search.n_trials=20"):
+        sweep_module.sweep(compose_config([*overrides[:3], "search.n_trials=20", *overrides[4:]], command="sweep"))
+    with pytest.raises(UserError, match="analysis.alpha"):
+        sweep_module.sweep(compose_config([*overrides, "analysis.alpha=0.1"], command="sweep"))
     # the report says how many trials each variant got, and where and by what it was decided
     report = analysis.run({"dataset": "jsb_chorales", "storage": url, "out": str(tmp_path / "out"),
                            "n_bootstrap": 0, "figures": True, "crosscheck": False,
                            "min_trials_for_fanova": 1000}).read_text()
     section = report[report.index("## Sequential study"):report.index("## Trials")]
-    assert "| nfg | 10 | worse | 10 | rank test |Z|" in section.replace("\\|", "|")
-    assert "| cifg | 40 | undecided | 40 |" in section
-    # every look of each comparison, up to the one the sweep decided or last judged
+    assert "| nfg | 10 | worse | 10 | 0.025 | worse at 10 |" in section
+    assert "| cifg | 30 | undecided | 30 | 0.05 | undecided at 30 |" in section  # NFG's level passed on
     assert "![The sequential study](sequential.png)" in section and (tmp_path / "out" / "sequential.png").stat().st_size
     looks = pd.read_csv(tmp_path / "out" / "sequential.csv")
     nfg = looks[looks.variant == "nfg"]
     assert nfg.look.tolist() == [10] and nfg.verdict.tolist() == ["worse"]
     cifg = looks[looks.variant == "cifg"]
-    assert cifg.look.tolist() == [10, 20, 30, 40] and set(cifg.verdict) == {"undecided"}
-    # the scorecard judges each variant by the verdict its sweep stopped on
+    assert cifg.look.tolist() == [10, 20, 30] and set(cifg.verdict) == {"undecided"}
+    # the scorecard judges each variant by the same rank test at the recorded looks
     card = pd.read_csv(tmp_path / "out" / "scorecard.csv").set_index("finding")
     nfg_row = card.loc["NFG (no forget gate) significantly worse"]
-    assert nfg_row.verdict == "agrees" and "worse at look 10 of the sequential rank test" in nfg_row.evidence
+    assert nfg_row.verdict == "agrees" and "worse at look 10 of its rounds" in nfg_row.evidence
     assert f"|Z| = {abs(decided['z']):.2f}" in nfg_row.evidence
-    assert "each comparison at its own alpha" in report
+    assert "family-wise level of 0.05" in report
     stored = counted(url, "jsb_chorales.cifg")[1]  # what the sweep judged at its last look, from the same trials
     assert cifg.iloc[-1][["z", "shift", "shift_low", "shift_high"]].tolist() == pytest.approx(
         [stored["z"], stored["shift"], stored["shift_low"], stored["shift_high"]])
+
+
+def test_a_raised_cap_keeps_the_looks_judged_and_spends_only_what_is_left():
+    from harness.analysis.sequential import boundaries, crossings
+    from harness.rounds import looks_now
+
+    past = [[10, 100], [20, 100], [30, 100]]
+    looks = looks_now(past, 60, 10, 200)
+    assert looks[:3] == past and looks[3:] == [[40, 200], [50, 200], [60, 200]]
+    before = boundaries([10, 20, 30], 0.05, cap=100)
+    after = boundaries([n for n, _ in looks], 0.05, cap=[c for _, c in looks])
+    assert after[:3] == pytest.approx(before)  # the decisions made at the first looks stand
+    full = boundaries(list(range(10, 201, 10)), 0.05, cap=[100] * 3 + [200] * 17)
+    spent = sum(map(sum, crossings(full, list(range(10, 201, 10)))))
+    assert spent == pytest.approx(0.05, abs=1e-5)  # never more than alpha in all
+    assert looks_now([[10, 20], [20, 20]], 40, 10, 40) == [[10, 20], [20, 20]]  # its cap reached: nothing left
 
 
 def test_looks_up_to_the_cap():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from harness.analysis import sequential
 
@@ -30,7 +30,23 @@ def test_boundaries_match_published_lan_demets_values():
         return 2 * (2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 4) / np.sqrt(t)))
 
     found = sequential.boundaries(np.arange(1, 6) / 5, 0.05, spending=obrien_fleming)
-    assert found == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=2e-3)
+    assert found == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=5e-4)
+
+
+@pytest.mark.parametrize("looks, pocock, obrien_fleming", [
+    (2, 2.178, 1.977), (3, 2.289, 2.004), (4, 2.361, 2.024), (5, 2.413, 2.040), (10, 2.555, 2.087)])
+def test_crossing_chances_match_the_published_pocock_and_obrien_fleming_constants(looks, pocock, obrien_fleming):
+    # Jennison & Turnbull (2000), tables 2.1 and 2.3: the constant C of a two-sided test at 0.05 with
+    # K equally spaced looks, Pocock's boundaries C at every look, O'Brien & Fleming's C sqrt(K / k);
+    # the integration must give a total crossing chance of 0.05 there, to the tables' 3 decimals
+    information = np.arange(1, looks + 1)
+
+    def total(bounds):
+        return sum(map(sum, sequential.crossings(bounds, information)))
+    found = optimize.brentq(lambda c: total(np.full(looks, c)) - 0.05, 1.5, 4)
+    assert found == pytest.approx(pocock, abs=5e-4)
+    found = optimize.brentq(lambda c: total(c * np.sqrt(looks / information)) - 0.05, 1.5, 4)
+    assert found == pytest.approx(obrien_fleming, abs=5e-4)
 
 
 def test_boundaries_spend_alpha_as_brownian_motion_crosses_them():
@@ -169,3 +185,65 @@ def test_a_path_shows_every_look_up_to_the_decision_and_agrees_with_the_verdicts
             assert (s["verdict"] in ("worse", "better")) == crossed
             assert (s["verdict"] == "equivalent") == (inside and not crossed)
             assert s["shift_low"] <= s["shift"] <= s["shift_high"]
+
+
+def test_the_interval_inverts_the_verdicts_test_with_diverged_runs_and_ties():
+    # many diverged runs (NaN, the worst outcome) in both arms and heavy ties: the shift is never NaN,
+    # an end is +inf where no finite shift makes the variant's diverged runs as good, and the verdict
+    # of a difference at a critical value agrees with its interval (excludes 0) in every study
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(8, 60))
+        vanilla = np.round(rng.choice(VANILLA, n), 1)
+        variant = np.round(rng.choice(VANILLA, n) + rng.choice([0, 0.5, 2.0]), 1)
+        vanilla[rng.random(n) < rng.choice([0, 0.1, 0.3])] = np.nan
+        variant[rng.random(n) < rng.choice([0, 0.2, 0.6])] = np.nan
+        critical = float(rng.choice([1.0, 1.96, 2.8]))
+        shift, low, high = sequential.shift_interval(vanilla, variant, critical)
+        worse_z, better_z = sequential.ranks.leaning(vanilla, variant)
+        assert not np.isnan(shift) and low <= high
+        assert (worse_z >= critical) == (low > 0)
+        assert (better_z <= -critical) == (high < 0)
+    # more than half of the variant's runs diverged, none of vanilla's: the shift is +inf
+    assert sequential.shift_interval(VANILLA[:20], np.r_[np.full(12, np.nan), VANILLA[:8]], 1.96)[0] == np.inf
+
+
+def test_a_fixed_family_is_holm_over_mann_whitney_tests():
+    # one look: the family's directional verdicts are Holm's step-down over scipy's two-sided
+    # Mann-Whitney p-values (asymptotic, tie-corrected, no continuity correction)
+    rng = np.random.default_rng(12)
+    for _ in range(30):
+        vanilla = rng.choice(VANILLA, 50)
+        variants = {f"v{i}": rng.choice(VANILLA, 50) + rng.choice([0, 0.3, 0.6, 1.0]) for i in range(6)}
+        found = sequential.family(vanilla, variants, looks=None, alpha=ALPHA)
+        p = np.array([stats.mannwhitneyu(y, vanilla, method="asymptotic", use_continuity=False).pvalue
+                      for y in variants.values()])
+        order, holm, running = np.argsort(p), np.empty(len(p)), 0.0
+        for rank, i in enumerate(order):
+            running = max(running, (len(p) - rank) * p[i])
+            holm[i] = min(1.0, running)
+        for (name, verdict), adjusted in zip(found.items(), holm):
+            if abs(adjusted - ALPHA) > 1e-6:  # ties with the level itself are too close to call
+                assert (verdict[0] in ("worse", "better")) == (adjusted < ALPHA), (name, adjusted)
+
+
+def test_a_rejection_passes_its_level_on_and_earlier_looks_are_tested_again():
+    # two variants, looks 10 and 20: B's look 10 crosses the boundary of alpha but not that of
+    # alpha / 2, and its look 20 crosses neither; A is rejected at look 20 at alpha / 2 and passes
+    # its level on, so B's look 10 is tested again at alpha: B is worse from look 20, by look 10
+    looks, alpha = [10, 20], ALPHA
+    half, whole = sequential.boundaries(looks, alpha / 2), sequential.boundaries(looks, alpha)
+    rng = np.random.default_rng(1)  # a study drawn to be such a case; the conditions are checked here
+    vanilla = rng.normal(0, 1, 20)
+    a = np.r_[rng.normal(0.3, 1, 10), rng.normal(2.5, 1, 10)]
+    b = np.r_[rng.normal(1.3, 1, 10), rng.normal(-0.3, 1, 10)]
+    za = [sequential.ranks.leaning(vanilla[:n], a[:n])[0] for n in looks]
+    zb = [sequential.ranks.leaning(vanilla[:n], b[:n]) for n in looks]
+    assert za[0] < half[0] and za[1] >= half[1]
+    assert whole[0] <= zb[0][0] < half[0] and abs(zb[1][0]) < whole[1] and abs(zb[1][1]) < whole[1]
+    found = sequential.family(vanilla, {"a": a, "b": b}, looks, alpha=alpha)
+    assert found == {"a": ["undecided", "worse"], "b": ["undecided", "worse"]}
+    rows = sequential.paths(vanilla, {"a": a, "b": b}, looks, alpha=alpha)["b"]
+    assert rows[-1]["crossed"] == 10 and rows[-1]["level"] == pytest.approx(alpha)
+    assert rows[-1]["shift_low"] > 0  # the interval of the look that decided it excludes 0
+    assert sequential.family(vanilla, {"a": a, "b": b}, looks, alpha=alpha, multiplicity="none")["b"][0] == "worse"

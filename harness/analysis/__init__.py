@@ -11,8 +11,11 @@ and write what these computed:
     statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
     fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
     scorecard.py     the paper's findings judged on this study
-    sequential.py    verdicts that stay valid under a look after every round (search.until=decided),
-                     and each comparison look by look (sequential.csv, the figure sequential.png)
+    ranks.py         the rank statistic of a variant against vanilla, and the shift it speaks of
+    boundaries.py    group-sequential boundaries (alpha spending) at any looks and caps
+    sequential.py    the verdicts: every variant against vanilla by the rank test, fixed (one look) or
+                     in rounds (search.until=decided), at a family-wise level (sequential.csv and
+                     sequential.png show a sweep in rounds look by look)
 
 cfg keys: conf/analysis/default.yaml.
 
@@ -50,8 +53,10 @@ def _options(cfg) -> dict:
     options = dict(DEFAULTS)
     options.update({k: cfg[k] for k in cfg.keys()} if hasattr(cfg, "keys") else {})
     if options.get("margin") is not None and not float(options["margin"]) > 0:
-        raise UserError(f"analysis.margin={options['margin']}: give a positive difference in the metric's units, "
+        raise UserError(f"analysis.margin={options['margin']}: give a positive shift in the metric's units, "
                         "or null for the task's default.")
+    if not 0 < float(options["alpha"]) < 0.5:
+        raise UserError(f"analysis.alpha={options['alpha']}: give a level in (0, 0.5), e.g. 0.05.")
     if not options.get("dataset"):
         raise UserError("analysis.dataset is not set: name the data set of the studies, "
                         "e.g. `odyssey analyze analysis.dataset=jsb_chorales`.")
@@ -61,6 +66,9 @@ def _options(cfg) -> dict:
         raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
     if options["diverged_rule"] not in diverged.RULES:
         raise UserError(f"analysis.diverged_rule must be one of {', '.join(diverged.RULES)}.")
+    if options["multiplicity"] not in sequential.MULTIPLICITY:
+        raise UserError(f"analysis.multiplicity={options['multiplicity']}: give holm (a family-wise level over the "
+                        "variants, the default) or none (each comparison at analysis.alpha on its own).")
     if options["diverged_anchor"] not in diverged.ANCHORS:
         raise UserError(f"analysis.diverged_anchor must be one of {', '.join(diverged.ANCHORS)}.")
     for key in ("n_bootstrap", "bootstrap_trees", "n_trees"):
@@ -109,8 +117,15 @@ def run(cfg) -> Path:
     task, options["task_reason"] = scorecard.task_of(dataset, options.get("task"), studies.task)
     print(f"[analyze] task: {task or 'unknown'} ({options['task_reason']})")
     options["margin"], options["margin_reason"] = scorecard.margin_for(task, options.get("margin"))
+    reference = str(options["reference_variant"])
+    series_of = {v: sign * np.asarray(y, dtype=float) for v, y in studies.series.items()}  # lower is better
+    if options["margin"] is None and reference in series_of:  # no task default: derived from vanilla's first trials
+        options["margin"], options["margin_reason"] = scorecard.derived_margin(series_of[reference])
+    paths, families = sequential.judge_study(series_of, studies.sequential, reference, float(options["alpha"]),
+                                             options["margin"], str(options["multiplicity"]))
     top = statistics.top_trials(screened, float(options["top_fraction"]), sign)
-    variants = statistics.variants_table(table, screened, top, column, sign, options)
+    variants = statistics.variants_table(table, screened, top, column, sign, options,
+                                         {v: rows[-1] for v, rows in paths.items() if rows}, families)
     variants.to_csv(out / "variants.csv", index=False)
 
     groups = [POOLED] + sorted(screened.variant.unique())
@@ -139,11 +154,11 @@ def run(cfg) -> Path:
             out / "importance_without_rule.csv", index=False)
 
     effects = results[POOLED].effects if POOLED in results else {}
-    card = scorecard.judge(dataset, task, variants, importance, effects, options, sign, studies.sequential)
+    card = scorecard.judge(dataset, task, variants, importance, effects, options, sign)
     card.to_csv(out / "scorecard.csv", index=False)
 
     curves = _best_curves(screened, studies.curves, int(options["curves_per_variant"]), sign)
-    paths = sequential.paths(studies.series, studies.sequential, str(options["reference_variant"]))
+    paths = {v: rows for v, rows in paths.items() if families.get(v) == "rounds"}
     if paths:  # a sweep with search.until=decided: each comparison at every look
         pd.DataFrame([{"variant": v, **row} for v, rows in sorted(paths.items()) for row in rows]).to_csv(
             out / "sequential.csv", index=False)

@@ -2,19 +2,20 @@
 study at hand as agrees / disagrees / undecided / not applicable, with its evidence.
 
 Rules (docs/analysis.md, "Scorecard" and "Verdicts"): each variant's comparison with the
-reference (statistics.py, column `comparison`) is worse / better (Welch on all trials,
-Holm's correction over the variants, p < alpha), equivalent (the difference's Welch
-interval at level 1 - 2 alpha inside (-margin, +margin), `analysis.margin`, default by
-task: MARGINS) or undecided. No count of trials decides a verdict. A variant swept with
-search.until=decided is judged instead by the verdict its sweep stopped on (its study's
-`sequential` attribute, harness.rounds: the group-sequential rank test, each comparison
-at its own alpha), since a fixed-sample test of a sample whose size the data chose does
-not hold its level, and the sweep and its scorecard then say one thing.
+reference is the rank test of harness.analysis.sequential (statistics.py, columns
+`comparison` and `rank_*`), whether the study was fixed (one look) or swept in rounds
+(search.until=decided): worse / better at the family-wise level `analysis.alpha` over the
+variants (Holm-type), equivalent when the interval of the shift that inverts the same test
+lies inside (-margin, +margin) (`analysis.margin`, default by task: MARGINS), undecided
+otherwise. Every counted trial enters, a failed or diverged one ranking worst. No count of
+trials decides a verdict. Welch's t-test on the converged runs, the paper's test, is shown
+beside it in the evidence, as information.
 
 - "X significantly worse": agrees on worse; disagrees on equivalent or better; else undecided.
 - "not significantly different": agrees on equivalent; disagrees on worse or better.
 - "no variant better": disagrees when a variant is significantly better; agrees when no
-  variant's interval reaches below -margin (on the better side); else undecided.
+  variant's interval of the shift (the equivalence interval) reaches below -margin; else
+  undecided.
 - Fractions (pooled fANOVA of all variants): a claim holds when the whole bootstrap
   interval is on its side of the threshold, fails when the whole interval is on the
   other side, and is undecided when the interval straddles it.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
 from harness.analysis.read import POOLED, finite
@@ -33,16 +35,20 @@ TASK_PATTERNS = {"music": r"jsb|chorale|nottingham|muse|piano|music|midi",
                  "speech": r"timit|speech|wav|phone",
                  "handwriting": r"iam|handwrit|inkml|ondb|online"}
 ALL = ("music", "speech", "handwriting")
-# analysis.margin when it is null: the smallest difference that matters, in the task's
-# metric units (docs/analysis.md, "Verdicts", says why each).
+# analysis.margin when it is null: the smallest shift of a variant's trials against vanilla's
+# that matters (the Hodges-Lehmann shift the rank test speaks of), in the task's metric units
+# (docs/analysis.md, "Verdicts", says why each).
 MARGINS = {
-    "music": (0.3, "0.3 nats of NLL per frame: the difference Greff's design (200 trials a variant, Welch "
-                   "at 0.05) detects with 80 % power at the spread of JSB trials (sd 1.1 nats)"),
-    "speech": (0.02, "0.02 frame error (2 points): the same rule at an assumed spread of 0.07 between "
-                     "trials; set analysis.margin = 0.28 x your vanilla trials' sd"),
-    "handwriting": (0.02, "0.02 character error rate (2 points): the same rule at an assumed spread of 0.07; "
-                          "set analysis.margin = 0.28 x your vanilla trials' sd"),
+    "music": (0.3, "0.3 nats of NLL per frame: the shift that the paper's design (200 trials a variant, the "
+                   "rank test at 0.05) detects with 80 % power, resampling the 200 vanilla trials of the JSB "
+                   "reference study (0.28-0.30 nats; 0.16 of their interquartile range)"),
+    "speech": (0.02, "0.02 frame error (2 points): the same rule, 0.16 of an assumed interquartile range of 0.12 "
+                     "between trials; set analysis.margin = 0.16 x your vanilla trials' interquartile range"),
+    "handwriting": (0.02, "0.02 character error rate (2 points): the same rule at an assumed interquartile range "
+                          "of 0.12; set analysis.margin = 0.16 x your vanilla trials' interquartile range"),
 }
+DERIVED_PER_IQR = 0.15  # a data set without a task default: this many interquartile ranges of vanilla's first trials
+DERIVED_FROM = 10  # ... of its first this many trials (the first look of a sweep in rounds of 10)
 
 # (id, finding as the paper states it, tasks where it holds)
 FINDINGS = [
@@ -93,6 +99,24 @@ def margin_for(task, given) -> tuple[float | None, str]:
     return None, "no margin: the task is unknown and analysis.margin is not set, so nothing is equivalent"
 
 
+def derived_margin(vanilla, first: int = DERIVED_FROM) -> tuple[float | None, str]:
+    """(margin, why) for a data set without a task default: DERIVED_PER_IQR times the
+    interquartile range of vanilla's first `first` counted trials (a failed one ranks worst,
+    so it is left out of the range), or None when there are too few finite ones (fewer than 4)
+    or no spread. The music default is 0.16 interquartile ranges of the JSB reference study's
+    vanilla trials; docs/analysis.md, "Verdicts", shows by simulation that a shift equal to a
+    margin derived this way is called equivalent in at most alpha of studies."""
+    values = np.asarray(vanilla, dtype=float)[:first]
+    values = values[np.isfinite(values)]
+    if len(values) < 4:
+        return None, f"no margin: the task has no default and vanilla has fewer than 4 finished trials of its first {first}"
+    q1, q3 = np.percentile(values, [25, 75])
+    if not q3 > q1:
+        return None, f"no margin: the task has no default and vanilla's first {first} trials have no spread"
+    return float(DERIVED_PER_IQR * (q3 - q1)), (f"derived: {DERIVED_PER_IQR:g} x the interquartile range of "
+                                                f"vanilla's first {len(values)} trials (the task has no default)")
+
+
 def _combine(verdicts):
     if any(v == "disagrees" for v in verdicts):
         return "disagrees"
@@ -106,9 +130,8 @@ def _fmt(x, digits=3):
 
 
 class _Judge:
-    def __init__(self, variants, importance, effects, options, sequential=None):
+    def __init__(self, variants, importance, effects, options):
         self.variants = variants.set_index("variant") if len(variants) else variants
-        self.sequential = sequential or {}
         self.importance = importance
         self.effects = effects
         self.reference = options["reference_variant"]
@@ -122,18 +145,10 @@ class _Judge:
         v, ref = self.variants, self.reference
         if variant not in v.index:
             return "not applicable", f"{variant}: no study"
-        if ref not in v.index or v.loc[ref, "n_usable"] < 2:
-            return "undecided", f"{variant}: no usable {ref} trials to compare with"
         row = v.loc[variant]
-        outcome = self.sequential.get(variant)
-        if outcome and outcome.get("verdict"):  # swept in rounds: the verdict its sweep stopped on
-            found, margin = outcome["verdict"], outcome.get("margin")
-            better_end = float(outcome.get("shift_low", float("nan")))  # lower is better, as every task's metric
-            evidence = self.evidence_of_rounds(variant, row, outcome)
-        else:
-            found, margin = row["comparison"], self.margin
-            better_end = min(self.sign * row["tost_low"], self.sign * row["tost_high"])
-            evidence = self.evidence(variant, row)
+        if ref not in v.index or not row.get("comparison"):
+            return "undecided", f"{variant}: no {ref} trials to compare with"
+        found, evidence = row["comparison"], self.evidence(variant, row)
         if claim == "worse":
             return {"worse": "agrees", "equivalent": "disagrees", "better": "disagrees"}.get(found, "undecided"), evidence
         if claim == "same":
@@ -141,36 +156,27 @@ class _Judge:
         # not_better: the interval's better-side end stays above -margin
         if found == "better":
             return "disagrees", evidence
-        if margin is not None and finite(better_end) and better_end > -float(margin):
+        better_end = float(row["rank_equivalence_low"])  # lower is better, as every series judged
+        if self.margin is not None and not np.isnan(better_end) and better_end > -float(self.margin):
             return "agrees", evidence
         return "undecided", evidence
 
-    @staticmethod
-    def evidence_of_rounds(variant, row, outcome):
-        """The sweep's verdict with the rank test's Z against its boundary, the Hodges-Lehmann
-        shift and its repeated interval against the sweep's margin; Welch beside them."""
-        margin = outcome.get("margin")
-        shift, low, high = (float(outcome.get(k, float("nan"))) for k in ("shift", "shift_low", "shift_high"))
-        z, boundary = (abs(float(outcome.get(k, float("nan")))) for k in ("z", "boundary"))
-        return (f"{variant}: {outcome['verdict']} at look {outcome.get('look')} of the sequential rank test "
-                f"(search.until=decided, alpha {outcome.get('alpha')} for this comparison): |Z| = {z:.2f} against "
-                f"boundary {boundary:.2f}, shift {'+' if shift >= 0 else ''}{_fmt(shift)} [{_fmt(low)}, {_fmt(high)}] "
-                f"(Hodges-Lehmann, repeated interval; margin {'none' if margin is None else f'±{margin:g}'}); "
-                f"Welch on its {int(row['n_usable'])} usable trials: {'+' if row['mean_diff_all'] >= 0 else ''}"
-                f"{_fmt(row['mean_diff_all'])} [{_fmt(row['tost_low'])}, {_fmt(row['tost_high'])}], Holm p = "
-                f"{_fmt(row['welch_holm_all'], 2)}")
-
     def evidence(self, variant, row):
-        """The difference, its interval, the margin, the test and what it found."""
-        diff, ref = row["mean_diff_all"], self.reference
-        level = 1 - 2 * self.alpha
+        """The rank test's verdict with its statistic against the boundary of the level the
+        variant held, the shift and its intervals against the margin; Welch beside them."""
         margin = "no margin" if self.margin is None else f"margin ±{self.margin:g}"
-        text = (f"{variant}: mean {'+' if diff >= 0 else ''}{_fmt(diff)} vs {ref} "
-                f"[{_fmt(row['tost_low'])}, {_fmt(row['tost_high'])}] ({level:.0%} Welch interval; {margin}), "
-                f"Welch p = {_fmt(row['welch_p_all'], 2)}, Holm p = {_fmt(row['welch_holm_all'], 2)}, "
-                f"n = {int(row['n_usable'])} / {int(self.variants.loc[ref, 'n_usable'])}: {row['comparison']}")
-        if row["comparison"] == "undecided" and finite(row.get("trials_to_decide", float("nan"))):
-            text += f" (about {int(row['trials_to_decide'])} trials a variant would likely decide it)"
+        where = (f"at look {int(row['rank_look'])} of its rounds" if row.get("family") == "rounds"
+                 else f"on {int(row['rank_look'])} trials of each")
+        interval = ((row["rank_shift_low"], row["rank_shift_high"]) if row["comparison"] in ("worse", "better")
+                    else (row["rank_equivalence_low"], row["rank_equivalence_high"]))
+        shift = row["rank_shift"]
+        text = (f"{variant}: {row['comparison']} {where}: rank test |Z| = {abs(row['rank_z']):.2f} against "
+                f"{row['rank_boundary']:.2f} (level {row['rank_level']:.2g} of the family's {self.alpha:g}), shift "
+                f"{'+' if shift >= 0 else ''}{_fmt(shift)} [{_fmt(interval[0])}, {_fmt(interval[1])}] ({margin})")
+        if finite(row.get("welch_p_all", np.nan)):
+            diff = row["mean_diff_all"]
+            text += (f"; Welch on its {int(row['n_usable'])} converged trials: {'+' if diff >= 0 else ''}{_fmt(diff)} "
+                     f"[{_fmt(row['tost_low'])}, {_fmt(row['tost_high'])}], Holm p = {_fmt(row['welch_holm_all'], 2)}")
         return text
 
     # -- fractions of the pooled fANOVA
@@ -193,10 +199,9 @@ def _ci(t):
     return f"{_fmt(t[0], 2)} [{_fmt(t[1], 2)}, {_fmt(t[2], 2)}]"
 
 
-def judge(dataset, task, variants, importance, effects, options, sign=1.0, sequential=None) -> pd.DataFrame:
-    """One row a finding: finding, tasks, verdict, evidence. `sequential`: {variant: the
-    outcome its sweep with search.until=decided stored} (read.Studies.sequential)."""
-    j = _Judge(variants, importance, effects, options, sequential)
+def judge(dataset, task, variants, importance, effects, options, sign=1.0) -> pd.DataFrame:
+    """One row a finding: finding, tasks, verdict, evidence."""
+    j = _Judge(variants, importance, effects, options)
     j.sign = sign  # +1: lower is better
     rows = []
     pooled = importance[importance.variant == POOLED] if len(importance) else importance
@@ -239,9 +244,8 @@ def _finding(key, j, pooled, singles, effects, task, options, sign):
             return "disagrees", "significantly better: " + "; ".join(better)
         open_ = [e for n, v, e in judged if v == "undecided"]
         if not open_:
-            kind = f"{1 - 2 * j.alpha:.0%} Welch interval (all trials)" + (
-                " or repeated interval of a sequential sweep" if j.sequential else "")
-            return "agrees", f"no variant's {kind} reaches the margin past {j.reference} on the better side"
+            return "agrees", (f"no variant's interval of the shift (rank test, all counted trials) reaches the margin "
+                              f"past {j.reference} on the better side")
         return "undecided", "not ruled out: " + "; ".join(open_)
     if not len(pooled) or not singles:
         return "undecided", "no pooled fANOVA (too few trials or no shared parameters)"

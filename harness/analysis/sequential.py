@@ -1,213 +1,261 @@
-"""Sequential verdicts: a variant against vanilla, looked at after every round of trials.
+"""Verdicts of the variants against vanilla: one method, whether a study is fixed or swept
+in rounds (docs/analysis.md, "Verdicts" and "Sequential studies" say why and under which
+assumptions).
 
-    verdicts(vanilla, variant, looks, alpha=0.05, margin=0.3) -> ["undecided", ..., "worse", "worse"]
+    family(vanilla, {"nfg": ..., "noaf": ...}, looks=[10, 20, ...], alpha=0.05, margin=0.3, cap=200)
+        -> {"nfg": ["undecided", ..., "worse"], "noaf": [...]}
+    verdicts(vanilla, variant, looks, ...) -> the verdicts of one comparison at its own alpha
 
-The method (docs/analysis.md, "Sequential studies", says why and under which assumptions):
-a group-sequential design with Lan & DeMets (1983) alpha spending on the Wilcoxon-Mann-
-Whitney rank statistic, and repeated confidence intervals (Jennison & Turnbull 1989) of
-the shift, from the same rank statistic, for equivalence.
-
-- At look k both series are cut to their first n_k = looks[k] values (trials in the order
-  they finished), so each look compares n_k trials with n_k trials. A value that is NaN
-  (a trial whose loss diverged) ranks as the worst possible outcome (+inf); lower is better.
-- Z_k = (U_k - n_k^2 / 2) / sd(U_k), U_k counting pairs (variant trial, vanilla trial) with
-  the variant's worse (ties 1/2), sd with the tie correction: under "no difference"
-  (identical distributions) its law is exact by permutation, whatever the tails.
-- Information grows like n_k, so look k sits at the fraction t_k = n_k / cap of the cap
-  (the last look unless given). The boundaries c_k spend alpha as the Hwang, Shih &
-  DeCani (1990) function with gamma = -2, alpha(t) = alpha (1 - e^{2t}) / (1 - e^2)
-  (`spent`), so the chance of ever crossing over all looks is alpha under no difference
-  (canonical joint normal law of Z_1..Z_K, by numerical integration: `boundaries`).
-- worse / better: |Z_k| >= c_k, by the sign of Z_k.
-- equivalent: the shift's repeated confidence interval at look k lies inside
-  (-margin, +margin): the rank test of (variant - margin) against vanilla says lower and
-  that of (variant + margin) says higher, each one-sided at alpha over all looks
-  (boundaries spending 2 alpha two-sided: two one-sided tests, Schuirmann 1987).
-- undecided: neither. A decision stands at every later look (the variant stops there).
+- The statistic (harness.analysis.ranks): at look k both series are cut to their first n_k
+  values (trials in the order they were started), and the Wilcoxon-Mann-Whitney statistic
+  Z_k of the variant against vanilla is computed with midranks and the tie-corrected
+  variance, a NaN (a failed or diverged trial) ranking worst. A fixed study is the case of
+  one look (`looks=None`), at every counted trial of a variant and as many of vanilla's.
+- worse / better: |Z_k| reaches the boundary of the level the variant holds at that look
+  (harness.analysis.boundaries: Hwang-Shih-DeCani spending, gamma -2, over the information
+  fractions n_k / cap). The family's error of calling any variant different when none is
+  stays at alpha by the Holm-type procedure for group-sequential tests of Maurer & Bretz
+  (2013): each of the m variants starts at alpha / m; when one is rejected its level passes
+  in equal parts to every variant not rejected, so after r rejections each holds
+  alpha / (m - r), and each variant's earlier looks are tested again at its new level
+  (boundaries are lower at a higher level). With one look this is Holm (1979).
+  `multiplicity="none"`: each comparison at alpha on its own.
+- equivalent: the interval of the shift that inverts the same statistic at the equivalence
+  boundary (2 alpha spent over both sides: two one-sided tests at alpha, Schuirmann 1987)
+  lies inside (-margin, +margin). Equivalence is an intersection-union claim: each holds at
+  alpha on its own, with no correction for the family (Berger 1982).
+- undecided: neither. A decision stands at every later look: a variant decided worse,
+  better or equivalent gets no more trials; one decided equivalent is never called
+  different afterwards (its level, passed on by others, is left unused).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from optuna.trial import TrialState
-from scipy import optimize, stats
 
-from harness.storage import counted
+from harness.analysis import ranks
+from harness.analysis.boundaries import GAMMA, LARGEST, boundaries, crossings, spent  # noqa: F401 (public)
+from harness.analysis.ranks import rank_z, shift_interval, worst_for_nan  # noqa: F401 (public)
+from harness.storage import counted, lineages
 
 VERDICTS = ("worse", "better", "equivalent", "undecided")
-GAMMA = -2.0  # the spending function's shape (docs/analysis.md: chosen by simulation on the reference study)
-GRID = 801  # points of the numerical integration over one look's continuation region
-LARGEST = 40.0  # a boundary that spends (next to) nothing: never crossed
+MULTIPLICITY = ("holm", "none")
 
 
-def spent(t, alpha: float, gamma: float = GAMMA):
-    """The error rate spent by information fraction t (0 at t = 0, alpha at t = 1): the
-    spending family of Hwang, Shih & DeCani (1990), alpha (1 - e^{-gamma t}) / (1 - e^{-gamma}).
-    gamma = -2 spends little early (boundaries near 3.1-3.3 in the first quarter of the cap),
-    so a large difference stops a study early while the last look keeps most of its power."""
-    t = np.asarray(t, dtype=float)
-    return alpha * (1 - np.exp(-gamma * t)) / (1 - np.exp(-gamma))
+def levels(alpha: float, m: int, multiplicity: str = "holm") -> list[float]:
+    """The level a variant holds after r = 0 .. m-1 rejections among the m of its family."""
+    if multiplicity not in MULTIPLICITY:
+        raise ValueError(f"multiplicity must be one of {', '.join(MULTIPLICITY)}: {multiplicity}")
+    return [alpha / (m - r) if multiplicity == "holm" else alpha for r in range(m)]
 
 
-def boundaries(fractions, alpha: float, spending=spent) -> np.ndarray:
-    """Two-sided boundaries c_k of Z at the information fractions t_1 < ... < t_K (<= 1):
-    under no difference P(|Z_j| < c_j for j < k, |Z_k| >= c_k) = alpha(t_k) - alpha(t_{k-1}),
-    where Z_k = B(t_k) / sqrt(t_k) for a standard Brownian motion B (Armitage, McPherson &
-    Rowe 1969: the density of B on the continuation region, carried from look to look).
-    `spending(t, alpha)`: the error spent by t (default: `spent`)."""
-    fractions = np.asarray(fractions, dtype=float)
-    if np.any(np.diff(fractions) <= 0) or fractions[0] <= 0 or fractions[-1] > 1 + 1e-12:
-        raise ValueError(f"information fractions must increase within (0, 1]: {fractions}")
-    increments = np.diff(np.concatenate([[0.0], spending(fractions, alpha)]))
-    found, grid, density, previous = [], None, None, 0.0
-    for t, rate in zip(fractions, increments):
-        step = t - previous
-        if grid is None:  # first look: B(t_1) ~ N(0, t_1)
-            def crossing(c):
-                return 2 * stats.norm.sf(c)
-        else:
-            weights = density * np.gradient(grid)  # trapezoid-like weights of the carried density
-
-            def crossing(c, t=t, step=step, weights=weights):
-                edge = c * np.sqrt(t)
-                sd = np.sqrt(step)
-                return float(np.sum(weights * (stats.norm.sf((edge - grid) / sd)
-                                               + stats.norm.cdf((-edge - grid) / sd))))
-        c = LARGEST
-        if rate > crossing(LARGEST):
-            c = optimize.brentq(lambda c: crossing(c) - rate, 1e-6, LARGEST, xtol=1e-10)
-        found.append(c)
-        edge = c * np.sqrt(t)
-        points = np.linspace(-edge, edge, GRID)
-        if grid is None:
-            carried = stats.norm.pdf(points, scale=np.sqrt(t))
-        else:  # density of B(t_k) on the region, from that of B(t_{k-1}) and an N(0, step) increment
-            kernel = stats.norm.pdf((points[:, None] - grid[None, :]) / np.sqrt(step)) / np.sqrt(step)
-            carried = kernel @ (density * np.gradient(grid))
-        grid, density, previous = points, carried, t
-    return np.array(found)
-
-
-@functools.lru_cache(maxsize=64)
-def _differ_and_same(fractions: tuple, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """The boundaries of a difference (alpha) and of equivalence (2 alpha) at these information
-    fractions: `verdicts` and `path` need both, and the rounds judge every variant at the same
-    looks, so each set is integrated once."""
-    differ, same = boundaries(np.array(fractions), alpha), boundaries(np.array(fractions), 2 * alpha)
-    differ.flags.writeable = same.flags.writeable = False
-    return differ, same
-
-
-def rank_z(vanilla: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    """Standardised Mann-Whitney statistic of `variant` against `vanilla` along the last
-    axis (positive: the variant's values tend to be larger), midranks and tie-corrected
-    variance; 0 where every value is tied."""
-    m, n = vanilla.shape[-1], variant.shape[-1]
-    both = np.concatenate([vanilla, variant], axis=-1)
-    order = np.argsort(both, axis=-1, kind="stable")  # one sort gives the midranks and the ties
-    ordered = np.take_along_axis(both, order, axis=-1)
-    total = m + n
-    position = np.broadcast_to(np.arange(1, total + 1), ordered.shape)
-    starts = np.concatenate([np.ones(ordered.shape[:-1] + (1,), bool), ordered[..., 1:] != ordered[..., :-1]], axis=-1)
-    ends = np.concatenate([starts[..., 1:], np.ones(ordered.shape[:-1] + (1,), bool)], axis=-1)
-    first = np.maximum.accumulate(np.where(starts, position, 0), axis=-1)  # where each tie group begins
-    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, position, total + 1), -1), axis=-1), -1)
-    tied = last - first + 1
-    u = np.where(order >= m, (first + last) / 2, 0).sum(axis=-1) - n * (n + 1) / 2
-    variance = m * n / 12 * ((total + 1) - (tied ** 2 - 1).sum(axis=-1) / (total * (total - 1)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (u - m * n / 2) / np.sqrt(variance)
-    return np.where(variance > 0, z, 0.0)
-
-
-def _worst_for_nan(values) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    return np.where(np.isnan(values), np.inf, values)
-
-
-def verdicts(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = None,
-             cap: int | None = None):
-    """The verdict of `variant` against `vanilla` at each look: "worse", "better",
-    "equivalent" or "undecided" (lower is better).
-
-    vanilla, variant: the metric of each trial in the order trials finished; 1-D, or 2-D
-    (studies x trials) for many simulated studies at once. looks: increasing numbers of
-    trials a variant (each at most the length of both series). margin: the smallest
-    difference that matters, in metric units (None: equivalence is never decided).
-    cap: the largest number of trials a variant the study may reach, which fixes the
-    information fractions n_k / cap (default: the last look).
-    Returns a list of strings for 1-D input, an array of shape (studies, looks) for 2-D."""
-    x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
-    single = x.ndim == 1
-    x, y = np.atleast_2d(x), np.atleast_2d(y)
+def _check(looks, cap, length: int, margin) -> tuple[list[int], list[float]]:
     looks = [int(n) for n in looks]
-    cap = int(cap if cap is not None else looks[-1])
-    if not looks or looks[0] < 2 or np.any(np.diff(looks) <= 0) or looks[-1] > cap:
+    caps = list(np.broadcast_to(np.asarray(looks[-1] if cap is None else cap, dtype=float), (len(looks),)))
+    if not looks or looks[0] < 2 or np.any(np.diff(looks) <= 0) or any(n > c for n, c in zip(looks, caps)):
         raise ValueError(f"looks must increase from at least 2 trials up to the cap {cap}: {looks}")
-    if looks[-1] > min(x.shape[-1], y.shape[-1]):
-        raise ValueError(f"the last look ({looks[-1]}) needs that many trials in both series")
+    if looks[-1] > length:
+        raise ValueError(f"the last look ({looks[-1]}) needs that many trials in vanilla's series")
     if margin is not None and not margin > 0:
         raise ValueError(f"margin must be positive: {margin}")
-    fractions = np.array(looks) / cap
-    differ, same = _differ_and_same(tuple(fractions), alpha)
-    result = np.full((x.shape[0], len(looks)), "undecided", dtype=object)
-    decided = np.zeros(x.shape[0], dtype=bool)
-    for k, n in enumerate(looks):
-        if k:
-            result[:, k] = result[:, k - 1]  # a decision stands
-        live = np.flatnonzero(~decided)
-        if not len(live) or (differ[k] >= LARGEST and (margin is None or same[k] >= LARGEST)):
-            continue  # nothing left to decide, or a look that spends nothing
-        a, b = x[live, :n], y[live, :n]
-        z = rank_z(a, b)
-        verdict = np.where(z >= differ[k], "worse", np.where(z <= -differ[k], "better", "undecided")).astype(object)
-        if margin is not None and same[k] < LARGEST:
-            below = rank_z(a, b - margin) <= -same[k]   # shift < +margin
-            above = rank_z(a, b + margin) >= same[k]    # shift > -margin
-            verdict = np.where((verdict == "undecided") & below & above, "equivalent", verdict)
-        result[live, k] = verdict
-        decided[live] = verdict != "undecided"
-    return list(result[0]) if single else result
+    return looks, caps
 
 
-def shift_interval(vanilla, variant, critical: float) -> tuple[float, float, float]:
-    """Hodges-Lehmann shift of `variant` against `vanilla` (the median of all pairwise
-    differences) and the shifts the rank test with critical value `critical` does not reject
-    (Moses' interval, normal approximation without ties: at a look's boundary, the repeated
-    confidence interval); NaN counts as +inf."""
-    x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
-    differences = np.sort((y[:, None] - x[None, :]).ravel())
-    m, n = len(x), len(y)
-    # Hollander & Wolfe: the C-th smallest and the C-th largest difference (1-based)
-    c = max(1, int(np.floor(m * n / 2 - critical * np.sqrt(m * n * (m + n + 1) / 12))))
-    with np.errstate(invalid="ignore"):
-        middle = float(np.median(differences))
-    return middle, float(differences[c - 1]), float(differences[len(differences) - c])
+class Decision:
+    """A family's comparisons judged look by look (the engine of `family` and `verdicts`).
+
+    Built from each variant's statistics at each look (arrays (studies, looks)): `worse_z`,
+    `better_z` (Z just above and just below shift 0: ties across the arms count against the
+    claim), `same` (the equivalence interval inside the margin), `present` (the variant has
+    that look's trials). `bounds[r]` are the boundaries at the level held after r rejections,
+    `same_bounds` those of equivalence. After `run`: `verdict` (studies, variants, looks) as
+    strings, and for each study and variant the look index of the decision `decided_at`, the
+    look whose statistic crossed `crossed_at`, and the number of rejections `held` whose
+    level the variant held when it was decided (or at the end)."""
+
+    def __init__(self, worse_z, better_z, same, present, bounds):
+        self.worse_z, self.better_z, self.same = worse_z, better_z, same  # lists over variants
+        self.present, self.bounds = present, np.asarray(bounds)
+
+    def run(self) -> "Decision":
+        variants, (studies, looks) = len(self.worse_z), self.worse_z[0].shape
+        rejected = np.zeros((studies, variants), bool)
+        retired = np.zeros((studies, variants), bool)  # equivalent: never called different afterwards
+        state = np.full((studies, variants), "undecided", dtype=object)
+        self.verdict = np.full((studies, variants, looks), "undecided", dtype=object)
+        self.decided_at = np.full((studies, variants), -1)
+        self.crossed_at = np.full((studies, variants), -1)
+        self.held = np.zeros((studies, variants), int)
+        for k in range(looks):
+            while True:  # reject what the levels allow, pass the levels on, test again
+                r = rejected.sum(axis=1)
+                bound = self.bounds[np.minimum(r, len(self.bounds) - 1), :k + 1]  # (studies, k+1)
+                found = False
+                for v in range(variants):
+                    live = ~rejected[:, v] & ~retired[:, v]
+                    if not live.any():
+                        continue
+                    seen = self.present[v][:k + 1]
+                    up = (self.worse_z[v][:, :k + 1] >= bound) & seen
+                    down = (self.better_z[v][:, :k + 1] <= -bound) & seen
+                    crossed = (up | down) & live[:, None]
+                    hit = crossed.any(axis=1)
+                    if not hit.any():
+                        continue
+                    first = crossed.argmax(axis=1)
+                    rows = np.flatnonzero(hit)
+                    state[rows, v] = np.where(up[rows, first[rows]], "worse", "better")
+                    rejected[rows, v] = True
+                    self.decided_at[rows, v], self.crossed_at[rows, v] = k, first[rows]
+                    self.held[rows, v] = r[rows]
+                    found = True
+                if not found:
+                    break
+            for v in range(variants):
+                if not self.present[v][k]:
+                    continue
+                now = self.same[v][:, k] & ~rejected[:, v] & ~retired[:, v]
+                state[now, v], retired[now, v] = "equivalent", True
+                self.decided_at[now, v] = self.crossed_at[now, v] = k
+                self.held[now, v] = rejected.sum(axis=1)[now]
+            self.verdict[:, :, k] = state
+        open_ = self.decided_at < 0
+        self.held[open_] = rejected.sum(axis=1)[np.nonzero(open_)[0]]
+        return self
 
 
-def path(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = None,
-         cap: int | None = None) -> list[dict]:
-    """The comparison as it stood at each look, up to the first that decided it (the variant
-    stops there): a dict per look with its number of trials a variant `look`, the `verdict`,
-    the rank statistic `z` and its `boundary`, the Hodges-Lehmann `shift` of the variant and
-    its repeated confidence interval [`shift_low`, `shift_high`] (at the equivalence
-    boundary, `equivalence_boundary`). Arguments as for `verdicts` (1-D series)."""
-    found = verdicts(vanilla, variant, looks, alpha=alpha, margin=margin, cap=cap)
-    fractions = np.array(looks, dtype=float) / int(cap if cap is not None else looks[-1])
-    differ, same = _differ_and_same(tuple(fractions), alpha)
-    x, y = _worst_for_nan(vanilla), _worst_for_nan(variant)
-    rows = []
-    for k, n in enumerate(looks):
-        shift, low, high = shift_interval(x[:n], y[:n], critical=float(same[k]))
-        rows.append({"look": int(n), "verdict": found[k], "z": float(rank_z(x[:n], y[:n])),
-                     "boundary": float(differ[k]), "equivalence_boundary": float(same[k]),
-                     "shift": shift, "shift_low": low, "shift_high": high})
-        if found[k] != "undecided":
-            break
-    return rows
+def _statistics(x, ys, looks, margin, same_bounds):
+    """Per variant: Z just above and below 0, and equivalence reached, at each look: arrays
+    (studies, looks); looks=None: one look with every trial of both."""
+    worse_z, better_z, same, present = [], [], [], []
+    for y in ys:
+        cuts = [None] if looks is None else looks
+        w = np.zeros((x.shape[0], len(cuts)))
+        b, s = np.zeros_like(w), np.zeros(w.shape, bool)
+        seen = np.array([n is None or n <= y.shape[-1] for n in cuts])
+        for k, n in enumerate(cuts):
+            if not seen[k]:
+                continue
+            n = min(x.shape[-1], y.shape[-1]) if n is None else n
+            a, c = x[:, :n], y[:, :n]
+            w[:, k], b[:, k] = ranks.leaning(a, c, 0.0)
+            if margin is not None and same_bounds[k] < LARGEST:
+                below = ranks.leaning(a, c, margin)[1] <= -same_bounds[k]  # the shift < +margin
+                above = ranks.leaning(a, c, -margin)[0] >= same_bounds[k]  # the shift > -margin
+                s[:, k] = below & above
+        worse_z.append(w)
+        better_z.append(b)
+        same.append(s)
+        present.append(seen)
+    return worse_z, better_z, same, present
+
+
+def design(looks, cap, alpha: float, m: int, multiplicity: str = "holm"):
+    """(bounds, same_bounds): the boundaries of a difference at the level held after r
+    rejections (rows r = 0 .. m-1), and those of equivalence (2 alpha, two one-sided tests).
+    looks=None: one look (a fixed study)."""
+    points, caps = ([1.0], [1.0]) if looks is None else (looks, cap)
+    bounds = np.array([boundaries(points, level, caps) for level in levels(alpha, m, multiplicity)])
+    return bounds, boundaries(points, min(2 * alpha, 0.999), caps)
+
+
+def decide(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: float | None = None, cap=None,
+           multiplicity: str = "holm") -> tuple[Decision, np.ndarray, np.ndarray]:
+    """The family judged: (Decision, bounds, same_bounds); arguments as for `family`."""
+    x = worst_for_nan(vanilla)
+    single = x.ndim == 1
+    ys = [np.atleast_2d(worst_for_nan(y)) for y in variants.values()]
+    x = np.atleast_2d(x)
+    if not ys:
+        raise ValueError("a family needs at least one variant")
+    if looks is not None:
+        looks, cap = _check(looks, cap, x.shape[-1], margin)
+    elif margin is not None and not margin > 0:
+        raise ValueError(f"margin must be positive: {margin}")
+    if not single and any(y.shape[0] != x.shape[0] for y in ys):
+        raise ValueError("simulated studies: every series needs as many rows as vanilla's")
+    bounds, same_bounds = design(looks, cap, alpha, len(ys), multiplicity)
+    decision = Decision(*_statistics(x, ys, looks, margin, same_bounds), bounds).run()
+    return decision, bounds, same_bounds
+
+
+def family(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: float | None = None, cap=None,
+           multiplicity: str = "holm") -> dict:
+    """The verdict of each variant against vanilla at each look, "worse", "better",
+    "equivalent" or "undecided" (lower is better), the directional claims holding a
+    family-wise level alpha over the variants (`multiplicity="holm"`, Maurer & Bretz 2013).
+
+    vanilla: the metric of each vanilla trial in the order trials were started; variants:
+    {name: series} the same way (NaN: failed or diverged, the worst outcome); 1-D, or 2-D
+    (studies x trials) for many simulated studies at once. looks: increasing numbers of
+    trials a variant (both series are cut to the first n_k at look k; a series shorter than
+    a look has stopped, and keeps its verdict); None: a fixed study, one look at as many
+    trials of each as the shorter of the two has (vanilla's first n of a variant's n). margin: the smallest shift that matters, in metric units (None: nothing
+    is equivalent). cap: the number of trials a variant at which all of alpha is spent, one
+    number or one a look (the cap in force when each look was judged); default: the last look.
+    Returns {name: list of verdicts} for 1-D input, {name: array (studies, looks)} for 2-D."""
+    single = np.asarray(vanilla).ndim == 1
+    decision, _, _ = decide(vanilla, variants, looks, alpha, margin, cap, multiplicity)
+    return {name: (list(decision.verdict[0, v]) if single else decision.verdict[:, v])
+            for v, name in enumerate(variants)}
+
+
+def verdicts(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = None, cap=None):
+    """The verdicts of one comparison at its own level alpha (a family of one); arguments as
+    for `family`. A list for 1-D series, an array (studies, looks) for 2-D."""
+    return family(vanilla, {"variant": variant}, looks, alpha, margin, cap)["variant"]
+
+
+def paths(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: float | None = None, cap=None,
+          multiplicity: str = "holm") -> dict[str, list[dict]]:
+    """{name: the comparison as it stood at each look up to the one that decided it (the
+    variant stops there; an undecided one to its last look)}, 1-D series. Each row: `look`
+    (trials a variant; for a fixed study, those of the variant), `verdict`, `z` (the rank
+    statistic), `level` (the variant's share of alpha then) and its `boundary`, `crossed`
+    (the look whose statistic crossed, when a look was tested again at a higher level), the
+    Hodges-Lehmann `shift`, the interval of the difference test [`shift_low`, `shift_high`]
+    (it excludes 0 exactly when the verdict is worse or better) and that of equivalence
+    [`equivalence_low`, `equivalence_high`] at `equivalence_boundary` (inside the margin
+    exactly when equivalent)."""
+    decision, bounds, same_bounds = decide(vanilla, variants, looks, alpha, margin, cap, multiplicity)
+    x = worst_for_nan(vanilla)
+    share = levels(alpha, len(variants), multiplicity)
+    found = {}
+    for v, (name, series_) in enumerate(variants.items()):
+        y = worst_for_nan(series_)
+        cuts = [None] if looks is None else [n for n in looks if n <= len(y)]
+        decided, rows = decision.decided_at[0, v], []
+        for k, n in enumerate(cuts):
+            held = decision.held[0, v] if k == decided else _held_at(decision, v, k)
+            source = decision.crossed_at[0, v] if k == decided else k  # a look tested again: its own data
+            cut = cuts[source] or min(len(x), len(y))
+            a, b = x[:cut], y[:cut]
+            boundary, same = float(bounds[held, source]), float(same_bounds[source])
+            shift, low, high = shift_interval(a, b, boundary)
+            _, same_low, same_high = shift_interval(a, b, same) if same < LARGEST else (shift, -np.inf, np.inf)
+            rows.append({"look": int(n or cut), "verdict": decision.verdict[0, v, k],
+                         "z": float(rank_z(a, b)), "level": share[held], "boundary": boundary,
+                         "crossed": int(cut),
+                         "equivalence_boundary": same, "shift": shift, "shift_low": low, "shift_high": high,
+                         "equivalence_low": same_low, "equivalence_high": same_high})
+            if k == decided:
+                break
+        found[name] = rows
+    return found
+
+
+def _held_at(decision: Decision, v: int, k: int) -> int:
+    """Rejections in the family before variant v's look k was judged (its level then)."""
+    others = np.delete(np.arange(decision.verdict.shape[1]), v)
+    return int(sum(1 for o in others if decision.verdict[0, o, k] in ("worse", "better")))
+
+
+def path(vanilla, variant, looks, alpha: float = 0.05, margin: float | None = None, cap=None) -> list[dict]:
+    """One comparison at its own alpha, look by look (`paths` of a family of one)."""
+    return paths(vanilla, {"variant": variant}, looks, alpha, margin, cap)["variant"]
 
 
 def looks_up_to(n: int, every: int, cap: int) -> list[int]:
@@ -219,26 +267,51 @@ def looks_up_to(n: int, every: int, cap: int) -> list[int]:
 
 
 def series(trials) -> np.ndarray:
-    """What a sweep with search.until=decided judges (harness.rounds): its counted trials
-    (harness.storage.counted) in trial-number order, each by its test metric (its objective
-    where it has none), NaN for one that did not complete (its loss diverged)."""
+    """What a comparison judges: a study's counted trials (harness.storage.counted) in the
+    order their work was first started (a retry or a lost trial's redo takes the place of the
+    trial it redoes: storage.lineages), each by its test metric (its objective where it has
+    none), NaN for one that did not complete (its loss diverged)."""
+    trials = list(trials)
+    root = lineages(trials)
     values = [t.user_attrs.get("test_metric", t.value) if t.state == TrialState.COMPLETE else math.nan
-              for t in sorted(counted(trials), key=lambda t: t.number)]
+              for t in sorted(counted(trials), key=lambda t: (root[t.number], t.number))]
     return np.array([math.nan if v is None else v for v in values], dtype=float)
 
 
-def paths(series_of: dict, settings: dict, reference: str) -> dict[str, list[dict]]:
-    """{variant: its `path`} for a sweep's stored outcomes: `settings` maps a variant to its
-    study's `sequential` attribute (harness.rounds: look_every, cap, alpha, margin and the
-    last look judged), `series_of` a variant to its `series`. Looks go up to the last one
-    the sweep judged, so the path ends where the sweep's verdict stands."""
-    found = {}
-    for variant, outcome in settings.items():
-        if variant == reference or variant not in series_of or reference not in series_of:
-            continue
-        n = min(len(series_of[reference]), len(series_of[variant]), int(outcome.get("look") or 0))
-        looks = looks_up_to(n, int(outcome["look_every"]), int(outcome["cap"]))
+def history(recorded: dict) -> list[list[int]]:
+    """The looks a comparison swept in rounds was judged at, [[trials a variant, the cap
+    then], ...], from its study's `sequential` attribute (harness.rounds); one written before
+    looks were recorded: every look up to its last, at its one cap."""
+    if not recorded:
+        return []
+    if recorded.get("looks"):
+        return [[int(n), int(c)] for n, c in recorded["looks"]]
+    return [[n, int(recorded["cap"])] for n in looks_up_to(int(recorded.get("look") or 0),
+                                                          int(recorded["look_every"]), int(recorded["cap"]))]
+
+
+def judge_study(series_of: dict, settings: dict, reference: str, alpha: float, margin, multiplicity: str = "holm"):
+    """Every variant of a study against the reference: ({variant: `paths` rows}, {variant:
+    its family}). The variants swept in rounds (`settings`: {variant: its `sequential`
+    attribute}) form one family, judged at the looks recorded with them (their alpha,
+    margin and multiplicity where recorded); the others form a fixed family, one look each
+    (`family` with looks=None), at `alpha` and `margin`. Each family holds its own level."""
+    base = series_of.get(reference)
+    if base is None:
+        return {}, {}
+    rounds = {v: o for v, o in settings.items() if v != reference and v in series_of and len(series_of[v]) >= 2}
+    fixed = {v: y for v, y in series_of.items() if v != reference and v not in rounds and len(y) >= 2}
+    found, families = {}, {}
+    if rounds:
+        first = max(rounds.values(), key=lambda o: len(history(o)))
+        looks = [look for look in history(first) if look[0] <= len(base)]
         if looks:
-            found[variant] = path(series_of[reference], series_of[variant], looks, alpha=float(outcome["alpha"]),
-                                  margin=outcome.get("margin"), cap=int(outcome["cap"]))
-    return found
+            chosen = {v: series_of[v] for v in rounds}
+            found.update(paths(base, chosen, [n for n, _ in looks], alpha=float(first.get("alpha", alpha)),
+                               margin=first.get("margin", margin), cap=[c for _, c in looks],
+                               multiplicity=first.get("multiplicity", multiplicity)))
+            families.update({v: "rounds" for v in chosen})
+    if fixed and len(base) >= 2:
+        found.update(paths(base, fixed, None, alpha=alpha, margin=margin, multiplicity=multiplicity))
+        families.update({v: "fixed" for v in fixed})
+    return found, families

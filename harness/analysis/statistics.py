@@ -7,12 +7,10 @@
 - Welch's t-test (scipy, unequal variances) of each variant against the reference, on
   all trials and on the best 10 %, as Greff et al. did; `welch_holm_*` are those p-values
   after Holm's step-down correction over the variants compared (one family per panel).
-- The comparison with the reference on all trials (`comparison`, docs/analysis.md,
-  "Verdicts"): worse / better when Holm's p < alpha; equivalent when the difference's
-  Welch interval at level 1 - 2 alpha (`tost_low`, `tost_high`: two one-sided tests,
-  Schuirmann 1987, in interval form) lies inside (-margin, +margin); else undecided, with
-  `trials_to_decide`, the trials a variant with which the observed difference and spread
-  would decide it with 80 % power.
+- The comparison with the reference (`comparison` and the `rank_*` columns) is not computed
+  here: it is the rank test of harness.analysis.sequential (docs/analysis.md, "Verdicts"),
+  passed in. Welch's test on the converged runs, the paper's own test, stays beside it as
+  information, with its interval at level 1 - 2 alpha (`tost_low`, `tost_high`).
 """
 
 from __future__ import annotations
@@ -66,9 +64,6 @@ def _top_mean(metric, validation, fraction, sign):
     return float(np.mean(metric[order[:n]]))
 
 
-POWER = 0.8  # of the trials_to_decide estimate
-
-
 def welch_interval(metric, reference, level: float) -> tuple[float, float]:
     """The Welch (unequal variances) interval of mean(metric) - mean(reference) at `level`."""
     if len(metric) < 2 or len(reference) < 2:
@@ -77,34 +72,14 @@ def welch_interval(metric, reference, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def trials_to_decide(diff, sd, sd_reference, margin, alpha, family) -> float:
-    """Trials a variant (both groups alike) with which a study whose true difference and
-    spreads are the observed ones would likely (POWER) decide: significant at alpha / family
-    (Holm's first step, the strictest), or equivalent at margin; the fewer of the two (normal
-    approximation: n = ((z_a + z_power) sigma / distance)^2, sigma^2 = sd^2 + sd_reference^2)."""
-    spread = math.hypot(sd, sd_reference)
-    if not (finite(diff) and finite(spread)) or spread == 0:
-        return np.nan
-    power = stats.norm.ppf(POWER)
-    needed = []
-    if diff != 0:
-        needed.append(((stats.norm.ppf(1 - alpha / (2 * family)) + power) * spread / abs(diff)) ** 2)
-    if margin is not None and abs(diff) < margin:
-        needed.append(((stats.norm.ppf(1 - alpha) + power) * spread / (margin - abs(diff))) ** 2)
-    return float(math.ceil(min(needed))) if needed else np.nan
+VERDICT_COLUMNS = ("verdict", "look", "z", "level", "boundary", "shift", "shift_low", "shift_high",
+                   "equivalence_low", "equivalence_high")
 
 
-def comparison(p_holm, diff, low, high, margin, alpha, sign) -> str:
-    """worse / better / equivalent / undecided of a variant against the reference."""
-    if finite(p_holm) and p_holm < alpha and finite(diff):
-        return "worse" if sign * diff > 0 else "better"
-    if margin is not None and finite(low) and finite(high) and -margin < low and high < margin:
-        return "equivalent"
-    return "undecided"
-
-
-def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame:
-    """Counts, summaries with bootstrap intervals, Welch and Holm against the reference."""
+def variants_table(trials, screened, top, column, sign, options, verdicts=None, families=None) -> pd.DataFrame:
+    """Counts, summaries with bootstrap intervals, the verdict of each comparison with the
+    reference (`verdicts`: {variant: its last row of harness.analysis.sequential.paths};
+    `families`: {variant: "rounds" or "fixed"}), and Welch and Holm beside it."""
     reference = options["reference_variant"]
     level, resamples = float(options["ci_level"]), int(options["n_bootstrap"])
     fraction = float(options["top_fraction"])
@@ -165,15 +140,13 @@ def variants_table(trials, screened, top, column, sign, options) -> pd.DataFrame
             table[f"welch_holm_{label}"] = holm(table[f"welch_p_{label}"])
             table[f"differs_holm_{label}"] = table[f"welch_holm_{label}"] < options["alpha"]
     if len(table):
-        alpha, margin = float(options["alpha"]), options.get("margin")
-        family = max(1, int(table.welch_p_all.notna().sum()))
-        sd_reference = (float(np.std(ref_metric, ddof=1)) if len(ref_metric) >= 2 else np.nan)
+        margin = options.get("margin")
         table["margin"] = np.nan if margin is None else float(margin)
-        table["comparison"] = [
-            "" if row.variant == reference else
-            comparison(row.welch_holm_all, row.mean_diff_all, row.tost_low, row.tost_high, margin, alpha, sign)
-            for row in table.itertuples()]
-        table["trials_to_decide"] = [
-            trials_to_decide(row.mean_diff_all, row.sd_all, sd_reference, margin, alpha, family)
-            if row.comparison == "undecided" else np.nan for row in table.itertuples()]
+        verdicts, families = verdicts or {}, families or {}
+        # the verdict: the rank test (sign: the metric's shift is in its own direction, lower is better
+        # once multiplied by sign, as the trials' series are)
+        for key in VERDICT_COLUMNS:
+            table[f"rank_{key}" if key != "verdict" else "comparison"] = [
+                verdicts[v][key] if v in verdicts else ("" if key == "verdict" else np.nan) for v in table.variant]
+        table["family"] = [families.get(v, "") for v in table.variant]
     return table
