@@ -178,25 +178,35 @@ def run(cfg, variants: list[str], top_up, study_of) -> dict:
             study_of(name).set_user_attr("sequential", found[name])
         past = looks
         spent = any(n >= c for n, c in looks)  # a look at its cap spent all of alpha
-        open_ = [name for name, o in found.items() if o["verdict"] == "undecided" and not spent
-                 and o["look"] < cap and len(series_of[name]) >= (looks[-1][0] if looks else 0)]
+        judged = looks[-1][0] if looks else 0
+        targets = {}
+        for name, o in found.items():
+            if o["verdict"] != "undecided":
+                continue
+            behind = [n for n, _ in looks if n > len(series_of[name])]
+            if behind:  # behind the family's looks (a variant re-opened by a change of method): catch up
+                targets[name] = behind[0]
+            elif not spent and judged < cap:
+                targets[name] = min(cap, judged + every)
         for name, o in found.items():
             if o["verdict"] != "undecided" and name not in said:
                 print(f"{name}: decided {o['verdict']} at {o['look']} trials a variant; it gets no more trials",
                       flush=True)
                 said.add(name)
-        if spent and any(o["verdict"] == "undecided" for o in found.values()):
+        if spent and any(o["verdict"] == "undecided" and name not in targets for name, o in found.items()):
             print(f"until decided: the look at {looks[-1][0]} was at the cap in force then and spent all of alpha; "
                   "the undecided stay undecided (more trials cannot decide them at this level)", flush=True)
         print("round: " + "; ".join(f"{name} {o['verdict']} at {o['look']}" for name, o in found.items()),
               flush=True)
-        if not open_:
+        if not targets:
             return found
         now = [len(series(study_of(name))) for name in variants]
         if now == sizes:  # the last round added nothing (its workers died): say so, do not spin
             raise UserError("search.until=decided: the last round added no trial; see the workers' messages above, "
                             "then run the same command to go on from the last look.")
         sizes = now
-        target = min(cap, (looks[-1][0] if looks else 0) + every)
-        for name in [reference, *open_]:
+        ahead = max(targets.values())
+        if ahead > len(base):
+            top_up(reference, ahead)
+        for name, target in targets.items():
             top_up(name, target)
