@@ -34,7 +34,9 @@ soon as the storage answers (`abandon`), so nothing stays RUNNING and a rerun to
 study up.
 
 Stopping (`stop_on_signal`): SIGTERM (kill, scancel), SIGUSR2 (SLURM's time-limit warning)
-and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost; a stop that
+and SIGINT stop a worker like Ctrl-C, which releases its running trial as lost and enqueues
+its redo, the same configuration with the same seed (`Liveness.redo`, `Liveness.redo_lost`,
+docs/training.md, "The trial rules"); a stop that
 Python dropped (raised inside a garbage collector's callback) is raised again at the next
 epoch or pass of the worker's loop (`check_stop`). The stop is held back while the worker
 holds a journal file's lock: a stop raised between taking the lock file and the `try` that
@@ -68,6 +70,7 @@ from harness.errors import UserError
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 MAX_RETRY = 3           # times a trial failed as stale is enqueued again
 WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system attributes
+LOST_ATTR, REDO_ATTR = "odyssey_lost", "odyssey_redo_of"  # system attributes: stopped, to be redone; the redo of which
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
 EXIT_STORAGE_LOST = 4   # a worker whose storage stopped answering ends so, as one that died (harness.sweep)
@@ -249,9 +252,11 @@ def _histories(trials) -> dict[int, list[int]]:
 
 
 def lineages(trials) -> dict[int, int]:
-    """{trial number: the number of the trial whose work it does}: a retry, that of the first
-    trial of its retry history (Optuna's RetryHeartbeatStaleTrialCallback); a late result
-    (`late_result_of`), that of the trial it was taken from; any other trial, its own."""
+    """{trial number: the number of the trial whose work it does}: a retry, or the redo of a
+    lost trial (`Liveness.redo`), that of the first trial of its retry history (Optuna's
+    RetryHeartbeatStaleTrialCallback); a late result (`late_result_of`), that of the trial it
+    was taken from; any other trial, its own. Sorted by these numbers, the counted trials of a
+    study stand in the order of its configurations, however often it was stopped."""
     by_number, history = {t.number: t for t in trials}, _histories(trials)
     roots: dict[int, int] = {}
 
@@ -284,9 +289,31 @@ def counted(trials) -> list[optuna.trial.FrozenTrial]:
     return sorted(first.values(), key=lambda t: t.number)
 
 
+def yields_to(trials, number: int) -> int | None:
+    """The trial that trial `number`, enqueued to redo a trial, gives way to: an earlier trial
+    enqueued to redo the same one and not closed as `surplus` (two workers that started at
+    once can each enqueue a redo of one lost trial: `Liveness.redo_lost`); None if there is
+    none. A trial that is no redo or retry gives way to none."""
+    history = _histories(trials)
+    if not history.get(number):
+        return None
+    redone = history[number][-1]
+    return next((t.number for t in sorted(trials, key=lambda t: t.number) if t.number < number
+                 and history[t.number] and history[t.number][-1] == redone and not t.user_attrs.get("surplus")),
+                None)
+
+
+def redo_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the lost trial that `trial` redoes (`Liveness.redo`), or None (a retry of
+    a redo taken for dead inherits REDO_ATTR but is a retry, not a redo)."""
+    lost, history = trial.system_attrs.get(REDO_ATTR), _histories([trial])[trial.number]
+    return lost if history and history[-1] == lost else None
+
+
 def uncounted(trials) -> dict[int, str]:
     """{number: why} of the finished trials that a sweep left out of its count and redid:
-    "lost" (stopped: Ctrl-C, SIGTERM, a batch system's time limit), "duplicate" (a second
+    "lost" (stopped: Ctrl-C, SIGTERM, a batch system's time limit; its redo counts in its
+    place), "duplicate" (a second
     result of one piece of work, see `counted`), "surplus" (started past the target, or a
     retry closed once the study had its count), "retried" (taken for dead; a retry redid
     it). A failed trial without one of these marks (a study of another tool) is not listed."""
@@ -572,6 +599,56 @@ class Liveness:
                     self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 pass  # another worker took it
+
+    def mark_lost(self, study: optuna.Study, number: int, reason: str, redo: bool) -> None:
+        """Mark RUNNING trial `number`, which will not finish, as lost (user attribute `lost`,
+        why) and, if `redo`, to be redone (LOST_ATTR); UpdateFinishedTrialError if it has
+        finished meanwhile."""
+        trial_id = self.trial_id(study, number)
+        self.storage.set_trial_user_attr(trial_id, "lost", reason)
+        if redo:
+            self.storage.set_trial_system_attr(trial_id, LOST_ATTR, True)
+
+    def redo(self, study: optuna.Study, lost: optuna.trial.FrozenTrial) -> int:
+        """Enqueue the redo of trial `lost`, which a stop ended: a WAITING trial with its
+        parameters, user attributes (its `seed` among them; not `lost`) and system attributes
+        (not LOST_ATTR), as Optuna's RetryHeartbeatStaleTrialCallback enqueues a retry
+        (`failed_trial` and `retry_history`, so that `lineages` gives it the lost trial's work),
+        and REDO_ATTR, the lost trial's number. No MAX_RETRY: a stop is no fault of the
+        configuration (but Optuna's callback counts the whole history, stops too, against it
+        when a redo is taken for dead). Returns the redo's number."""
+        history = _histories([lost])[lost.number]
+        template = optuna.trial.create_trial(
+            state=TrialState.WAITING, params=lost.params, distributions=lost.distributions,
+            user_attrs={key: value for key, value in lost.user_attrs.items() if key != "lost"},
+            system_attrs={**{key: value for key, value in lost.system_attrs.items() if key != LOST_ATTR},
+                          "failed_trial": history[0] if history else lost.number,
+                          "retry_history": [*history, lost.number], REDO_ATTR: lost.number})
+        trial_id = self.storage.create_new_trial(self.storage.get_study_id_from_name(study.study_name), template)
+        return self.storage.get_trial_number_from_id(trial_id)
+
+    def redo_lost(self, study: optuna.Study, target: int) -> list[int]:
+        """Enqueue the redo of each lost trial that has none, as many as the study has places
+        left (`target` counted trials, less those counted, running or waiting), the first ones
+        first; the numbers of the redos. A worker calls it when it starts.
+
+        A stopped worker enqueues its trial's redo itself, right after failing it (sweep.release):
+        so a redo is made at once, for the workers that go on elsewhere (another machine's, a
+        SLURM task whose neighbour reached its time limit), and by one worker only, the one whose
+        FAIL ended the trial. This is for the trials whose redo was not made then: the worker was
+        killed between the two writes, or the storage stopped answering. Only trials marked to be
+        redone (LOST_ATTR) are: a trial lost before odyssey redid them was replaced by a new
+        configuration then. Two workers that start at once may both enqueue a redo of one trial;
+        the second gives way to the first when a worker claims it (`yields_to`), untrained."""
+        trials = study.get_trials(deepcopy=False)
+        redone = {history[-1] for history in _histories(trials).values() if history}
+        results, roots = counted(trials), lineages(trials)
+        done = {roots[t.number] for t in results}
+        places = target - len(results) - sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+        lost = [t for t in sorted(trials, key=lambda t: t.number)
+                if t.state == TrialState.FAIL and t.user_attrs.get("lost") and t.system_attrs.get(LOST_ATTR)
+                and t.number not in redone and roots[t.number] not in done]
+        return [self.redo(study, trial) for trial in lost[:max(0, places)]]
 
     def keep_late_result(self, study: optuna.Study, number: int, state: TrialState,
                          value: float | None, user_attrs: dict) -> int | None:
