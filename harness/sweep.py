@@ -7,8 +7,10 @@
 (harness.protocol), and runs `search.workers` worker processes here (or hands them to a
 launcher, harness.launchers); `run_worker` is one worker: ask, train, tell until the study
 has `search.n_trials` counted trials (one at a time, or K at once: `run_lockstep`).
-`TrialNumberSampler` draws a trial's parameters and seed from its number alone. A trial
-writes results/sweeps/<storage name>/<study>/trial_N/metrics.json (`storage_label`).
+`TrialNumberSampler` draws a trial's parameters and seed from its draw alone (`trial_draw`:
+its number, in a study that was never stopped); a trial that a stop ended is redone with
+its own (`release`). A trial writes results/sweeps/<storage name>/<study>/trial_N/metrics.json
+(`storage_label`).
 
 The rules (what counts, seeds, enqueued trials, liveness, exit statuses, the protocol)
 are in docs/training.md, "The trial rules" and "The protocol of a study"; storages,
@@ -44,8 +46,9 @@ from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
 from harness.recipes import Recipe
 from harness.resources import cap_workers, torch_threads
-from harness.storage import (Liveness, StorageLost, abandon, check_stop, connection_lost, counted, create_study,
-                             lineages, move_password, open_storage, reconnecting, redact, stop_on_signals)
+from harness.storage import (REDO_ATTR, Liveness, StorageLost, abandon, check_stop, connection_lost, counted,
+                             create_study, lineages, move_password, open_storage, reconnecting, redact, redo_of,
+                             stop_on_signals, yields_to)
 from harness.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
@@ -179,26 +182,44 @@ def open_study(storage, dataset: str, variant: str, seed: int, recipe: str = GRE
     return study
 
 
-def trial_rng(base_seed: int, study: str, number: int, name: str) -> np.random.Generator:
+def trial_rng(base_seed: int, study: str, draw: int, name: str) -> np.random.Generator:
     """The random stream of one value of one trial: from the seed, the study's name, the
-    trial's number and the value's name only (not the host, not the worker, not timing)."""
-    words = [int(base_seed) & 0xFFFFFFFF, zlib.crc32(study.encode()), int(number),
+    trial's draw (`trial_draw`) and the value's name only (not the host, not the worker, not
+    timing)."""
+    words = [int(base_seed) & 0xFFFFFFFF, zlib.crc32(study.encode()), int(draw),
              zlib.crc32(name.encode())]
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
-def trial_seed(base_seed: int, study: str, number: int) -> int:
-    """The training seed of trial `number` of `study` (recorded as user attribute `seed`)."""
-    return int(trial_rng(base_seed, study, number, "seed").integers(0, 2**31 - 1))
+def trial_seed(base_seed: int, study: str, draw: int) -> int:
+    """The training seed of the trial of draw `draw` of `study` (recorded as user attribute `seed`)."""
+    return int(trial_rng(base_seed, study, draw, "seed").integers(0, 2**31 - 1))
+
+
+def trial_draw(trials, number: int) -> int:
+    """Which draw of the random search trial `number` of `trials` (a study's) trains: a
+    retry, or the redo of a lost trial, that of the trial it does the work of (`lineages`);
+    any other trial, its number less the redos of lost trials before it, which take a number
+    but no draw. So the configurations of a study do not depend on when it was stopped: in
+    one never stopped, a trial's draw is its number; in a study from before redos (none
+    there), too."""
+    root = lineages(trials)[number]
+    return root - sum(1 for t in trials if t.number < root and REDO_ATTR in t.system_attrs)
 
 
 class TrialNumberSampler(optuna.samplers.BaseSampler):
-    """Random search whose every draw follows from (seed, study name, trial number,
-    parameter name): independent uniform draws over each distribution, log-uniform
-    where the distribution says log, as Optuna's RandomSampler draws them."""
+    """Random search whose every draw follows from (seed, study name, the trial's draw
+    (`trial_draw`), parameter name): independent uniform draws over each distribution,
+    log-uniform where the distribution says log, as Optuna's RandomSampler draws them."""
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
+        self._draw = (None, None, 0)  # (study, trial number, its draw): found once for all its parameters
+
+    def draw(self, study: optuna.Study, number: int) -> int:
+        if self._draw[:2] != (study.study_name, number):
+            self._draw = (study.study_name, number, trial_draw(study.get_trials(deepcopy=False), number))
+        return self._draw[2]
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -207,7 +228,7 @@ class TrialNumberSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        rng = trial_rng(self.seed, study.study_name, trial.number, param_name)
+        rng = trial_rng(self.seed, study.study_name, self.draw(study, trial.number), param_name)
         d = param_distribution
         if isinstance(d, optuna.distributions.CategoricalDistribution):
             return d.choices[int(rng.integers(len(d.choices)))]
@@ -240,21 +261,37 @@ def trial_config(cfg: DictConfig, params: dict) -> DictConfig:
     return trial_cfg
 
 
-def release(study: optuna.Study, trial: optuna.Trial, reason: str, error: BaseException | None = None) -> None:
-    """Mark a trial that will not finish as FAIL with user attribute `lost` (not counted); one
-    stopped by a lost storage connection (`error`) is retried instead, once the storage answers."""
-    if error is not None and connection_lost(error):
+def release(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, error: BaseException) -> None:
+    """A trial that `error` ended before its end: FAIL with user attribute `lost` (not counted).
+
+    One that a stop ended (KeyboardInterrupt: Ctrl-C, SIGTERM, a batch system's time limit)
+    is redone: its redo (Liveness.redo), its own parameters and seed counted in its place, is
+    what the next worker to ask for a trial trains, before any new one; so a stop, which
+    catches the long trials, leaves the study's sample as it was. The redo is enqueued here,
+    by the worker whose FAIL ended the trial (so by one worker only; a trial that another
+    worker failed as stale meanwhile has its retry instead), and, where that did not happen
+    (the storage went away, the worker was killed), by the next worker to start
+    (Liveness.redo_lost). One that a crash ended is not: it could crash every rerun. One
+    stopped by a lost storage connection is failed and retried once the storage answers."""
+    if connection_lost(error):
         abandon(study.study_name, trial.number)
         return
+    stopped = isinstance(error, KeyboardInterrupt)
     try:
-        trial.set_user_attr("lost", reason)
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # already failed as stale by another worker, or finished
-    except Exception as error:
-        if not connection_lost(error):
+        liveness.mark_lost(study, trial.number, f"stopped: {type(error).__name__}", redo=stopped)
+        lost = study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        return  # failed as stale by another worker (its retry redoes it), or finished
+    except Exception as failure:
+        if not connection_lost(failure):
             raise
         abandon(study.study_name, trial.number)  # failed and retried once the storage answers again
+        return
+    if stopped:
+        try:
+            liveness.redo(study, lost)
+        except Exception:  # the storage went away: Liveness.redo_lost enqueues it at the next start
+            pass
 
 
 def _report(trial: optuna.Trial, value: float, epoch: int) -> None:
@@ -282,12 +319,15 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, s
 
 
 def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, target: int) -> DictConfig | None:
-    """The root config of a trial, its seed set and recorded; None (and the trial told
-    as surplus) if another worker took the last place first, or if it is a retry whose work
-    has a result meanwhile (the late result of the trial it retries: `duplicate_of` it)."""
+    """The root config of a trial, its seed set and recorded (a redo of a lost trial says
+    so in one line); None (and the trial told as surplus) if another worker took the last
+    place first, or if it is a retry whose work has a result meanwhile (the late result of
+    the trial it retries: `duplicate_of` it), or a second redo of one lost trial
+    (`duplicate_of` the first: harness.storage.yields_to)."""
     trials = study.get_trials(deepcopy=False)
     results, roots = counted(trials), lineages(trials)
     done = [t.number for t in results if roots[t.number] == roots[trial.number]]
+    done += [first] if (first := yields_to(trials, trial.number)) is not None else []  # a second redo of one trial
     ahead = sum(1 for t in results if t.number < trial.number) + sum(
         1 for t in trials if t.number < trial.number and t.state == TrialState.RUNNING)
     if done or ahead >= target:  # its work is done, or another worker took the last place first
@@ -297,10 +337,15 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, targe
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial_cfg = trial_config(cfg, dict(trial.params))
-    seed = int(trial.user_attrs.get("seed", trial_seed(int(cfg.seed), study.study_name, trial.number)))
+    seed = int(trial.user_attrs.get("seed", trial_seed(int(cfg.seed), study.study_name,
+                                                       trial_draw(trials, trial.number))))
     with open_dict(trial_cfg):
         trial_cfg.seed = seed
     trial.set_user_attr("seed", seed)
+    lost = redo_of(next(t for t in trials if t.number == trial.number))
+    if lost is not None:
+        print(f"[{study.study_name}] trial {lost} was lost at the stop; redoing it as trial {trial.number} "
+              "with its own parameters and seed", flush=True)
     return trial_cfg
 
 
@@ -459,7 +504,7 @@ def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_ro
                 print(trial_line(tag, study, trial, result, target, rate), flush=True)
     except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the running trials are lost, not counted
         for trial, _, beat, _, _ in live.values():
-            release(study, trial, f"stopped: {type(error).__name__}", error)
+            release(study, trial, liveness, error)
             beat.close()
         raise
 
@@ -488,6 +533,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
     study = open_study(storage, dataset, variant, seed=int(cfg.seed), recipe=str(cfg.train.name),
                        pruner=make_pruner(search))
     protocol.keep(study, cfg, space)  # a SLURM node's own data files are checked too
+    liveness.redo_lost(study, target)  # trials lost at a stop whose redo was not enqueued then
     data = data if data is not None else load_dataset(cfg.dataset)
     out_root = project_root() / "results" / "sweeps" / storage_label(search.storage) / study.study_name
     tag = f"[{study.study_name} w{worker}]"
@@ -522,7 +568,7 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
             print(f"{tag} trial {trial.number} was taken for dead before it began; its retry runs it", flush=True)
             continue
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: the trial is lost, not counted
-            release(study, trial, f"stopped: {type(error).__name__}", error)
+            release(study, trial, liveness, error)
             raise
         if result is None:
             continue
