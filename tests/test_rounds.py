@@ -82,7 +82,7 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
 
 
 def test_a_raised_cap_keeps_the_looks_judged_and_spends_only_what_is_left():
-    from harness.analysis.sequential import boundaries, crossings
+    from harness.analysis.boundaries import boundaries, crossings
     from harness.rounds import looks_now
 
     past = [[10, 100], [20, 100], [30, 100]]
