@@ -151,8 +151,8 @@ def run(cfg, variants: list[str], top_up, study_of) -> dict:
     every, cap, alpha = int(search.look_every), int(search.n_trials), float(analysis.alpha)
     multiplicity = str(analysis.get("multiplicity", "holm"))
     others = [v for v in variants if v != reference]
-    recorded = next((study_of(name).user_attrs.get("sequential") for name in others
-                     if study_of(name).user_attrs.get("sequential")), {}) or {}
+    stored = [study_of(name).user_attrs.get("sequential") for name in others]
+    recorded = max((o for o in stored if o), key=lambda o: len(sequential.history(o)), default={})  # the family's looks
     margin, why = margin_of(cfg)
     if margin is None and recorded.get("margin") is not None:
         margin, why = float(recorded["margin"]), "the margin recorded with the study"
@@ -164,11 +164,12 @@ def run(cfg, variants: list[str], top_up, study_of) -> dict:
     if past and cap > past[-1][1]:
         print(f"until decided: the cap goes from {past[-1][1]} to {cap}; the {len(past)} look(s) judged stay as they "
               "were, and the new looks spend only the alpha left", flush=True)
-    sizes, said = None, set()
+    sizes, said, derived = None, set(), False
     while True:
         series_of = {name: series(study_of(name)) for name in others}
         base = series(study_of(reference))
-        if margin is None and len(base) >= scorecard.DERIVED_FROM:  # no task default: frozen at the first look
+        if margin is None and not derived and len(base) >= scorecard.DERIVED_FROM:  # no task default: frozen now
+            derived = True
             margin, why = scorecard.derived_margin(base)
             print(f"until decided: margin {'none' if margin is None else f'{margin:.4g}'} ({why}), recorded with "
                   "the study", flush=True)

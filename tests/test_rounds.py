@@ -103,3 +103,24 @@ def test_looks_up_to_the_cap():
     assert looks_up_to(35, 10, 200) == [10, 20, 30]
     assert looks_up_to(200, 30, 200) == [30, 60, 90, 120, 150, 180, 200]
     assert looks_up_to(5, 10, 200) == []
+
+
+def test_a_data_set_without_a_task_default_gets_a_margin_from_vanillas_first_look(tmp_path, compose_config,
+                                                                                  monkeypatch, capsys):
+    # task none: no default margin, so the rounds derive one from vanilla's first 10 trials
+    # (0.15 x their interquartile range, computed here with numpy) and record it with the study
+    monkeypatch.setattr(sweep_module, "train", known_training)
+    url = f"sqlite:///{tmp_path / 'derived.db'}"
+    overrides = ["search.variants=[vanilla,cifg]", "search.until=decided", "search.look_every=10",
+                 "search.n_trials=20", f"search.storage={url}", "analysis.task=none"]
+    sweep_module.sweep(compose_config(overrides, command="sweep"))
+    vanilla = optuna.load_study(study_name="jsb_chorales.vanilla", storage=url)
+    first = [t.user_attrs["test_metric"] for t in sorted(counted_trials(vanilla.get_trials()), key=lambda t: t.number)]
+    q1, q3 = np.percentile(first[:10], [25, 75])
+    recorded = counted(url, "jsb_chorales.cifg")[1]
+    assert recorded["margin"] == pytest.approx(0.15 * (q3 - q1))
+    assert "derived: 0.15 x the interquartile range of vanilla's first 10 trials" in capsys.readouterr().out
+    sweep_module.sweep(compose_config(overrides, command="sweep"))  # a rerun judges with the recorded margin
+    assert "the margin recorded with the study" in capsys.readouterr().out
+    with pytest.raises(UserError, match="analysis.margin=0.5"):
+        sweep_module.sweep(compose_config([*overrides, "analysis.margin=0.5"], command="sweep"))

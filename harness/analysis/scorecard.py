@@ -173,6 +173,8 @@ class _Judge:
         text = (f"{variant}: {row['comparison']} {where}: rank test |Z| = {abs(row['rank_z']):.2f} against "
                 f"{row['rank_boundary']:.2f} (level {row['rank_level']:.2g} of the family's {self.alpha:g}), shift "
                 f"{'+' if shift >= 0 else ''}{_fmt(shift)} [{_fmt(interval[0])}, {_fmt(interval[1])}] ({margin})")
+        if row["comparison"] == "undecided" and row.get("family") == "fixed":
+            text += "; more trials decide it only in rounds at the same level (search.until=decided)"
         if finite(row.get("welch_p_all", np.nan)):
             diff = row["mean_diff_all"]
             text += (f"; Welch on its {int(row['n_usable'])} converged trials: {'+' if diff >= 0 else ''}{_fmt(diff)} "
