@@ -386,6 +386,10 @@ def test_sequential_settings_out_of_range_name_their_key(capsys, run_dir, tmp_pa
     refused(capsys, "sweep", "analysis.margin=-0.5", storage, *run_dir, words=("analysis.margin=-0.5", "positive"))
     refused(capsys, "analyze", "analysis.dataset=x", "analysis.margin=0", *run_dir, words=("analysis.margin=0", "positive"))
     refused(capsys, "sweep", "search.look_every=0", storage, *run_dir, words=("search.look_every=0", "at least 1"))
+    refused(capsys, "sweep", "analysis.multiplicity=bonferroni", storage, *run_dir,
+            words=("analysis.multiplicity=bonferroni", "holm", "none"))
+    refused(capsys, "analyze", "analysis.dataset=x", "analysis.multiplicity=bonferroni", *run_dir,
+            words=("analysis.multiplicity=bonferroni", "holm", "none"))
     refused(capsys, "sweep", "search.until=sometimes", storage, *run_dir,
             words=("search.until=sometimes", "n_trials", "decided"))
     refused(capsys, "sweep", "search.until=decided", storage, *run_dir,
