@@ -13,7 +13,7 @@ margin derived from vanilla's first 10 trials. Prints a table and writes it as J
 
 Every simulated study is a row of a 2-D array (studies x trials), judged by the library
 vectorised over studies. The rank statistics of a variant do not depend on the level it is
-tested at, so they are computed once per variant (sequential._statistics) and judged by
+tested at, so they are computed once per variant (sequential.rank_statistics) and judged by
 sequential.Decision at each design's boundaries (sequential.design): the null family of
 block 1 is shared by blocks 2, 4, 5 and 6. `check_shortcut` first compares this with
 sequential.family itself on a few studies.
@@ -116,7 +116,7 @@ class Arm:
 
     def __init__(self, vanilla, variant, looks, margin):
         same_bounds = sequential.design(looks, CAP if looks else None, ALPHA, 1)[1] if margin else None
-        parts = [sequential._statistics(sequential.worst_for_nan(vanilla[s:s + CHUNK]),
+        parts = [sequential.rank_statistics(sequential.worst_for_nan(vanilla[s:s + CHUNK]),
                                         [sequential.worst_for_nan(variant[s:s + CHUNK])], looks, margin, same_bounds)
                  for s in range(0, len(vanilla), CHUNK)]
         self.worse_z = np.concatenate([p[0][0] for p in parts])

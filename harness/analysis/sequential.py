@@ -127,9 +127,12 @@ class Decision:
         return self
 
 
-def _statistics(x, ys, looks, margin, same_bounds):
-    """Per variant: Z just above and below 0, and equivalence reached, at each look: arrays
-    (studies, looks); looks=None: one look with every trial of both."""
+def rank_statistics(x, ys, looks, margin, same_bounds):
+    """What `Decision` judges, per variant: Z just above and below shift 0 and whether
+    equivalence is reached, at each look (arrays (studies, looks)), and which looks it has.
+    x: vanilla (studies, trials), ys: the variants' series alike (NaN already +inf),
+    same_bounds: the equivalence boundaries (`design`); looks=None: one look (a fixed study).
+    Public for simulations that judge the same statistics at several designs."""
     worse_z, better_z, same, present = [], [], [], []
     for y in ys:
         cuts = [None] if looks is None else looks
@@ -178,7 +181,7 @@ def decide(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: flo
     if not single and any(y.shape[0] != x.shape[0] for y in ys):
         raise ValueError("simulated studies: every series needs as many rows as vanilla's")
     bounds, same_bounds = design(looks, cap, alpha, len(ys), multiplicity)
-    decision = Decision(*_statistics(x, ys, looks, margin, same_bounds), bounds).run()
+    decision = Decision(*rank_statistics(x, ys, looks, margin, same_bounds), bounds).run()
     return decision, bounds, same_bounds
 
 
