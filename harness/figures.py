@@ -214,10 +214,10 @@ def boxplots(out, usable, top, variants, column, options, dataset) -> str | None
                             yerr=[[max(means[i] - low[i], 0.0) for i in ok],
                                   [max(high[i] - means[i], 0.0) for i in ok]],
                             fmt="none", ecolor="#c44e52", capsize=3, linewidth=1.2)
-        for box, variant in zip(boxes["boxes"], order):
-            differs = bool(table.loc[variant, f"differs_{key}"])
-            box.set_facecolor("#4c72b0" if differs else ("#dddddd" if variant == reference
-                                                          else "#ffffff"))
+        for box, variant in zip(boxes["boxes"], order):  # the study's verdict (the rank test), in both panels
+            verdict = str(table.loc[variant, "comparison"]) if "comparison" in table.columns else ""
+            box.set_facecolor({"worse": "#c44e52", "better": "#4c72b0"}.get(
+                verdict, "#dddddd" if variant == reference else "#ffffff"))
         values = np.concatenate([d for d in data if len(d)]) if any(len(d) for d in data) else np.array([])
         if len(values) and values.min() > 0 and values.max() / values.min() > 100:
             ax.set_yscale("log")  # a few runs far off the rest would flatten every box
@@ -227,8 +227,8 @@ def boxplots(out, usable, top, variants, column, options, dataset) -> str | None
                               else ": red = 95 % interval of the mean"), fontsize=9)
         ax.set_ylabel(metric_label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{dataset}: {metric_label} per variant (blue: differs from {reference}, Welch's "
-                 f"t-test p < {options['alpha']}; ◇ mean, — median)", fontsize=10)
+    fig.suptitle(f"{dataset}: {metric_label} per variant (red: worse than {reference}, blue: better, by the "
+                 f"study's verdict at family-wise {options['alpha']}; ◇ mean, — median)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out, "boxplots")
 
