@@ -217,7 +217,7 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
         elif shared is not None:
             whose = "every variant's" if shared.anchor == "pooled" else f"`{shared.source}`'s"
             anchor = (f"anchor `{shared.anchor}`" + (f", since {shared.why}" if shared.why else "")
-                      + f"; one fence for every variant, so that one variant's catastrophe cannot move it: "
+                      + "; one fence for every variant, so that one variant's catastrophe cannot move it: "
                       + drawn(shared, whose))
         else:
             anchor = "anchor `own`: each variant's fence from its own trials"
