@@ -181,10 +181,12 @@ def test_a_path_shows_every_look_up_to_the_decision_and_agrees_with_the_verdicts
         for s in steps:
             # the rank test and the interval are two computations; their verdicts must agree
             crossed = abs(s["z"]) >= s["boundary"]
-            inside = -0.3 < s["shift_low"] and s["shift_high"] < 0.3
-            assert (s["verdict"] in ("worse", "better")) == crossed
+            excludes_zero = s["shift_low"] > 0 or s["shift_high"] < 0  # the difference test's interval
+            inside = -0.3 < s["equivalence_low"] and s["equivalence_high"] < 0.3  # equivalence's
+            assert (s["verdict"] in ("worse", "better")) == crossed == excludes_zero
             assert (s["verdict"] == "equivalent") == (inside and not crossed)
             assert s["shift_low"] <= s["shift"] <= s["shift_high"]
+            assert s["shift_low"] <= s["equivalence_low"] <= s["equivalence_high"] <= s["shift_high"]
 
 
 def test_the_interval_inverts_the_verdicts_test_with_diverged_runs_and_ties():

@@ -196,8 +196,9 @@ def family(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: flo
     (studies x trials) for many simulated studies at once. looks: increasing numbers of
     trials a variant (both series are cut to the first n_k at look k; a series shorter than
     a look has stopped, and keeps its verdict); None: a fixed study, one look at as many
-    trials of each as the shorter of the two has (vanilla's first n of a variant's n). margin: the smallest shift that matters, in metric units (None: nothing
-    is equivalent). cap: the number of trials a variant at which all of alpha is spent, one
+    trials of each as the shorter of the two has (vanilla's first n of a variant's n).
+    margin: the smallest shift that matters, in metric units (None: nothing is
+    equivalent). cap: the number of trials a variant at which all of alpha is spent, one
     number or one a look (the cap in force when each look was judged); default: the last look.
     Returns {name: list of verdicts} for 1-D input, {name: array (studies, looks)} for 2-D."""
     single = np.asarray(vanilla).ndim == 1
