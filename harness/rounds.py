@@ -35,10 +35,7 @@ def check(cfg, variants: list[str]) -> None:
     if until not in UNTIL:
         raise UserError(f"search.until={until}: give n_trials (every variant gets search.n_trials trials) or decided "
                         "(rounds until each variant's comparison with vanilla is decided).")
-    multiplicity = cfg.analysis.get("multiplicity", "holm")
-    if multiplicity not in sequential.MULTIPLICITY:
-        raise UserError(f"analysis.multiplicity={multiplicity}: give holm (a family-wise level over the variants, the "
-                        "default) or none (each comparison at analysis.alpha on its own).")
+    sequential.checked_multiplicity(cfg.analysis.get("multiplicity", "holm"))
     margin = cfg.analysis.get("margin")
     if margin is not None and not float(margin) > 0:
         raise UserError(f"analysis.margin={margin}: give a positive shift in the metric's units, or null for the "

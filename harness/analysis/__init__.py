@@ -66,9 +66,7 @@ def _options(cfg) -> dict:
         raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
     if options["diverged_rule"] not in diverged.RULES:
         raise UserError(f"analysis.diverged_rule must be one of {', '.join(diverged.RULES)}.")
-    if options["multiplicity"] not in sequential.MULTIPLICITY:
-        raise UserError(f"analysis.multiplicity={options['multiplicity']}: give holm (a family-wise level over the "
-                        "variants, the default) or none (each comparison at analysis.alpha on its own).")
+    sequential.checked_multiplicity(options["multiplicity"])
     if options["diverged_anchor"] not in diverged.ANCHORS:
         raise UserError(f"analysis.diverged_anchor must be one of {', '.join(diverged.ANCHORS)}.")
     for key in ("n_bootstrap", "bootstrap_trees", "n_trees"):

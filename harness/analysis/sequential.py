@@ -39,10 +39,19 @@ from optuna.trial import TrialState
 from harness.analysis import ranks
 from harness.analysis.boundaries import GAMMA, LARGEST, boundaries, crossings, spent  # noqa: F401 (public)
 from harness.analysis.ranks import rank_z, shift_interval, worst_for_nan  # noqa: F401 (public)
+from harness.errors import UserError
 from harness.storage import counted, lineages
 
 VERDICTS = ("worse", "better", "equivalent", "undecided")
 MULTIPLICITY = ("holm", "none")
+
+
+def checked_multiplicity(value) -> str:
+    """analysis.multiplicity as given, or one line naming the key (UserError)."""
+    if value not in MULTIPLICITY:
+        raise UserError(f"analysis.multiplicity={value}: give holm (a family-wise level over the variants, the "
+                        "default) or none (each comparison at analysis.alpha on its own).")
+    return str(value)
 
 
 def levels(alpha: float, m: int, multiplicity: str = "holm") -> list[float]:
