@@ -4,6 +4,7 @@
     rank_z(vanilla, variant) -> Z (positive: the variant's values tend to be larger)
     leaning(vanilla, variant, shift) -> (Z just above, Z just below) the shift
     shift_interval(vanilla, variant, critical) -> (shift, low, high)
+    shift_intervals(vanilla, variant, criticals) -> (shift, [(low, high) at each critical])
 
 Every counted trial enters: a trial that failed or diverged (NaN) is the worst outcome,
 +inf, lower being better. Z is the Wilcoxon-Mann-Whitney statistic with midranks and the
@@ -67,11 +68,19 @@ def leaning(vanilla, variant, shift: float = 0.0) -> tuple[np.ndarray, np.ndarra
 
 
 def shift_interval(vanilla, variant, critical: float) -> tuple[float, float, float]:
-    """Hodges-Lehmann shift of `variant` against `vanilla` and the shifts the rank test with
-    critical value `critical` does not reject, from the same tie-corrected statistic:
-    low is the largest pairwise difference at which Z just above it still reaches critical
-    (every smaller shift is rejected: the variant is worse than that), high the smallest at
-    which Z just below it reaches -critical. An end is +inf or -inf where no finite shift
+    """(shift, low, high): the Hodges-Lehmann shift and the interval of the rank test at one
+    critical value (`shift_intervals`)."""
+    shift, [(low, high)] = shift_intervals(vanilla, variant, [critical])
+    return shift, low, high
+
+
+def shift_intervals(vanilla, variant, criticals) -> tuple[float, list[tuple[float, float]]]:
+    """Hodges-Lehmann shift of `variant` against `vanilla` and, for each critical value, the
+    interval of shifts the rank test with that critical value does not reject, from the same
+    tie-corrected statistic (the pairwise differences are found once for all): low is the
+    largest pairwise difference at which Z just above it still reaches critical (every
+    smaller shift is rejected: the variant is worse than that), high the smallest at which Z
+    just below it reaches -critical. An end is +inf or -inf where no finite shift
     is rejected (or kept) on that side. The shift is the middle of the interval at critical
     0 (the median pairwise difference, infinite differences included: with half the pairs
     or more infinite, +inf)."""
@@ -115,10 +124,5 @@ def shift_interval(vanilla, variant, critical: float) -> tuple[float, float, flo
         j = last_above(level)
         return -np.inf if j < 0 else (np.inf if j == len(between) - 1 else float(differences[j]))
 
-    low, high = low_end(critical), high_end(-critical)
-    middle_low, middle_high = low_end(0.0), high_end(0.0)
-    if np.isinf(middle_low) and middle_low == middle_high:
-        shift = middle_low
-    else:
-        shift = (min(middle_low, middle_high) + max(middle_low, middle_high)) / 2
-    return float(shift), float(low), float(high)
+    shift = (low_end(0.0) + high_end(0.0)) / 2  # the two never are infinite of opposite signs
+    return float(shift), [(float(low_end(c)), float(high_end(-c))) for c in criticals]

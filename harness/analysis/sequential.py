@@ -247,8 +247,9 @@ def paths(vanilla, variants: dict, looks=None, alpha: float = 0.05, margin: floa
             cut = cuts[source] or min(len(x), len(y))
             a, b = x[:cut], y[:cut]
             boundary, same = float(bounds[held, source]), float(same_bounds[source])
-            shift, low, high = shift_interval(a, b, boundary)
-            _, same_low, same_high = shift_interval(a, b, same) if same < LARGEST else (shift, -np.inf, np.inf)
+            shift, [(low, high), (same_low, same_high)] = ranks.shift_intervals(a, b, [boundary, same])
+            if same >= LARGEST:  # a look that spends nothing on equivalence: it leaves every shift open
+                same_low, same_high = -np.inf, np.inf
             rows.append({"look": int(n or cut), "verdict": decision.verdict[0, v, k],
                          "z": float(rank_z(a, b)), "level": share[held], "boundary": boundary,
                          "crossed": int(cut),
