@@ -198,7 +198,7 @@ def run(cfg, variants: list[str], top_up, study_of) -> dict:
               flush=True)
         if not targets:
             return found
-        now = [len(series(study_of(name))) for name in variants]
+        now = [len(base), *(len(series_of[name]) for name in others)]  # read at the top of this round
         if now == sizes:  # the last round added nothing (its workers died): say so, do not spin
             raise UserError("search.until=decided: the last round added no trial; see the workers' messages above, "
                             "then run the same command to go on from the last look.")

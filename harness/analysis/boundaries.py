@@ -57,8 +57,9 @@ class _Carried:
         self.points = self.mass = None  # grid and density times Simpson weight
 
     def _moved(self, t):
+        """The mean and deviation of B's increment from the last look to information t."""
         step = t - self.t
-        return step, self.drift * step, np.sqrt(step)
+        return self.drift * step, np.sqrt(step)
 
     def cross(self, c: float, t: float) -> tuple[float, float]:
         """Chances of first crossing above +c and below -c (in Z units) at information t."""
@@ -66,7 +67,7 @@ class _Carried:
         if self.points is None:
             sd, mean = np.sqrt(t), self.drift * t
             return float(stats.norm.sf((edge - mean) / sd)), float(stats.norm.cdf((-edge - mean) / sd))
-        _, mean, sd = self._moved(t)
+        mean, sd = self._moved(t)
         upper = float(self.mass @ stats.norm.sf((edge - self.points - mean) / sd))
         lower = float(self.mass @ stats.norm.cdf((-edge - self.points - mean) / sd))
         return upper, lower
@@ -83,7 +84,7 @@ class _Carried:
         if self.points is None:
             density = stats.norm.pdf(points, loc=centre, scale=np.sqrt(t))
         else:
-            _, mean, sd = self._moved(t)
+            mean, sd = self._moved(t)
             density = stats.norm.pdf((points[:, None] - self.points[None, :] - mean) / sd) @ self.mass / sd
         self.points, self.mass, self.t = points, density * _simpson(points), t
 

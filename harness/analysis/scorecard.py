@@ -80,10 +80,8 @@ def task_of(dataset: str, given=None, recorded: tuple | None = None) -> tuple[st
     return guessed, "guessed from the data set's name: the studies recorded no task"
 
 
-def infer_task(dataset: str, given=None) -> str | None:
-    """music / speech / handwriting from analysis.task or the data set's name; else None."""
-    if given:
-        return str(given)
+def infer_task(dataset: str) -> str | None:
+    """music / speech / handwriting guessed from the data set's name; else None."""
     for task, pattern in TASK_PATTERNS.items():
         if re.search(pattern, dataset.lower()):
             return task
@@ -204,7 +202,6 @@ def _ci(t):
 def judge(dataset, task, variants, importance, effects, options, sign=1.0) -> pd.DataFrame:
     """One row a finding: finding, tasks, verdict, evidence."""
     j = _Judge(variants, importance, effects, options)
-    j.sign = sign  # +1: lower is better
     rows = []
     pooled = importance[importance.variant == POOLED] if len(importance) else importance
     singles = [t for t in pooled.term if ":" not in t and t != "higher_order"] if len(pooled) else []
