@@ -9,9 +9,6 @@ harness.train.train on the torch engine (and `odyssey train`, the native engine)
 import copy
 import json
 import math
-import os
-import signal
-import time
 
 import numpy as np
 import optuna
@@ -31,7 +28,7 @@ from harness.storage import counts
 from harness.train import train
 from test_engine import K as O  # outputs (CTC: O - 1 characters + blank)
 from test_engine import M, TASKS, sequences  # random sequences of each task, M inputs
-from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
+from test_sweep import check_finished, finish, kill_mid_trial, odyssey, study_trials, tiny_music
 
 
 def splits(task, n_train=6):
@@ -176,19 +173,9 @@ def test_a_lockstep_sweep_keeps_every_promise(tmp_path):
             "search.lockstep=3", "max_epochs=12", "patience=3", f"search.storage={url}", "search.heartbeat_seconds=5",
             "search.space.hidden_size.high=40", "search.space.learning_rate.low=1e-4")
     process = odyssey(*args, cwd=tmp_path)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            _, trials = study_trials(url, "tiny.vanilla")
-        except Exception:
-            continue
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-            break
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    _, trials = study_trials(url, "tiny.vanilla")
+    trials = kill_mid_trial(process, lambda: optuna.load_study(study_name="tiny.vanilla", storage=url).trials)
     assert 1 <= sum(counts(t) for t in trials) < 6 and any(t.state == TrialState.RUNNING for t in trials)
+    assert [t.state for t in study_trials(url, "tiny.vanilla")[1]] == [t.state for t in trials]  # as the kill left them
     code, out, err = finish(odyssey(*args, cwd=tmp_path))
     assert code == 0, err
     assert "lockstep: 3 trial(s) at once on cpu" in out

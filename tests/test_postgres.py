@@ -3,9 +3,6 @@ README's plain postgresql:// URL, concurrent workers, concurrent starts on an em
 SIGKILL and resume to exactly n_trials, and `odyssey analyze` reading the database."""
 
 import csv
-import os
-import signal
-import time
 
 import optuna
 import pytest
@@ -13,7 +10,7 @@ from optuna.trial import TrialState
 
 from harness.storage import counts, open_storage
 from storage_race import race_on_empty_storage
-from test_sweep import check_finished, finish, odyssey, study_trials, tiny_music
+from test_sweep import check_finished, finish, kill_mid_trial, odyssey, study_trials, tiny_music
 
 
 def test_a_plain_postgresql_url_opens(postgres):
@@ -61,22 +58,14 @@ def test_sigkill_mid_sweep_then_rerun_ends_with_exactly_n_trials(tmp_path, postg
             "search.workers=2", "max_epochs=150", "patience=1000", f"search.storage={url}",
             "search.heartbeat_seconds=3")  # a trial killed before its first beat: failed after 18 s
     process = odyssey(*args)
-    storage = None
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        try:
-            storage = storage or open_storage(url, create=False)
-            trials = optuna.load_study(study_name="tiny.cifg", storage=storage).get_trials(deepcopy=False)
-        except Exception:
-            continue
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-            break
-    assert process.poll() is None, "the sweep ended before it could be killed mid-trial"
-    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its workers, mid-trial
-    process.wait()
-    _, trials = study_trials(url, "tiny.cifg")
-    assert any(t.state == TrialState.RUNNING for t in trials)  # left behind by the kill
+    opened = []  # the schema is the sweep's to create: opened once it has
+
+    def read():
+        opened[:] = opened or [open_storage(url, create=False)]
+        return optuna.load_study(study_name="tiny.cifg", storage=opened[0]).get_trials(deepcopy=False)
+
+    trials = kill_mid_trial(process, read)  # the sweep and its workers, mid-trial
+    assert any(t.state == TrialState.RUNNING for t in study_trials(url, "tiny.cifg")[1])  # left behind by the kill
     done_before = sum(counts(t) for t in trials)
     assert 1 <= done_before < 6
     code, out, err = finish(odyssey(*args))  # same host, dead pids: resumes at once

@@ -75,6 +75,26 @@ def test_bad_input_through_the_command_line_names_the_key(tmp_path):
     assert code == 2 and "search.space.learning_rate" in err and "Traceback" not in err
 
 
+def kill_mid_trial(process, read, seconds=600):
+    """SIGKILL the sweep's process group once one trial is complete and another running, and
+    return the trials it leaves. The group is frozen (SIGSTOP) while `read()` looks, so what
+    it sees is what the kill leaves: no trial can finish between the look and the kill."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            trials = read()
+        except Exception:  # not created yet, or a frozen worker holds the SQLite lock
+            trials = []
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return trials
+        os.killpg(process.pid, signal.SIGCONT)
+    raise AssertionError(f"the sweep ended or ran {seconds} s before it could be killed mid-trial")
+
+
 def study_trials(url, name):
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     return study, study.get_trials(deepcopy=False)
