@@ -318,19 +318,30 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, liveness: Liveness, s
           + (f"in its retry, trial {kept}" if kept is not None else "as a trial of its own"), flush=True)
 
 
+def places_ahead(trials, results, roots: dict[int, int], root: int) -> int:
+    """The places of the study taken before the work of trial `root`: the pieces of work
+    (`lineages`) that started before it and hold a place, by a result that counts, a trial
+    running, or a retry or redo waiting. A retry stands where the trial it retries stood, so a
+    trial taken for dead keeps its place (its configuration, enqueued by a user or drawn, is
+    trained), and a later trial that finds the last place held by a waiting retry gives way."""
+    held = {roots[t.number] for t in results}
+    held |= {roots[t.number] for t in trials if t.state == TrialState.RUNNING
+             or (t.state == TrialState.WAITING and "failed_trial" in t.system_attrs)}
+    return sum(1 for other in held if other < root)
+
+
 def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, target: int) -> DictConfig | None:
     """The root config of a trial, its seed set and recorded (a redo of a lost trial says
-    so in one line); None (and the trial told as surplus) if another worker took the last
-    place first, or if it is a retry whose work has a result meanwhile (the late result of
+    so in one line); None (and the trial told as surplus) if the places before its work are
+    taken (`places_ahead`), or if it is a retry whose work has a result meanwhile (the late result of
     the trial it retries: `duplicate_of` it), or a second redo of one lost trial
     (`duplicate_of` the first: harness.storage.yields_to)."""
     trials = study.get_trials(deepcopy=False)
     results, roots = counted(trials), lineages(trials)
     done = [t.number for t in results if roots[t.number] == roots[trial.number]]
     done += [first] if (first := yields_to(trials, trial.number)) is not None else []  # a second redo of one trial
-    ahead = sum(1 for t in results if t.number < trial.number) + sum(
-        1 for t in trials if t.number < trial.number and t.state == TrialState.RUNNING)
-    if done or ahead >= target:  # its work is done, or another worker took the last place first
+    # its work is done, or no place is left before it
+    if done or places_ahead(trials, results, roots, roots[trial.number]) >= target:
         trial.set_user_attr("surplus", True)
         if done:
             trial.set_user_attr("duplicate_of", done[0])

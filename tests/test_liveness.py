@@ -157,6 +157,24 @@ def test_a_retry_made_after_its_late_result_was_kept_is_not_trained(tmp_path, co
     assert uncounted(trials) == {0: "retried", 2: "duplicate"}
 
 
+def test_a_retry_keeps_the_place_of_the_trial_it_retries(tmp_path, compose_config):
+    """The load test's race (64 workers, some killed): trial 0, enqueued by a user, is taken for
+    dead; near the end of the study other workers have asked for trials that will find no place
+    and are still running for a moment. The retry, numbered after them, stands where trial 0
+    stood: it is trained, and the trials asked after trial 0 began give way to it."""
+    storage, liveness, study = _taken_for_dead(tmp_path)
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    study.tell(study.ask(space), 0.3)  # trial 1: a result
+    late = [study.ask(space) for _ in range(2)]  # trials 2, 3: asked at the end, not started yet
+    liveness.retry(study, study.get_trials()[0])
+    retry = study.ask()
+    assert retry.number == 4 and retry.params == study.get_trials()[0].params
+    cfg = compose_config([], command="sweep")
+    assert sweep_module.start_trial(study, retry, cfg, target=2) is not None  # one place taken (trial 1)
+    assert [sweep_module.start_trial(study, t, cfg, target=2) for t in late] == [None, None]
+    assert [study.get_trials()[t.number].user_attrs.get("surplus") for t in late] == [True, True]
+
+
 def test_of_two_results_of_one_configuration_only_the_first_counts(tmp_path, compose_config):
     """The other order of the same race: a worker claimed the retry (trial 1) before the late
     result was kept, so both trained; the late result (trial 2, made with no retry in sight)
