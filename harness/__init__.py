@@ -2,8 +2,8 @@
 
 The path of the data is the path of the code:
 
-    harness.datasets  (readers)  ->  harness.networks (cells.py inside)  ->  harness.train
-    ->  harness.sweep (one Optuna trial per configuration)  ->  harness.analysis  ->  figures
+    harness.datasets  (readers)  ->  harness.models.networks (cells.py inside)  ->  harness.training.train
+    ->  harness.study.sweep (one Optuna trial per configuration)  ->  harness.analysis  ->  figures
 
 See README.md for the commands, docs/architecture.md for the modules and where to add a
 model, a data format, a launcher or a figure, and docs/ for the science (cells.md,

@@ -34,21 +34,21 @@ def _dispatch(cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         from harness.datasets import load_dataset
-        from harness.lockstep import resolve_device, train_on_device
-        from harness.train import train
+        from harness.training.lockstep import resolve_device, train_on_device
+        from harness.training.train import train
 
         out_dir = HydraConfig.get().runtime.output_dir
         device = resolve_device(cfg.train.get("device", "cpu"))
         if device.type == "cpu":
             result = train(cfg, out_dir=out_dir)
-        else:  # the batched torch path of harness.lockstep, one slot
+        else:  # the batched torch path of harness.training.lockstep, one slot
             result = train_on_device(cfg, load_dataset(cfg.dataset), device, out_dir=out_dir)
         print(f"metrics: {out_dir}/metrics.json")
         if result.failure:
             raise UserError(f"the run failed: {result.failure}; try a smaller learning_rate.")
     elif command == "sweep":
-        from harness.launchers import launch
-        from harness.sweep import sweep
+        from harness.study.launchers import launch
+        from harness.study.sweep import sweep
 
         sweep(cfg, launch)
     elif command == "analyze":

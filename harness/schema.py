@@ -29,7 +29,7 @@ from omegaconf import MISSING
 
 @dataclass
 class SlurmSchema:
-    """search.slurm: the SLURM array job of search.launcher=slurm (harness.launchers.slurm)."""
+    """search.slurm: the SLURM array job of search.launcher=slurm (harness.study.launchers.slurm)."""
 
     partition: Optional[str] = MISSING
     time_min: int = MISSING
@@ -44,13 +44,13 @@ class SlurmSchema:
 
 @dataclass
 class SearchSchema:
-    """search: the random search (harness.sweep)."""
+    """search: the random search (harness.study.sweep)."""
 
     n_trials: int = MISSING
     variants: Any = MISSING  # null, a name of harness.models.LISTS, or a list of models
     storage: str = MISSING
     workers: int = MISSING
-    lockstep: Any = MISSING  # a positive integer, or auto (harness.lockstep.choose_lockstep)
+    lockstep: Any = MISSING  # a positive integer, or auto (harness.training.lockstep.choose_lockstep)
     heartbeat_seconds: float = MISSING
     reconnect_seconds: float = MISSING
     pruner: str = MISSING
@@ -58,11 +58,11 @@ class SearchSchema:
     pruner_warmup_epochs: int = MISSING
     pruner_reduction_factor: int = MISSING
     launcher: str = MISSING
-    protocol_change: str = MISSING  # refuse | allow (harness.protocol)
+    protocol_change: str = MISSING  # refuse | allow (harness.storage.protocol)
     slurm: SlurmSchema = MISSING
     until: str = MISSING
     look_every: int = MISSING
-    space: Dict[str, Any] = MISSING  # parameter: {type, low, high, log} (harness.sweep checks each)
+    space: Dict[str, Any] = MISSING  # parameter: {type, low, high, log} (harness.study.sweep checks each)
 
 
 @dataclass

@@ -36,12 +36,12 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness import project_root
-from harness.cell_class import load_class
 from harness.errors import UserError
-from harness.lockstep.device import check_lockstep_setting, resolve_device
 from harness.models import resolve
+from harness.models.cell_class import load_class
 from harness.schema import SCHEMAS
 from harness.schema import kinds as schema_kinds
+from harness.training.lockstep.device import check_lockstep_setting, resolve_device
 
 CONF = project_root() / "conf"
 COMMON_DATASET_KEYS = {"name", "format", "path", "task", "bidirectional", "generate", "domain"}
@@ -142,7 +142,7 @@ def _optional(key: str, baseline) -> bool:
     if key == "variant.switches" or key.startswith("variant.switches."):
         return True
     if key.startswith("variant.cell.") and key.count(".") == 2:
-        return True  # a keyword argument of a cell given as a class (harness.cell_class)
+        return True  # a keyword argument of a cell given as a class (harness.models.cell_class)
     if key.startswith("train.space.") and key.count(".") == 2:
         return True  # a parameter added to or removed from a recipe's own search
     if key.startswith("dataset.") and key.count(".") == 1:
@@ -450,8 +450,8 @@ def _check_variant_and_list(cfg, overrides) -> None:
 
 
 def _check_recipe(cfg, overrides) -> None:
-    """The recipe's keys (harness.recipes), its name against its file, and no key it does not read."""
-    from harness.recipes import Recipe
+    """The recipe's keys (harness.training.recipes), its name against its file, and no key it does not read."""
+    from harness.training.recipes import Recipe
 
     recipe = Recipe.from_config(cfg)
     chosen = next((o.split("=", 1)[1] for o in reversed(overrides) if o.split("=", 1)[0] in ("train", "+train")), None)
@@ -465,7 +465,7 @@ def _check_recipe(cfg, overrides) -> None:
 
 def _check_recipe_space(cfg, overrides) -> None:
     """A recipe with a space of its own is searched over that, so search.space would be ignored."""
-    from harness.sweep import make_pruner, space_of
+    from harness.study.sweep import make_pruner, space_of
 
     if cfg.train.get("space") is not None and (given := _given("search.space", overrides)):
         name = given.lstrip("+~").split("=", 1)[0].replace("search.space", "train.space", 1)
@@ -561,7 +561,7 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
             kinds.update({key: kind for key, kind in options.items() if key not in kinds})
         if section == "train":
             kinds.pop("threads", None)  # auto or a whole number: _check_threads
-        if section == "variant":  # a class's keyword arguments are its own (harness.cell_class)
+        if section == "variant":  # a class's keyword arguments are its own (harness.models.cell_class)
             kinds = {key: kind for key, kind in kinds.items() if not key.startswith("cell.")}
         _check_kinds(cfg, section, kinds, overrides, files)
     if "variant" in sections:  # one model (a list is search.variants), known or with switches or a cell of its own

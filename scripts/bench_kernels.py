@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from harness import kernels, project_root
-from harness.cells import make_layer
+from harness.models.cells import make_layer
 
 INPUTS, STEPS, LAYERS = 88, 100, 3
 
@@ -45,7 +45,7 @@ class TorchRecurrent(nn.Module):
 
 
 class Bidirectional(nn.Module):
-    """One stack a direction, as harness.networks runs a bidirectional task."""
+    """One stack a direction, as harness.models.networks runs a bidirectional task."""
 
     def __init__(self, variant: str, hidden_size: int):
         super().__init__()

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/load_test.py --kill 0 --no-restart   # no faults
     .venv/bin/python scripts/load_test.py --url postgresql://user@host/db   # a storage of yours
 
-Every worker is the sweep's own loop (harness.sweep.run_worker: liveness checks, ask,
+Every worker is the sweep's own loop (harness.study.sweep.run_worker: liveness checks, ask,
 surplus check, heartbeats, tell, reconnecting after a lost connection) in a process of its
 own, with the training replaced by a stub that sleeps `--sleep` seconds and returns a value
 known from the parameters. Before the workers start, `--enqueue` trials are enqueued with
@@ -49,9 +49,9 @@ def known_value(params: dict) -> float:
 
 
 def _worker(cfg_container: dict, sleep: float, worker: int, workers: int, log_dir: str):
-    import harness.sweep as sweep
+    import harness.study.sweep as sweep
     from harness.storage import Reconnects
-    from harness.train import TrainingResult
+    from harness.training.train import TrainingResult
     from omegaconf import OmegaConf
 
     trained = open(os.path.join(log_dir, f"worker_{worker}.txt"), "w")
@@ -113,7 +113,7 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         enqueued.append(params)
     log_dir = tempfile.mkdtemp(prefix="odyssey-load-")
     context = multiprocessing.get_context("fork")  # workers share the imported modules' pages
-    import harness.sweep  # noqa: F401 (imported once, before the fork)
+    import harness.study.sweep  # noqa: F401 (imported once, before the fork)
 
     cfg = _config(url, n_trials, heartbeat)
 

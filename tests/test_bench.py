@@ -45,7 +45,7 @@ def test_scan_section_times_both_forms_against_torch_in_the_same_run():
     rows = time_scan(options)
     assert [(r["model"], r["hidden_size"]) for r in rows] == [("mingru", 4), ("minlstm", 4), ("mingru", 600),
                                                               ("minlstm", 600)]
-    assert [r["auto"] for r in rows] == ["scan", "scan", "loop", "loop"]  # harness.minimal.SCAN_WIDTH = 512
+    assert [r["auto"] for r in rows] == ["scan", "scan", "loop", "loop"]  # harness.models.minimal.SCAN_WIDTH = 512
     for row in rows:
         assert row["scan_vs_loop"] == pytest.approx(row["scan_ms"] / row["loop_ms"])
         assert row["reference"] == {"mingru": "torch.nn.GRU", "minlstm": "torch.nn.LSTM"}[row["model"]]

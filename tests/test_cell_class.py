@@ -1,4 +1,4 @@
-"""A cell of one's own, given as a class and a YAML (harness.cell_class): through train,
+"""A cell of one's own, given as a class and a YAML (harness.models.cell_class): through train,
 sweep and analyze with nothing else changed; initialised, reversed and masked as odyssey's
 own cells; bad classes refused in one line naming the YAML file before anything trains."""
 
@@ -14,16 +14,16 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from harness import cli, project_root
-from harness.cell_class import CellClass
-from harness.cells import make_layer
 from harness.datasets import load_dataset
-from harness.engine import make_step
 from harness.errors import UserError
-from harness.lockstep import covers
 from harness.models import resolve
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
-from harness.train import make_network, train
+from harness.models.cell_class import CellClass
+from harness.models.cells import make_layer
+from harness.models.networks import SequenceNetwork
+from harness.training.engine import make_step
+from harness.training.lockstep import covers
+from harness.training.recipes import Recipe
+from harness.training.train import make_network, train
 
 ROOT = project_root()
 

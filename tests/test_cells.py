@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from harness.cells import make_layer
 from harness.models import LSTM_VARIANTS, MODELS
+from harness.models.cells import make_layer
 
 # The layers with the weight contract: Greff's nine and the GRU (the others are stacks).
 # (the cells given as classes, minGRU, minLSTM and the RG-LRU, are tested in test_minimal.py)
@@ -24,7 +24,7 @@ def sigma(a):
 
 
 def reference_lstm(variant: str, w: dict, x: torch.Tensor) -> torch.Tensor:
-    """The cell equations (harness.cells docstring), one step at a time, from the weight dict alone."""
+    """The cell equations (harness.models.cells docstring), one step at a time, from the weight dict alone."""
     n = w["R_z"].shape[0]
     y, c = x.new_zeros(x.shape[1], n), x.new_zeros(x.shape[1], n)
     gates_prev = {g: x.new_zeros(x.shape[1], n) for g in "ifo"}

@@ -3,7 +3,7 @@ weight, same weights after several Nesterov updates, and the same scores and met
 evaluation, for every model and task.
 
 The reference is independent of the engine's step: autograd through the network's own
-forward (LSTMRecurrence.backward for the loops), harness.tasks.loss, and
+forward (LSTMRecurrence.backward for the loops), harness.training.tasks.loss, and
 torch.optim.SGD(nesterov=True).
 """
 
@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness import kernels, tasks
-from harness.ctc import frames_needed
-from harness.models import LSTM_VARIANTS
+from harness import kernels
 from harness.datasets import Sequence
-from harness.engine import NativeForward, NativeStep, TorchStep, make_forward, make_step
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
-from harness.train import evaluate
+from harness.models import LSTM_VARIANTS
+from harness.models.networks import SequenceNetwork
+from harness.training import tasks
+from harness.training.ctc import frames_needed
+from harness.training.engine import NativeForward, NativeStep, TorchStep, make_forward, make_step
+from harness.training.recipes import Recipe
+from harness.training.train import evaluate
 
 pytestmark = pytest.mark.skipif(kernels.lstm() is None, reason="the compiled loops could not be built")
 

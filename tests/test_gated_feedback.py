@@ -1,4 +1,4 @@
-"""The gated-feedback RNN (harness.gated_feedback) against independent computations: with
+"""The gated-feedback RNN (harness.models.gated_feedback) against independent computations: with
 only the i -> i feedback it is a plain stack of torch.nn.LSTM / torch.nn.GRU layers;
 gradcheck; the parameter count; bidirectional use; the configs; JSB quality (slow)."""
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from harness import kernels
-from harness.cells import make_layer
 from harness.datasets import DataSplits, load_dataset
 from harness.errors import UserError
-from harness.gated_feedback import GatedFeedbackRNN
-from harness.networks import SequenceNetwork, count_parameters
-from harness.train import train
+from harness.models.cells import make_layer
+from harness.models.gated_feedback import GatedFeedbackRNN
+from harness.models.networks import SequenceNetwork, count_parameters
+from harness.training.train import train
 
 M, N, L, T, B = 5, 4, 3, 6, 2
 GATES = {"gflstm": "ifo", "gfgru": "zr"}
@@ -70,7 +70,7 @@ def sigma(a):
 
 
 def reference_gated_feedback(variant, w, x, layers=L, concat_layers=False):
-    """The GF-RNN equations (harness.gated_feedback's docstring) written out one layer, one
+    """The GF-RNN equations (harness.models.gated_feedback's docstring) written out one layer, one
     step at a time, from the exported weight dict alone (layers numbered 1..L)."""
     batch, n = x.shape[1], w["W_i^1" if variant == "gflstm" else "W_z^1"].shape[0]
     h = [x.new_zeros(batch, n) for _ in range(layers)]
@@ -348,7 +348,7 @@ def test_weights_start_normal_with_deviation_init_std():
 
 def test_gated_feedback_does_not_import_the_cell_module():
     """No import cycle: cells -> gated_feedback -> weights, never back to cells."""
-    code = "import sys, harness.gated_feedback; print('harness.cells' in sys.modules)"
+    code = "import sys, harness.models.gated_feedback; print('harness.models.cells' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False"
 

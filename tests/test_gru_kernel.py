@@ -1,5 +1,5 @@
 """The compiled GRU loops (harness/kernels/gru.cpp) against the Python loops of
-harness.cells.GRURecurrence (the reference, itself held to autograd through the
+harness.models.cells.GRURecurrence (the reference, itself held to autograd through the
 equations of docs/cells.md in test_cells.py): outputs and every gradient, float64 to 1e-10 and float32 to
 float tolerance, at batch sizes on both sides of the small-batch products (loops.h)."""
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness import kernels
-from harness.cells import make_layer
+from harness.models.cells import make_layer
 
 TOLERANCE = {torch.float64: dict(atol=1e-10, rtol=0), torch.float32: dict(atol=2e-5, rtol=1e-4)}
 

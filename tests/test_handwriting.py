@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.ctc import best_path, character_error_rate, edit_distance, labels_to_text
 from harness.datasets import load_dataset
 from harness.datasets.iam_ondb import point_features, read, read_strokes
 from harness.errors import UserError
+from harness.training.ctc import best_path, character_error_rate, edit_distance, labels_to_text
 
 # ---------------------------------------------------------------- a tiny corpus by hand
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import tasks
 from harness.datasets import load_dataset, resolve_path
 from harness.datasets.pianoroll import load_pickle
 from harness.errors import UserError
+from harness.training import tasks
 
 from conftest import SHIPPED_PICKLE
 

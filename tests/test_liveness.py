@@ -1,4 +1,4 @@
-"""Liveness of sweep workers (harness.storage.Liveness, harness.sweep): dead and silent workers'
+"""Liveness of sweep workers (harness.storage.Liveness, harness.study.sweep): dead and silent workers'
 trials are failed and retried, a trial wrongly taken for dead keeps its result, concurrent
 starts on an empty storage, workers and cores, SIGTERM, a worker that dies, exit statuses."""
 
@@ -13,11 +13,11 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-import harness.sweep as sweep_module
-from harness.resources import cores, torch_threads
+import harness.study.sweep as sweep_module
 from harness.storage import WORKER_ATTR, Liveness, counted, counts, create_study, open_storage, uncounted
-from harness.sweep import EXIT_WORKER_DIED, run_worker
-from harness.train import TrainingResult
+from harness.study.sweep import EXIT_WORKER_DIED, run_worker
+from harness.training.resources import cores, torch_threads
+from harness.training.train import TrainingResult
 from storage_race import race_on_empty_storage
 from test_sweep import finish, odyssey, study_trials, tiny_music
 

@@ -1,9 +1,9 @@
-"""Lockstep (harness.lockstep): K trials trained as one batched computation, each slot's
+"""Lockstep (harness.training.lockstep): K trials trained as one batched computation, each slot's
 numbers those of its trial trained alone.
 
 The references are independent of the lockstep code: each slot's own SequenceNetwork
-(LSTMRecurrence, compiled or Python) with autograd and harness.tasks.loss, and
-harness.train.train on the torch engine (and `odyssey train`, the native engine).
+(LSTMRecurrence, compiled or Python) with autograd and harness.training.tasks.loss, and
+harness.training.train.train on the torch engine (and `odyssey train`, the native engine).
 """
 
 import copy
@@ -17,15 +17,15 @@ import torch
 from omegaconf import open_dict
 from optuna.trial import TrialState
 
-from harness import tasks
 from harness.datasets import DataSplits
 from harness.errors import UserError
-from harness.lockstep import LockstepTrainer, choose_lockstep, resolve_device, slot_bytes
-from harness.lockstep.stack import SlotModel, SlotStack
 from harness.models import LSTM_VARIANTS
-from harness.networks import SequenceNetwork
+from harness.models.networks import SequenceNetwork
 from harness.storage import counts
-from harness.train import train
+from harness.training import tasks
+from harness.training.lockstep import LockstepTrainer, choose_lockstep, resolve_device, slot_bytes
+from harness.training.lockstep.stack import SlotModel, SlotStack
+from harness.training.train import train
 from test_engine import K as O  # outputs (CTC: O - 1 characters + blank)
 from test_engine import M, TASKS, sequences  # random sequences of each task, M inputs
 from test_sweep import check_finished, finish, kill_mid_trial, odyssey, study_trials, tiny_music

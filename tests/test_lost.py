@@ -1,4 +1,4 @@
-"""A trial lost at a stop is redone as itself (harness.sweep.release, harness.storage.Liveness.redo):
+"""A trial lost at a stop is redone as itself (harness.study.sweep.release, harness.storage.Liveness.redo):
 its redo has its parameters and seed and counts in its place, so that the configurations of a
 study do not depend on when it was stopped; on the plain worker loop and on lockstep, with
 the redo enqueued by the stopped worker or, where that failed, by the next worker to start."""
@@ -7,9 +7,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import harness.sweep as sweep_module
+import harness.study.sweep as sweep_module
 from harness.storage import LOST_ATTR, REDO_ATTR, Liveness, counted, lineages, open_storage, uncounted
-from harness.sweep import run_worker
+from harness.study.sweep import run_worker
 from test_sweep import tiny_music
 
 STUDY = "tiny.vanilla"

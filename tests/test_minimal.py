@@ -1,4 +1,4 @@
-"""minGRU and minLSTM (Feng et al. 2024; harness.minimal): against the equations computed
+"""minGRU and minLSTM (Feng et al. 2024; harness.models.minimal): against the equations computed
 step by step here, their parameter counts, the scan against the loop, and that they are
 built through the interface of a cell of one's own and nothing else."""
 
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from harness.cell_class import CellClass
-from harness.cells import make_layer
-from harness.griffin import RGLRU
-from harness.minimal import MinGRU, MinLSTM, recurrence_loop, recurrence_scan
 from harness.models import MODELS, resolve
-from harness.networks import SequenceNetwork, count_parameters
-from harness.train import train
+from harness.models.cell_class import CellClass
+from harness.models.cells import make_layer
+from harness.models.griffin import RGLRU
+from harness.models.minimal import MinGRU, MinLSTM, recurrence_loop, recurrence_scan
+from harness.models.networks import SequenceNetwork, count_parameters
+from harness.training.train import train
 
 
 def sigma(a):
@@ -161,8 +161,8 @@ def test_built_in_through_the_cell_interface(compose_config):
         layer = make_layer(name, 4, 3, cell=dict(variant.cell))
         assert isinstance(layer, CellClass) and isinstance(layer.cell, cls)
         assert isinstance(make_layer(name, 4, 3).cell, cls)  # from Python: the registry's class
-    with pytest.raises(Exception, match="harness.minimal.MinGRU"):
-        resolve("mingru", None, {"_target_": "harness.minimal.MinLSTM"})
+    with pytest.raises(Exception, match="harness.models.minimal.MinGRU"):
+        resolve("mingru", None, {"_target_": "harness.models.minimal.MinLSTM"})
 
 
 @pytest.mark.slow

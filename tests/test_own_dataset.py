@@ -146,7 +146,7 @@ def test_ctc(tmp_path):
 
 
 def test_a_network_trains_on_npz_data(tmp_path, compose_config):
-    from harness.train import train
+    from harness.training.train import train
 
     directory = save_splits(tmp_path / "d", three(lambda s: framewise_arrays(lengths=(3, 4, 2))))
     cfg = compose_config(["hidden_size=4", "max_epochs=1"])

@@ -1,4 +1,4 @@
-"""A study is one protocol (harness.protocol): a sweep with another search space, recipe,
+"""A study is one protocol (harness.storage.protocol): a sweep with another search space, recipe,
 max_epochs, patience or data set is refused in one line, or recorded when allowed; an old
 study without the record is topped up; the analysis names a mixed study."""
 
@@ -11,10 +11,11 @@ import pytest
 from omegaconf import open_dict
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from harness import project_root, protocol
+from harness import project_root
 from harness.analysis import read
 from harness.errors import UserError
-from harness.sweep import open_study, space_of
+from harness.storage import protocol
+from harness.study.sweep import open_study, space_of
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Training recipes (conf/train/, harness.recipes): the adam and adamw updates against
+"""Training recipes (conf/train/, harness.training.recipes): the adam and adamw updates against
 their equations written out by hand (Kingma & Ba 2015, Algorithm 1; Loshchilov & Hutter
 2019), gradient-norm clipping and the schedules against their formulas, minibatches on
 both engines, and the recipe files as the command line composes them."""
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness import kernels, tasks
+from harness import kernels
 from harness.datasets import Sequence
-from harness.engine import NativeStep, TorchStep
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
-from harness.train import train
+from harness.models.networks import SequenceNetwork
+from harness.training import tasks
+from harness.training.engine import NativeStep, TorchStep
+from harness.training.recipes import Recipe
+from harness.training.train import train
 
 M, N, K = 5, 4, 3
 
@@ -187,7 +188,7 @@ def test_a_recipe_sweep_samples_its_own_space_into_its_own_study(tmp_path):
     identity = {name: {key: attrs[key] for key in ("dataset", "variant", "recipe")} for name, attrs in studies.items()}
     assert identity == {"tiny.adam.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "adam"},
                         "tiny.vanilla": {"dataset": "tiny", "variant": "vanilla", "recipe": "greff"}}
-    # each study recorded the protocol of its own recipe (harness.protocol)
+    # each study recorded the protocol of its own recipe (harness.storage.protocol)
     assert studies["tiny.adam.vanilla"]["protocol"]["space"]["batch_size"]["choices"] == [2, 3]
     assert "batch_size" not in studies["tiny.vanilla"]["protocol"]["space"]
     trials = optuna.load_study(study_name="tiny.adam.vanilla", storage=url).trials
@@ -271,7 +272,7 @@ def test_pruned_trials_stay_out_of_the_fanova_and_the_report_says_so(tmp_path):
     import optuna
 
     from harness import analysis
-    from harness.sweep import open_study
+    from harness.study.sweep import open_study
 
     url = f"sqlite:///{tmp_path}/a.db"
     study = open_study(optuna.storages.RDBStorage(url), "tiny", "vanilla", seed=0)
@@ -362,7 +363,7 @@ def synthetic_studies(url, recipes_and_sizes):
     follows the learning rate (the recipe shifts it), as a sweep records them."""
     import optuna
 
-    from harness.sweep import open_study
+    from harness.study.sweep import open_study
 
     storage = optuna.storages.RDBStorage(url)
     for recipe, n, shift in recipes_and_sizes:
@@ -429,7 +430,7 @@ def test_the_checks_take_a_recipe_number_in_search_space_as_the_sweep_does(compo
     """Greff's recipe may search one of its numbers (train.batch_size) through search.space:
     the checks before any work accept what the sweep samples, and refuse a bad range."""
     from harness.errors import UserError
-    from harness.sweep import space_of
+    from harness.study.sweep import space_of
     from harness.validate import check_config
 
     searched = ["+search.space.batch_size={type: categorical, choices: [1, 2]}",

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import sweep
+from harness.study import sweep
 from test_sweep import finish, odyssey, study_trials, tiny_music
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

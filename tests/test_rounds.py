@@ -1,4 +1,4 @@
-"""search.until=decided (harness.rounds): a sweep in rounds stops a variant once its comparison
+"""search.until=decided (harness.study.rounds): a sweep in rounds stops a variant once its comparison
 with vanilla is decided, and a rerun goes on from the last look. The training is a stand-in
 of known outcome (the rounds, the study and the storage are the real ones): a trial's test
 metric is 10 + N(0, 1) from its seed, plus 50 for NFG (far worse)."""
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from harness import analysis
-from harness import sweep as sweep_module
 from harness.errors import UserError
 from harness.storage import counted as counted_trials
-from harness.train import TrainingResult
+from harness.study import sweep as sweep_module
+from harness.training.train import TrainingResult
 
 
 def known_training(cfg, data=None, out_dir=None, log=None, on_epoch=None):
@@ -83,7 +83,7 @@ def test_a_decided_variant_gets_no_more_trials_and_a_rerun_goes_on(tmp_path, com
 
 def test_a_raised_cap_keeps_the_looks_judged_and_spends_only_what_is_left():
     from harness.analysis.boundaries import boundaries, crossings
-    from harness.rounds import looks_now
+    from harness.study.rounds import looks_now
 
     past = [[10, 100], [20, 100], [30, 100]]
     looks = looks_now(past, 60, 10, 200)

@@ -25,7 +25,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness import project_root
-from harness.launchers.slurm import array_task_ids, sbatch_options
+from harness.study.launchers.slurm import array_task_ids, sbatch_options
 
 ROOT = project_root()
 DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel")

@@ -171,7 +171,7 @@ def top_level_names(source: str) -> tuple[set[str], dict[str, str]]:
 def borrowed_names(files, package: Path = PACKAGE) -> list[str]:
     """`from harness.a import n` in `files` where module a does not define n but imports it
     itself from elsewhere: a second address for a name. A package gathering the names of its
-    own submodules (harness.engine's steps) is their one address, and allowed."""
+    own submodules (harness.training.engine's steps) is their one address, and allowed."""
     modules = module_names(package)
     tops = {name: top_level_names(file.read_text()) for name, file in modules.items()}
     found = []
@@ -217,7 +217,7 @@ def test_a_planted_cycle_in_a_copy_of_the_package_is_found(tmp_path):
     copy = tmp_path / "harness"
     copy.mkdir()
     (copy / "__init__.py").write_text("")
-    (copy / "weights.py").write_text((PACKAGE / "weights.py").read_text()
+    (copy / "weights.py").write_text((PACKAGE / "models" / "weights.py").read_text()
                                      + "\n\ndef planted():\n    from harness import cells\n")
     (copy / "cells.py").write_text("from harness.weights import import_into\n")
     graph, _ = import_graph(copy)
@@ -382,14 +382,14 @@ def stale_references(files) -> list[str]:
 
 def test_the_reference_check_finds_a_moved_name(tmp_path):
     page = tmp_path / "probe.md"
-    page.write_text("`make_layer` in harness/cells.py; `PRESETS` in harness/cells.py; harness.sweep.no_such; "
-                    "harness.storage.Liveness.fail_stale; see harness/nowhere.py\n")
-    assert stale_references([page]) == ["probe.md: harness.sweep.no_such", "probe.md: `PRESETS` in harness/cells.py",
-                                        "probe.md: harness/nowhere.py"]
+    page.write_text("`make_layer` in harness/models/cells.py; `PRESETS` in harness/models/cells.py; "
+                    "harness.study.sweep.no_such; harness.storage.Liveness.fail_stale; see harness/nowhere.py\n")
+    assert stale_references([page]) == ["probe.md: harness.study.sweep.no_such",
+                                        "probe.md: `PRESETS` in harness/models/cells.py", "probe.md: harness/nowhere.py"]
 
 
 def test_every_name_and_path_the_docs_and_docstrings_mention_exists():
-    """One place for each fact, and the pointers to it right: "`PRESETS` in harness/models.py",
+    """One place for each fact, and the pointers to it right: "`PRESETS` in harness/models/__init__.py",
     harness.storage.Liveness, conf/search/greff.yaml, ... in docs/, the README, docstrings,
     comments and configs all name something that is there."""
     stale = stale_references(DOC_FILES)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from harness.errors import UserError
 from harness.storage import counts, open_storage
-from harness.sweep import EXIT_NO_COMPLETE, search_space
+from harness.study.sweep import EXIT_NO_COMPLETE, search_space
 
 GREFF = {"hidden_size": (20, 200), "learning_rate": (1e-6, 1e-2),
          "one_minus_momentum": (0.01, 1.0), "input_noise_std": (0.0, 1.0)}
@@ -140,7 +140,7 @@ def test_sigkill_mid_sweep_then_rerun_ends_with_exactly_n_trials(tmp_path):
     check_finished(trials, 4)
     assert {k: study.user_attrs[k] for k in ("dataset", "variant", "recipe")} == {
         "dataset": "jsb_chorales", "variant": "cifg", "recipe": "greff"}
-    assert study.user_attrs["protocol"]["max_epochs"] == 1  # harness.protocol, recorded once
+    assert study.user_attrs["protocol"]["max_epochs"] == 1  # harness.storage.protocol, recorded once
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.cells import make_layer
-from harness.models import LSTM_VARIANTS, PRESETS, SWITCHES
 from harness.errors import UserError
+from harness.models import LSTM_VARIANTS, PRESETS, SWITCHES
+from harness.models.cells import make_layer
 
 M, N, T, B = 4, 3, 6, 2
 
@@ -175,7 +175,7 @@ def test_a_name_with_switches():
 def test_a_variant_config_with_switches_trains(compose_config, tmp_path):
     """train.py hands the variant config's keys to make_layer: the network is the composed cell."""
     from harness.datasets import load_dataset
-    from harness.train import train
+    from harness.training.train import train
 
     cfg = compose_config(["hidden_size=5", "max_epochs=1"])
     cfg.variant = OmegaConf.create({"name": "cifg_np", "switches": {"forget_gate": "coupled", "peepholes": False}})
@@ -194,11 +194,11 @@ def test_a_variant_config_with_switches_trains(compose_config, tmp_path):
 def test_composed_cells_train_alike_on_both_engines(name):
     """The native engine reads a cell's flags itself: after a few updates its weights are
     the torch path's (autograd through the cell, torch's SGD)."""
-    from harness import tasks
     from harness.datasets import Sequence
-    from harness.engine import make_step
-    from harness.networks import SequenceNetwork
-    from harness.recipes import Recipe
+    from harness.models.networks import SequenceNetwork
+    from harness.training import tasks
+    from harness.training.engine import make_step
+    from harness.training.recipes import Recipe
 
     rng = np.random.default_rng(0)
     sequences = [Sequence(x=(rng.random((9, 6)) > 0.5).astype(np.float32),

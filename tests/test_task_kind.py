@@ -9,11 +9,12 @@ import optuna
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from harness import analysis, project_root, protocol
+from harness import analysis, project_root
 from harness.analysis import read, scorecard
 from harness.datasets import task_kind, task_kind_reason
 from harness.errors import UserError
-from harness.sweep import open_study, space_of
+from harness.storage import protocol
+from harness.study.sweep import open_study, space_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FAST = {"n_trees": 4, "grid_points": 4, "n_bootstrap": 0, "figures": False, "crosscheck": False}
@@ -109,7 +110,7 @@ def test_a_midi_folder_named_motets_is_swept_and_analysed_as_music(compose_confi
     and the music margin."""
     import numpy as np
 
-    from harness import sweep
+    from harness.study import sweep
     from test_midi import write_folder, write_type0
 
     rolls = {split: [np.eye(88, dtype=np.float32)[[40 + (t + k) % 5 for t in range(10)]] for k in range(3)]

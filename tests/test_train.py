@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness.datasets import DataSplits, Sequence, load_dataset
-from harness.networks import SequenceNetwork, reverse_within_lengths
-from harness.tasks import make_batch
-from harness.train import train
+from harness.models.networks import SequenceNetwork, reverse_within_lengths
+from harness.training.tasks import make_batch
+from harness.training.train import train
 
 
 def tiny_jsb(compose_config, n=12):

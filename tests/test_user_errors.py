@@ -381,7 +381,7 @@ def test_the_command_line_shows_no_traceback_in_a_fresh_process(tmp_path):
 
 def test_sequential_settings_out_of_range_name_their_key(capsys, run_dir, tmp_path):
     """analysis.margin, search.look_every, search.until, and until=decided without vanilla or
-    with a single variant (harness.rounds)."""
+    with a single variant (harness.study.rounds)."""
     storage = f"search.storage=sqlite:///{tmp_path}/studies.db"
     refused(capsys, "sweep", "analysis.margin=-0.5", storage, *run_dir, words=("analysis.margin=-0.5", "positive"))
     refused(capsys, "analyze", "analysis.dataset=x", "analysis.margin=0", *run_dir, words=("analysis.margin=0", "positive"))

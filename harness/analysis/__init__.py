@@ -36,8 +36,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 import harness
-from harness import figures, report
-from harness.analysis import diverged, fanova_fit, read, scorecard, sequential, statistics
+from harness.analysis import diverged, fanova_fit, figures, read, report, scorecard, sequential, statistics
 from harness.analysis.read import POOLED
 from harness.errors import UserError
 from harness.storage import move_password, open_storage, redact

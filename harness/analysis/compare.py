@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 import harness
 from harness.analysis import run
 from harness.analysis.read import POOLED
+from harness.analysis.report import table
 from harness.errors import UserError
-from harness.report import table
 
 
 def is_comparison(cfg) -> bool:

@@ -9,7 +9,7 @@ pooled: `recipe` picks one, and a data set with studies of several recipes needs
 study with numeric or categorical parameters can be read; the metric analysed is the
 user attribute `test_metric` where the trials carry one, else the objective value.
 The data set's task (music, speech, handwriting or none) is what its studies recorded
-(user attribute `task`, harness.protocol) when they agree; `Studies.task` is None where
+(user attribute `task`, harness.storage.protocol) when they agree; `Studies.task` is None where
 none recorded it (studies made elsewhere or before odyssey did).
 """
 
@@ -24,8 +24,8 @@ import pandas as pd
 
 from harness.analysis import sequential as sequential_module
 from harness.errors import UserError
-from harness.protocol import TASK, mixed_reason
 from harness.storage import uncounted
+from harness.storage.protocol import TASK, mixed_reason
 
 ATTR_COLUMNS = ["n_params", "seconds", "epochs", "best_epoch", "seed"]
 GREFF = "greff"  # the recipe of a study without a `recipe` attribute (made before recipes)
@@ -45,7 +45,7 @@ class Studies:
     metric: str  # "test_metric" or "validation_metric": the column analysed
     names: dict = field(default_factory=dict)  # variant -> study names
     recipe: str = GREFF  # the training recipe of every study read
-    sequential: dict = field(default_factory=dict)  # variant -> its study's `sequential` attribute (harness.rounds)
+    sequential: dict = field(default_factory=dict)  # variant -> `sequential` of its study (harness.study.rounds)
     mixed: dict = field(default_factory=dict)  # study name -> why its trials are not of one protocol
     series: dict = field(default_factory=dict)  # variant -> what a sweep until=decided judges (sequential.series)
     task: tuple | None = None  # (task, why) the studies recorded (recorded_task); None: none recorded one
@@ -114,7 +114,7 @@ def load(storage, dataset: str, metric: str = "auto", recipe: str | None = None)
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             if (reason := mixed_reason(summary.user_attrs, trials)) is not None:
-                mixed[summary.study_name] = reason  # harness.protocol: not one random search
+                mixed[summary.study_name] = reason  # harness.storage.protocol: not one random search
             if variant not in series or "sequential" in summary.user_attrs:  # the judged study of a variant
                 series[variant] = sequential_module.series(trials)
             why = uncounted(trials)  # lost, surplus, duplicate or retried trials: the sweep redid their work

@@ -294,7 +294,7 @@ def series(trials) -> np.ndarray:
 
 def history(recorded: dict) -> list[list[int]]:
     """The looks a comparison swept in rounds was judged at, [[trials a variant, the cap
-    then], ...], from its study's `sequential` attribute (harness.rounds); one written before
+    then], ...], from its study's `sequential` attribute (harness.study.rounds); one written before
     looks were recorded: every look up to its last, at its one cap."""
     if not recorded:
         return []

@@ -2,7 +2,7 @@
 
 An epoch here is what a trial spends on it: one Nesterov update a training sequence
 (lr 1e-2, momentum 0.9, no input noise), then the validation metric, and the test metric
-when validation improved (harness.train's EpochRunner and evaluate). The first two
+when validation improved (harness.training.train's EpochRunner and evaluate). The first two
 epochs are the fresh figure; after `warm` untimed epochs, `timed` epochs are the trained
 figure, where the weights and states have filled with small values (denormal floats, if
 they were not flushed). Each model is measured against torch.nn.LSTM in the same recipe
@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 from harness import project_root
 from harness.bench.layers import TorchRecurrent
 from harness.datasets import load_dataset
-from harness.engine import NativeStep, TorchStep, make_forward, make_step
 from harness.models import names_of, resolve, variant_config
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
-from harness.train import EpochRunner, evaluate
+from harness.models.networks import SequenceNetwork
+from harness.training.engine import NativeStep, TorchStep, make_forward, make_step
+from harness.training.recipes import Recipe
+from harness.training.train import EpochRunner, evaluate
 
 LEARNING_RATE, MOMENTUM = 1e-2, 0.9
 REFERENCES = {"torch.nn.LSTM": ("lstm", 1), "torch.nn.GRU": ("gru", 1), "torch.nn.LSTM x3": ("lstm", 3)}
@@ -69,7 +69,7 @@ def epoch_seconds(model: str, data, hidden_size: int, warm: int, timed: int, flu
 
 def runner_seconds(network, step, data, batch_size: int, warm: int, timed: int, flush: bool = True) -> dict:
     """Fresh (mean of the first two) and trained (after `warm`) seconds of epochs as a trial
-    runs them: the training part (harness.train.EpochRunner), validation, and test on improvement."""
+    runs them: the training part (harness.training.train.EpochRunner), validation, and test on improvement."""
     runner = EpochRunner(step, data, batch_size=batch_size, noise_std=0.0, rng=np.random.default_rng(0))
     forward = make_forward("native" if isinstance(step, NativeStep) else "torch", network, data.task)
     torch.set_flush_denormal(flush)

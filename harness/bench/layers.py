@@ -14,8 +14,8 @@ import time
 import torch
 from torch import nn
 
-from harness.cells import make_layer
 from harness.models import resolve
+from harness.models.cells import make_layer
 
 SHAPES = ({"hidden_size": 100, "batch": 1, "steps": 60}, {"hidden_size": 128, "batch": 16, "steps": 200})
 INPUTS = 88

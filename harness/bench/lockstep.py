@@ -5,7 +5,7 @@
 
 - one at a time on the native engine (search.lockstep=1, the default path), and
 - K at a time for each K of `slots` (and the K that search.lockstep=auto picks here),
-  through harness.lockstep on this machine's device,
+  through harness.training.lockstep on this machine's device,
 
 on one torch thread, denormals flushed. Every run trains the same first configurations
 for the same epochs, so the rates compare like with like. A full-protocol trial is
@@ -22,9 +22,9 @@ from omegaconf import open_dict
 
 from harness.bench.study import configurations
 from harness.datasets import load_dataset
-from harness.lockstep import LockstepTrainer, choose_lockstep, resolve_device, slot_bytes
-from harness.sweep import largest_network, space_of, trial_config
-from harness.train import train
+from harness.study.sweep import largest_network, space_of, trial_config
+from harness.training.lockstep import LockstepTrainer, choose_lockstep, resolve_device, slot_bytes
+from harness.training.train import train
 
 
 def _configs(cfg, points: list[dict], epochs: int) -> list:

@@ -4,7 +4,7 @@ and on the torch reference path, as the `recipes` section of `odyssey bench`.
 The vanilla LSTM at N=100 trains with each recipe as its file sets it (batch size,
 clipping, schedule), learning rate 1e-2 (Greff's recipe: momentum 0.9); the native
 engine computes the gradients of every recipe and runs Greff's Nesterov update compiled,
-any other update with torch.optim on those gradients (harness.engine), so each row says
+any other update with torch.optim on those gradients (harness.training.engine), so each row says
 how much slower the torch path (autograd, the same optimizer) is.
 """
 
@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from harness import project_root
 from harness.bench.epochs import LEARNING_RATE, MOMENTUM, runner_seconds
 from harness.datasets import load_dataset
-from harness.engine import make_step
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe, recipe_file, shipped_recipes
+from harness.models.networks import SequenceNetwork
+from harness.training.engine import make_step
+from harness.training.recipes import Recipe, recipe_file, shipped_recipes
 
 
 def time_recipes(options) -> list[dict]:

@@ -1,10 +1,10 @@
-"""minGRU and minLSTM (harness.minimal): the recurrence as a loop against the chunked scan.
+"""minGRU and minLSTM (harness.models.minimal): the recurrence as a loop against the chunked scan.
 
 Forward + backward of one layer, fresh weights (the same for both forms), at the shapes of
 `bench.scan.shapes` (one sequence a step as in Greff's recipe, and minibatches), the
 median over repeats, timed alternately with torch.nn.GRU / torch.nn.LSTM of the same
 size in the same loop, so that load on the machine hits all alike. `auto` is the form
-harness.minimal chooses at that shape; the table says whether it chose the faster.
+harness.models.minimal chooses at that shape; the table says whether it chose the faster.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import statistics
 import torch
 
 from harness.bench.layers import INPUTS, TorchRecurrent, step_seconds
-from harness.minimal import SCAN_WIDTH, MinGRU, MinLSTM
+from harness.models.minimal import SCAN_WIDTH, MinGRU, MinLSTM
 
 MODELS = {"mingru": (MinGRU, "gru"), "minlstm": (MinLSTM, "lstm")}
 

@@ -3,7 +3,7 @@
 For each data set and hidden size asked: a vanilla network (Nesterov, `learning_rate`,
 momentum 0.9) trains `warm` epochs untimed
 (so that its weights are those of a trial under way, denormals flushed), then one epoch
-is timed phase by phase as harness.train runs it: for every training sequence the
+is timed phase by phase as harness.training.train runs it: for every training sequence the
 native step's `forward` (both directions' compiled loops), `loss` (read-out, loss and
 d loss / d scores: softmax cross-entropy per frame, or CTC), `backward` (read-out and
 both directions through time) and `update`; what the epoch took beyond these is
@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from harness import project_root, tasks
+from harness import project_root
 from harness.bench.epochs import MOMENTUM, build
 from harness.datasets import load_dataset
-from harness.engine import NativeForward, NativeStep
-from harness.train import EpochRunner, evaluate, evaluation_batches
+from harness.training import tasks
+from harness.training.engine import NativeForward, NativeStep
+from harness.training.train import EpochRunner, evaluate, evaluation_batches
 
 TRAINING_PHASES = ("forward", "loss", "backward", "update", "python")
 VALIDATION_PHASES = ("forward", "errors", "python")
@@ -82,7 +83,7 @@ def timed_training(step: NativeStep, data, rng: np.random.Generator) -> dict[str
 
 
 def timed_validation(forward, task: str, sequences, batch_size: int) -> dict[str, float]:
-    """One validation pass (harness.train.evaluate's batches and engine), phase by phase."""
+    """One validation pass (harness.training.train.evaluate's batches and engine), phase by phase."""
     clock = _Clock()
     start = clock.last
     for batch in evaluation_batches(sequences, task, batch_size):

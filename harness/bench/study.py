@@ -25,8 +25,8 @@ import numpy as np
 from omegaconf import OmegaConf, open_dict
 
 from harness.models import LISTS
-from harness.sweep import trial_config
-from harness.train import train
+from harness.study.sweep import trial_config
+from harness.training.train import train
 
 # The models of the projected study (harness.models): Greff's nine, the GRU and the GF-LSTM.
 STUDY_MODELS = (*LISTS["lstm"], "gru", "gflstm")

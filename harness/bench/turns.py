@@ -5,7 +5,7 @@ that epochs timed model after model (the `epochs` section) can differ by more th
 models do. Here every model trains one epoch in turn, round after round (the first round
 untimed), and each model's median is divided by the first model's: the load of a round
 hits all models alike, so the ratios hold where the seconds do not. An epoch is the
-training part (harness.train.EpochRunner: one Nesterov update a sequence, lr 1e-2,
+training part (harness.training.train.EpochRunner: one Nesterov update a sequence, lr 1e-2,
 momentum 0.9, no noise), on the engine each model trains on (the native engine where it
 covers the model, else the torch path), at `hidden_size` blocks.
 """
@@ -22,7 +22,7 @@ from harness import project_root
 from harness.bench.epochs import build
 from harness.datasets import load_dataset
 from harness.models import names_of, variant_config
-from harness.train import EpochRunner
+from harness.training.train import EpochRunner
 
 
 def time_in_turn(cfg, options) -> list[dict]:

@@ -215,7 +215,7 @@ def load_dataset(cfg) -> DataSplits:
         if not splits.split(split):
             raise UserError(f"dataset '{name}': the {split} split of {path} is empty; every split needs sequences.")
     if splits.task == "ctc":  # labels in range, and enough frames for each to align
-        from harness.ctc import check_targets
+        from harness.training.ctc import check_targets
 
         check_targets(splits, path)
     return splits

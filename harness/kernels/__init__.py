@@ -1,7 +1,7 @@
 """Compiled time loops for the cells (harness/kernels/*.cpp), built once with torch's
 C++ extension tools and cached in the virtualenv (.venv/torch_extensions, or $TORCH_EXTENSIONS_DIR).
 
-The C++ mirrors the Python loops of harness/cells.py and harness/gated_feedback.py
+The C++ mirrors the Python loops of harness/models/cells.py and harness/models/gated_feedback.py
 equation for equation; it exists because at Greff et al.'s sizes (batch 1, N <= 200)
 Python's cost per call is most of the time. `python -m harness.kernels` (run by
 scripts/setup.sh) builds them (about a minute each); if they cannot be built, or
@@ -69,7 +69,7 @@ def gated_feedback():
 
 def ctc():
     """The compiled CTC loss, gradient and best-path decoding (ctc.cpp), or None (then the
-    native engine uses torch's ctc_loss, and evaluation harness/ctc.py's decoding)."""
+    native engine uses torch's ctc_loss, and evaluation harness/training/ctc.py's decoding)."""
     return _module("ctc", CTC_MODULE, "ctc.cpp")
 
 

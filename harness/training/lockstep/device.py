@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from harness import tasks
 from harness.errors import UserError
-from harness.lockstep.stack import SlotModel, SlotStack
+from harness.training import tasks
+from harness.training.lockstep.stack import SlotModel, SlotStack
 
 DEVICES = ("cpu", "cuda", "auto")
 AUTO_MAX_SLOTS = 256

@@ -20,9 +20,9 @@ output at frame t reads frames up to t only (any recurrent cell) never sees it.
 the module ~ N(0, init_std^2), as odyssey initialises its own cells (`train.init_std`,
 Greff et al.'s 0.1), whatever the class did, so that a comparison with Greff's variants
 is not one of initialisations; `train.forget_bias` is the LSTM family's and does not
-apply. It trains on the torch path (harness.engine says so once; lockstep refuses it).
+apply. It trains on the torch path (harness.training.engine says so once; lockstep refuses it).
 Its weights (`export_weights`) are the module's own weight contract if it has one
-(odyssey's minGRU and minLSTM, harness.minimal), else its named parameters.
+(odyssey's minGRU and minLSTM, harness.models.minimal), else its named parameters.
 
 Checks before anything trains, each a UserError naming the YAML file and what to fix: a
 `_target_` that is missing or cannot be imported, a constructor that rejects
@@ -40,7 +40,7 @@ from torch import nn
 
 from harness.errors import UserError
 from harness.models import Model, variant_file
-from harness.weights import WeightContract, import_into
+from harness.models.weights import WeightContract, import_into
 
 # The probe a new cell is checked with: T frames of B sequences.
 PROBE_FRAMES, PROBE_BATCH = 3, 2

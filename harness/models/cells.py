@@ -51,10 +51,10 @@ import torch
 from torch import nn
 
 from harness import kernels
-from harness.cell_class import CellClass
-from harness.gated_feedback import GatedFeedbackRNN
 from harness.models import LSTMSwitches, resolve
-from harness.weights import WeightContract
+from harness.models.cell_class import CellClass
+from harness.models.gated_feedback import GatedFeedbackRNN
+from harness.models.weights import WeightContract
 
 # Rows of the fused pre-activation, and the gates (the last three of them).
 BLOCKS = ("z", "i", "f", "o")
@@ -449,8 +449,8 @@ def make_layer(variant, input_size: int, hidden_size: int, switches=None, cell=N
     `variant` is a model's name (harness.models.MODELS: vanilla ... fgr and gru have the
     weight contract) or a mapping of harness.models.SWITCHES (an LSTM composed of them);
     `switches` is the `switches:` of a variant config, which gives a model of a new name
-    its cell, and `cell` its `cell:` (a class, harness.cell_class; mingru, minlstm and
-    rglru are such models, harness.minimal and harness.griffin).
+    its cell, and `cell` its `cell:` (a class, harness.models.cell_class; mingru, minlstm and
+    rglru are such models, harness.models.minimal and harness.models.griffin).
     Options: `init_std` (default 0.1, Greff et al.), `forget_bias` (the LSTM cells, default
     0; dropped where there is no forget gate); for the gated-feedback stacks (gflstm,
     alias gfrnn, and gfgru) also `layers` (default 3) and `concat_layers` (default false):

@@ -16,12 +16,12 @@ an N-dimensional signal (a linear layer and a short convolution before it, its g
 block-diagonal N x N); here the unit takes x^t itself: the input branch u^t is that
 linear layer (no convolution) and the gates read x^t through full N x M matrices, like
 minGRU's. The decay is a fixed `lambda_0` plus a learned lambda, so that odyssey's
-initialisation of every parameter ~ N(0, init_std^2) (harness.cell_class) starts the
+initialisation of every parameter ~ N(0, init_std^2) (harness.models.cell_class) starts the
 unit where Griffin starts it, a^c in [0.9, 0.999]: lambda_0 = 5.05 gives a^c = 0.95 at
 lambda = 0 (init_std 0.1 spreads it over about 0.93-0.96).
 
 No gate reads the state, so a sequence is the recurrence h^t = a^t h^{t-1} + b^t of
-harness.minimal, computed by its loop or its scan (`form`, as minGRU's); log a^t =
+harness.models.minimal, computed by its loop or its scan (`form`, as minGRU's); log a^t =
 -c r^t softplus(-(lambda + lambda_0)) is computed in log space, and 1 - (a^t)^2 as
 -expm1(2 log a^t).
 """
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.minimal import InputGatedCell
+from harness.models.minimal import InputGatedCell
 
 # c of Griffin's section 2.4, and lambda_0: sigma(lambda_0)^c = 0.95, the middle of
 # Griffin's initial range of a^c, [0.9, 0.999].

@@ -28,7 +28,7 @@ the top layer's state, (T, B, N), or with `concat_layers` all layers' states, (T
 in the order 1..L; `output_size` says which.
 
 How it is computed: `GatedFeedbackRecurrence`, an autograd function with a hand-written
-backward pass through time, in the manner of harness.cells (at one sequence an update,
+backward pass through time, in the manner of harness.models.cells (at one sequence an update,
 the number of operations a step is what costs). The input projection of layer 1 (its
 gates, the L gate terms w_g . x and the candidate) is one product over all frames. At each
 step one product of h*_{t-1} gives, for every layer at once, what its unit-wise gates get
@@ -58,7 +58,7 @@ from torch import nn
 
 from harness import kernels
 from harness.errors import UserError
-from harness.weights import WeightContract
+from harness.models.weights import WeightContract
 
 # The unit-wise gates of each cell (from below and the layer's own state), then the candidate.
 CELLS = {
@@ -131,7 +131,7 @@ class GatedFeedbackRecurrence(torch.autograd.Function):
         R (L, G N, N) the gates' weights on the layer's own state; u_g (L, L, L N), [i, j] =
         u_g^{i->j}; feedback (L, L N, N): [U^{1->j} ... U^{L->j}] transposed.
 
-        As in harness.cells: per-step views made once (`_steps`, `unbind`), results written
+        As in harness.models.cells: per-step views made once (`_steps`, `unbind`), results written
         in place (`out=`), and the weight gradients one product each after the backward loop.
         """
         T, B, M = x.shape

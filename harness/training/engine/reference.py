@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from harness import tasks
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
+from harness.models.networks import SequenceNetwork
+from harness.training import tasks
+from harness.training.recipes import Recipe
 
 
 class TorchStep:

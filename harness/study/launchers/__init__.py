@@ -1,12 +1,12 @@
 """Where a sweep's workers run: `search.launcher`.
 
-    local   worker processes on this machine (harness.sweep, the default)
+    local   worker processes on this machine (harness.study.sweep, the default)
     slurm   the tasks of one SLURM array job, each a worker on a shared storage
-            (harness.launchers.slurm, through submitit)
+            (harness.study.launchers.slurm, through submitit)
 
-`launch(cfg, variants)` is what `odyssey sweep` hands to `harness.sweep.sweep`, which calls
+`launch(cfg, variants)` is what `odyssey sweep` hands to `harness.study.sweep.sweep`, which calls
 it once the config is checked; it returns None for the local launcher (the sweep runs its
-own processes) and the study names otherwise. The launchers build on harness.sweep (a
+own processes) and the study names otherwise. The launchers build on harness.study.sweep (a
 SLURM task runs `run_worker`), so the sweep gets them from its caller and imports none.
 """
 
@@ -22,7 +22,7 @@ def launch(cfg, variants: list[str]) -> list[str] | None:
     if launcher == "local":
         return None
     if launcher == "slurm":
-        from harness.launchers.slurm import launch as launch_slurm
+        from harness.study.launchers.slurm import launch as launch_slurm
 
         return launch_slurm(cfg, variants)
     raise UserError(f"search.launcher='{launcher}' is unknown; use one of {', '.join(LAUNCHERS)}.")

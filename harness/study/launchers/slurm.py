@@ -3,7 +3,7 @@
     odyssey sweep dataset=jsb_chorales search.variants=lstm search.launcher=slurm search.workers=32 \
         search.storage=journal:/nfs/odyssey.log search.slurm.partition=cpu search.slurm.time_min=600
 
-Every array task is one sweep worker (harness.sweep.run_worker) that works through the
+Every array task is one sweep worker (harness.study.sweep.run_worker) that works through the
 variants in turn, asking the shared storage for trials until each study has
 `search.n_trials` counted ones; so the tasks cooperate exactly as local workers do, and a
 rerun of the same command tops the studies up. The storage must be reachable from every
@@ -46,7 +46,7 @@ from omegaconf import OmegaConf, open_dict
 from harness import project_root
 from harness.errors import UserError
 
-# Exit statuses, as harness.sweep's for local workers: a worker (here an array task) that did
+# Exit statuses, as harness.study.sweep's for local workers: a worker (here an array task) that did
 # not end normally; a study without a single complete trial.
 EXIT_TASK_FAILED, EXIT_NO_COMPLETE = 4, 3
 # Final states of a SLURM job (squeue(1), JOB STATE CODES); anything else may still run.
@@ -119,7 +119,7 @@ def array_task(cfg_container: dict, variants: list[str], worker: int) -> dict:
     import optuna
 
     from harness.storage import stop_on_signals
-    from harness.sweep import run_worker
+    from harness.study.sweep import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # After submitit's own handlers: scancel (SIGTERM) and the time-limit warning (SIGUSR2)
@@ -253,11 +253,10 @@ def launch(cfg, variants: list[str]) -> list[str]:
     import optuna
     from optuna.trial import TrialState
 
-    from harness import protocol
     from harness.datasets import load_dataset
     from harness.models import variant_config
-    from harness.storage import counted, open_storage, redact
-    from harness.sweep import open_study, space_of
+    from harness.storage import counted, open_storage, protocol, redact
+    from harness.study.sweep import open_study, space_of
 
     search = cfg.search
     options = search.get("slurm") or {}
@@ -291,7 +290,7 @@ def launch(cfg, variants: list[str]) -> list[str]:
         checked = cfg.copy()
         with open_dict(checked):
             checked.variant = variant_config(cfg, name)
-        protocol.keep(study, checked, space_of(checked))  # before a task is queued (harness.protocol)
+        protocol.keep(study, checked, space_of(checked))  # before a task is queued (harness.storage.protocol)
         done = len(counted(study.get_trials(deepcopy=False)))
         print(f"{study.study_name}: {done}/{target} trials already done", flush=True)
         names.append(study.study_name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.cells import make_layer
+from harness.models.cells import make_layer
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

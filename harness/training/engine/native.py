@@ -13,7 +13,7 @@ harness/kernels/lstm.cpp (and ctc.cpp):
     backward   dY = dS Wout, then backward through time into the gradient buffers
     update     Greff's recipe: Nesterov momentum over every tensor in one compiled loop,
                v <- mu v + g,  theta <- theta - lr (1 - mu) (g + mu v);
-               any other recipe (harness.recipes): its torch.optim optimizer, which
+               any other recipe (harness.training.recipes): its torch.optim optimizer, which
                reads the gradient buffers as the parameters' .grad
 
 The layer keeps its parameters (and so the weight contract and evaluation through
@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import torch
 
-from harness import kernels, tasks
-from harness.cell_class import CellClass
-from harness.cells import LSTMLayer
-from harness.networks import SequenceNetwork, reverse_within_lengths
-from harness.recipes import Recipe
+from harness import kernels
+from harness.models.cell_class import CellClass
+from harness.models.cells import LSTMLayer
+from harness.models.networks import SequenceNetwork, reverse_within_lengths
+from harness.training import tasks
+from harness.training.recipes import Recipe
 
 CLOSED_FORM_TASKS = {"next_step": 0, "framewise": 1, "regression": 2}
 TASKS = (*CLOSED_FORM_TASKS, "ctc")

@@ -10,7 +10,7 @@ an exact zero, so Nesterov's update keeps it at zero. A slot's numbers are those
 trial trained alone, up to the order in which floats are summed.
 
 The forward pass is the vanilla peephole LSTM on full z, i, f, o tensors, as in
-harness.cells (whose docstring has the equations), built from the stored blocks by the
+harness.models.cells (whose docstring has the equations), built from the stored blocks by the
 layer's own fixed maps before each pass; it is plain torch with autograd, so the same
 code runs on a CPU or a GPU, batched over slots by `torch.bmm`.
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.cells import LSTMLayer
-from harness.networks import SequenceNetwork, reverse_within_lengths
+from harness.models.cells import LSTMLayer
+from harness.models.networks import SequenceNetwork, reverse_within_lengths
 
 N_DIM = "N"  # a hidden dimension in a leaf's template
 

@@ -104,7 +104,7 @@ def errors(task: str, scores: torch.Tensor, batch: Batch) -> tuple[float, float]
             edits, characters = compiled.decoding_errors(scores.detach(), batch.lengths, batch.y,
                                                           batch.target_lengths)
             return float(edits), float(characters)
-        from harness.ctc import best_path, character_error_rate
+        from harness.training.ctc import best_path, character_error_rate
 
         hypotheses = [best_path(scores[: int(n), b].detach()) for b, n in enumerate(batch.lengths)]
         references = [r.tolist() for r in torch.split(batch.y, batch.target_lengths.tolist())]

@@ -4,8 +4,8 @@
         search.storage=sqlite:///results/odyssey.db search.workers=2
 
 `sweep(cfg, launch)` checks the config, records or checks each study's protocol
-(harness.protocol), and runs `search.workers` worker processes here (or hands them to a
-launcher, harness.launchers); `run_worker` is one worker: ask, train, tell until the study
+(harness.storage.protocol), and runs `search.workers` worker processes here (or hands them to a
+launcher, harness.study.launchers); `run_worker` is one worker: ask, train, tell until the study
 has `search.n_trials` counted trials (one at a time, or K at once: `run_lockstep`).
 `TrialNumberSampler` draws a trial's parameters and seed from its draw alone (`trial_draw`:
 its number, in a study that was never stopped); a trial that a stop ended is redone with
@@ -37,19 +37,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from harness import project_root, protocol, rounds
+from harness import project_root
 from harness.datasets import load_dataset
-from harness.engine.native import native_supports
 from harness.errors import UserError
-from harness.lockstep import LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device, slot_bytes
-from harness.lockstep import covers as lockstep_covers
 from harness.models import ALIASES, canonical, variant_config, variant_configs
-from harness.recipes import Recipe
-from harness.resources import cap_workers, torch_threads
+from harness.storage import protocol
+from harness.study import rounds
+from harness.training.engine.native import native_supports
+from harness.training.lockstep import (LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device,
+                                      slot_bytes)
+from harness.training.lockstep import covers as lockstep_covers
+from harness.training.recipes import Recipe
+from harness.training.resources import cap_workers, torch_threads
 from harness.storage import (REDO_ATTR, Liveness, StorageLost, abandon, check_stop, connection_lost, counted,
                              create_study, lineages, move_password, open_storage, reconnecting, redact, redo_of,
                              stop_on_signals, yields_to)
-from harness.train import TrainingResult, make_network, train
+from harness.training.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
 # search a number of the recipe (train.batch_size, train.weight_decay, ...: `recipe_key`).
@@ -463,7 +466,7 @@ def lockstep_plan(cfg: DictConfig, space: dict, data, trials_left: int, say=None
 
 def run_lockstep(study: optuna.Study, cfg: DictConfig, space: dict, data, out_root: Path, target: int,
                  liveness: Liveness, slots: int, device, tag: str) -> None:
-    """A worker of `slots` trials at once (harness.lockstep): a free slot asks the study for
+    """A worker of `slots` trials at once (harness.training.lockstep): a free slot asks the study for
     a trial, and each trial is told as soon as its slot ends."""
     trainer = LockstepTrainer(data, slots, device, log=lambda message: None)
     live: dict[int, tuple] = {}  # trial number -> (trial, its config, heartbeat, reported epochs, start)
@@ -682,7 +685,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
     """Run the sweep the config asks for; returns the names of the studies.
 
     `launch(cfg, variants)` runs the workers elsewhere when search.launcher says so and
-    returns the study names, or None for local workers: harness.launchers.launch, which
+    returns the study names, or None for local workers: harness.study.launchers.launch, which
     the command line passes in (the launchers build on this module, not the reverse).
     Without it the workers run on this machine."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -702,7 +705,7 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         raise UserError("search.workers and search.n_trials must be positive integers.")
     torch_threads(cfg.train.get("threads"))  # a bad train.threads fails here, before any work
     if launch is None and search.get("launcher", "local") != "local":
-        raise UserError(f"search.launcher={search.launcher}: pass harness.launchers.launch to sweep() "
+        raise UserError(f"search.launcher={search.launcher}: pass harness.study.launchers.launch to sweep() "
                         "(odyssey sweep does).")
     if launch is not None and (launched := launch(cfg, variants)) is not None:  # e.g. a SLURM array job
         return launched
@@ -715,14 +718,14 @@ def sweep(cfg: DictConfig, launch=None) -> list[str]:
         with open_dict(checked):
             checked.variant = config
         lockstep_plan(checked, space_of(checked), data, int(search.n_trials), say=lambda message: None)
-        if config.get("cell") is not None:  # a cell given as a class (harness.cell_class): built and probed now
+        if config.get("cell") is not None:  # a cell given as a class (harness.models.cell_class): built and probed now
             network = largest_network(checked, space_of(checked), data, end=min)
             largest_network(checked, space_of(checked), data)
             if str(cfg.train.get("engine", "native")) == "native":
                 print(f"[{config['name']}] engine: the native engine does not cover "
                       f"{native_supports(network, data.task)}; its trials train on the torch path", flush=True)
         protocol.keep(open_study(storage, cfg.dataset.name, config["name"], seed=0, recipe=recipe), checked,
-                      space_of(checked))  # the study's protocol (harness.protocol), before any work
+                      space_of(checked))  # the study's protocol (harness.storage.protocol), before any work
     print(f"sweep: {cfg.dataset.name}, variants {', '.join(variants)}, {search.n_trials} trials each, "
           f"{workers} worker(s), storage {redact(search.storage)}", flush=True)
     names, died, without_complete = {}, [], {}

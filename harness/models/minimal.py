@@ -15,9 +15,9 @@ section 3, in the symbols of docs/cells.md (x^t has M values, N blocks)::
 where W_* are N x M and b_* have N entries; no gate reads the state, and h^0 = 0.
 
 They are odyssey's first cells built through the interface of a cell of one's own
-(conf/variant/mingru.yaml: `cell: {_target_: harness.minimal.MinGRU}`), which adds the
+(conf/variant/mingru.yaml: `cell: {_target_: harness.models.minimal.MinGRU}`), which adds the
 read-out, the backward direction, initialisation and everything after
-(harness.cell_class); nothing else in odyssey knows them.
+(harness.models.cell_class); nothing else in odyssey knows them.
 
 Both cells are h^t = a^t * h^{t-1} + b^t with a^t and b^t computed from x^t alone
 (minGRU: a = 1 - z, b = z h~; minLSTM: a = f', b = i' h~), so a whole sequence needs no
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.weights import WeightContract
+from harness.models.weights import WeightContract
 
 FORMS = ("auto", "scan", "loop")
 # `auto` scans a batch of at most this many values a frame (batch x N) and loops over
@@ -96,7 +96,7 @@ def _scan_chunk(log_a: torch.Tensor, b: torch.Tensor, h_last: torch.Tensor) -> t
 
 
 class InputGatedCell(WeightContract, nn.Module):
-    """What minGRU, minLSTM and the RG-LRU (harness.griffin) share: one input projection
+    """What minGRU, minLSTM and the RG-LRU (harness.models.griffin) share: one input projection
     of every frame (fused rows, in the order of `BLOCKS`), the recurrence by `form`, and
     the weight contract."""
 

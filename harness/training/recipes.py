@@ -12,7 +12,7 @@ that update reads (docs/engine.md, "Recipes"); a user's recipe is a file DIR/tra
 passed with --config-dir DIR, usually starting from one of these (`defaults: [adam, _self_]`).
 
 The update runs after the engine has left the gradient of the batch's summed loss in
-every parameter's `.grad` (harness.engine):
+every parameter's `.grad` (harness.training.engine):
 
     clip      g <- g * min(1, max_grad_norm / ||g||)   (||g||: the L2 norm over all tensors)
     update    sgd_nesterov: v <- mu v + g,  theta <- theta - lr (1 - mu) (g + mu v)

@@ -87,7 +87,7 @@ def _plain(value):
 
 
 def describe(cfg, space: dict) -> dict:
-    """The protocol of a sweep of `cfg` over `space` (harness.sweep.space_of)."""
+    """The protocol of a sweep of `cfg` over `space` (harness.study.sweep.space_of)."""
     recipe = {k: v for k, v in _plain(cfg.train).items() if k not in NOT_RESULT_KEYS}
     fixed = {name: _plain(cfg.get(name)) for name in ("hidden_size", "learning_rate", "input_noise_std")
              if name not in space}

@@ -1,12 +1,12 @@
 """How one training step runs: the torch reference path and the native engine.
 
 A step takes one batch (one sequence in Greff et al.'s recipe, a minibatch in others),
-computes the task's loss (summed over frames, harness.tasks) and its gradient into every
-parameter's `.grad`, and applies the recipe's update (harness.recipes: clipping, then
+computes the task's loss (summed over frames, harness.training.tasks) and its gradient into every
+parameter's `.grad`, and applies the recipe's update (harness.training.recipes: clipping, then
 Nesterov SGD, Adam or AdamW). Two engines compute the same thing:
 
 - `torch` (`TorchStep`, the reference): the network's forward through autograd,
-  `harness.tasks.loss`, `loss.backward()` and the recipe's torch.optim optimizer;
+  `harness.training.tasks.loss`, `loss.backward()` and the recipe's torch.optim optimizer;
 - `native` (`NativeStep`, the default for the LSTM family): the compiled LSTM loops
   called directly (no autograd graph), the read-out, loss and its gradient in closed form
   (CTC: the compiled forward-backward of harness/kernels/ctc.cpp), the backward pass through time into
@@ -31,11 +31,11 @@ from typing import Callable
 
 import torch
 
-from harness.engine.native import NativeForward, NativeStep, native_supports
-from harness.engine.reference import TorchStep
 from harness.errors import UserError
-from harness.networks import SequenceNetwork
-from harness.recipes import Recipe
+from harness.models.networks import SequenceNetwork
+from harness.training.engine.native import NativeForward, NativeStep, native_supports
+from harness.training.engine.reference import TorchStep
+from harness.training.recipes import Recipe
 
 ENGINES = ("native", "torch")
 

@@ -73,7 +73,7 @@ WORKER_ATTR, BEAT_ATTR = "odyssey_worker", "odyssey_heartbeat"   # trial system 
 LOST_ATTR, REDO_ATTR = "odyssey_lost", "odyssey_redo_of"  # system attributes: stopped, to be redone; the redo of which
 UNSTAMPED_GRACE = 3     # a trial whose worker never beat is stale after 3 x the grace period
 RACE_ATTEMPTS = 12      # tries when racing other processes to create a schema or a study
-EXIT_STORAGE_LOST = 4   # a worker whose storage stopped answering ends so, as one that died (harness.sweep)
+EXIT_STORAGE_LOST = 4   # a worker whose storage stopped answering ends so, as one that died (harness.study.sweep)
 # scheme://user:PASSWORD@ in a URL (RFC 3986 userinfo): what `redact` hides and `move_password` moves
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s/]*)(?P<at>@)")
 

@@ -6,20 +6,20 @@
     gru       gru   the GRU of Cho et al. (2014)
     gflstm    lstm  gated-feedback LSTM stack (Chung et al. 2015)         `layers`, `concat_layers`
     gfgru     gru   gated-feedback GRU stack                              `layers`, `concat_layers`
-    mingru    class the minimal GRU of Feng et al. (2024)                 `cell: {_target_: harness.minimal.MinGRU}`
-    minlstm   class the minimal LSTM of Feng et al. (2024)                `cell: {_target_: harness.minimal.MinLSTM}`
-    rglru     class Griffin's RG-LRU (De et al. 2024)                     `cell: {_target_: harness.griffin.RGLRU}`
+    mingru    class the minimal GRU of Feng et al. (2024)                 `cell: {_target_: harness.models.minimal.MinGRU}`
+    minlstm   class the minimal LSTM of Feng et al. (2024)                `cell: {_target_: harness.models.minimal.MinLSTM}`
+    rglru     class Griffin's RG-LRU (De et al. 2024)                     `cell: {_target_: harness.models.griffin.RGLRU}`
 
-`MODELS` is that table; the cells (harness.cells, harness.gated_feedback) compute what a
+`MODELS` is that table; the cells (harness.models.cells, harness.models.gated_feedback) compute what a
 row says, and the command line, the sweep, the bench and the docs read the names here.
 `gfrnn` is the former name of `gflstm` and stays accepted (`ALIASES`): it resolves to
 gflstm everywhere (the composed config and its runs are gflstm, and a new sweep writes
 the study <dataset>.gflstm), except that an existing <dataset>.gfrnn study of an earlier
-version is topped up under its old name (harness.sweep.study_variant), never started anew.
+version is topped up under its old name (harness.study.sweep.study_variant), never started anew.
 
 A model of one's own is a variant config: DIR/variant/NAME.yaml with `name: NAME` and
 either `switches: {...}` (an LSTM cell, keys and values of `SWITCHES`; no code) or
-`cell: {_target_: package.module.Class, ...}` (a cell given as a class, harness.cell_class),
+`cell: {_target_: package.module.Class, ...}` (a cell given as a class, harness.models.cell_class),
 run with `--config-dir DIR variant=NAME`. `resolve` turns a variant config's name,
 switches and cell into its `Model`, or refuses it in one sentence. minGRU, minLSTM and
 the RG-LRU are built in through the same `cell:` interface (their rows name their class,
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from harness.errors import UserError
 
 # The switches of a variant config (`switches:` in conf/variant/NAME.yaml, or the mapping
-# harness.cells.make_layer takes): every LSTM variant is one setting of them; a switch left
+# harness.models.cells.make_layer takes): every LSTM variant is one setting of them; a switch left
 # out keeps its vanilla value, the first listed.
 SWITCHES: dict[str, tuple] = {
     "input_gate": (True, False),                  # false: i^t = 1
@@ -151,13 +151,13 @@ class LSTMSwitches:
 class Model:
     """One model: which equations (`cell`), which switches of the LSTM, whether a stack.
 
-    - `cell`: "lstm" (harness.cells.LSTMLayer, or the GF-LSTM's cell) or "gru";
+    - `cell`: "lstm" (harness.models.cells.LSTMLayer, or the GF-LSTM's cell) or "gru";
     - `switches`: the LSTM's flags of a single-layer LSTM model; None for the others
       (the GF-LSTM's cell is fixed: no peepholes, Chung et al.);
     - `gated_feedback`: a stack of `variant.layers` layers (L >= 2) joined by global
-      reset gates (harness.gated_feedback); its config also takes `concat_layers`;
+      reset gates (harness.models.gated_feedback); its config also takes `concat_layers`;
     - `target`: for `cell` "class", the class's dotted path (`cell._target_` of its
-      config; harness.cell_class builds it).
+      config; harness.models.cell_class builds it).
     """
 
     name: str
@@ -185,9 +185,10 @@ MODELS: dict[str, Model] = {
     "gru": Model("gru", "gru", "the GRU of Cho et al. (2014)"),
     "gflstm": Model("gflstm", "lstm", "gated-feedback LSTM stack of Chung et al. (2015)", gated_feedback=True),
     "gfgru": Model("gfgru", "gru", "gated-feedback GRU stack of Chung et al. (2015)", gated_feedback=True),
-    "mingru": Model("mingru", "class", "the minimal GRU of Feng et al. (2024)", target="harness.minimal.MinGRU"),
-    "minlstm": Model("minlstm", "class", "the minimal LSTM of Feng et al. (2024)", target="harness.minimal.MinLSTM"),
-    "rglru": Model("rglru", "class", "Griffin's RG-LRU of De et al. (2024)", target="harness.griffin.RGLRU"),
+    "mingru": Model("mingru", "class", "the minimal GRU of Feng et al. (2024)", target="harness.models.minimal.MinGRU"),
+    "minlstm": Model("minlstm", "class", "the minimal LSTM of Feng et al. (2024)",
+                     target="harness.models.minimal.MinLSTM"),
+    "rglru": Model("rglru", "class", "Griffin's RG-LRU of De et al. (2024)", target="harness.models.griffin.RGLRU"),
 }
 
 # Former names, still accepted; each resolves to its model everywhere.
@@ -216,7 +217,7 @@ def list_error(name: str) -> UserError:
 
 def resolve(name, switches=None, cell=None) -> Model:
     """The model of a variant config: its `name` and, for a model of one's own, its
-    `switches` or its `cell` (a mapping with `_target_`, harness.cell_class).
+    `switches` or its `cell` (a mapping with `_target_`, harness.models.cell_class).
 
     A built-in name (or an alias) gives its row of `MODELS`; a built-in name with switches
     or a cell class that differ from its own is refused (its studies and figures would

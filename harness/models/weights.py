@@ -1,6 +1,6 @@
 """The weight contract: a module's weights as a dict in the paper's notation.
 
-Every module of the contract (harness.cells' layers, harness.gated_feedback's stacks)
+Every module of the contract (harness.models.cells' layers, harness.models.gated_feedback's stacks)
 derives from `WeightContract` and says only where each key of its weights lives, as
 `weight_views()`: {key: a view into its own parameters}. Exporting and importing are then
 the same for every cell kind: `export_weights()` copies the views out, `import_weights()`

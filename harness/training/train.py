@@ -2,24 +2,24 @@
 
 - SGD with Nesterov momentum; the step is learning_rate * (1 - momentum), so that the
   learning rate is the size of a step whatever the momentum; other recipes (`train=adam`,
-  `train=adamw`, conf/train/) update otherwise (harness.recipes), and their schedule
+  `train=adamw`, conf/train/) update otherwise (harness.training.recipes), and their schedule
   runs after each epoch's validation;
 - one update after each sequence (train.batch_size = 1; larger batches are an option,
   the default of the adam recipes);
 - Gaussian noise of deviation input_noise_std added to the inputs while training only;
-- the loss is the sum over a sequence's frames (harness.tasks);
+- the loss is the sum over a sequence's frames (harness.training.tasks);
 - after every epoch the validation metric; the test metric is computed whenever the
   validation metric improves, so the reported test figure is the one at the best
   validation epoch; early stopping after `patience` (15) epochs without improvement,
   at most `max_epochs` (150).
 
-How a step is computed is the engine's business (harness.engine, `train.engine`: the
+How a step is computed is the engine's business (harness.training.engine, `train.engine`: the
 native compiled step by default, torch autograd as the reference), and so is the forward
 of validation and test (the compiled loops called directly, or the network's own);
 denormal floats are flushed to zero unless `train.flush_denormal=false`.
 
 A loss that becomes NaN or infinite stops the run; the result then carries `failure`
-(the reason) and the best figures reached before it (harness.sweep records such a trial
+(the reason) and the best figures reached before it (harness.study.sweep records such a trial
 as failed).
 
 Entry point: `train(cfg, data=None, out_dir=None) -> TrainingResult` (what metrics.json holds).
@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import tasks
 from harness.datasets import DataSplits, Sequence, load_dataset
-from harness.engine import make_forward, make_step
 from harness.errors import UserError
-from harness.networks import SequenceNetwork, count_parameters
-from harness.recipes import Recipe
-from harness.resources import torch_threads
+from harness.models.networks import SequenceNetwork, count_parameters
+from harness.training import tasks
+from harness.training.engine import make_forward, make_step
+from harness.training.recipes import Recipe
+from harness.training.resources import torch_threads
 
 
 def check_hyperparameters(cfg) -> None:
@@ -107,7 +107,7 @@ def evaluation_batches(sequences: list[Sequence], task: str, batch_size: int):
 def evaluate(network: SequenceNetwork, task: str, sequences: list[Sequence], batch_size: int,
              forward: Callable | None = None) -> float:
     """The task's metric over a split, without noise. `forward(x, lengths) -> scores` is
-    the engine's forward of evaluation (harness.engine.make_forward); None: the network's own."""
+    the engine's forward of evaluation (harness.training.engine.make_forward); None: the network's own."""
     forward = forward or make_forward("torch", network, task)
     total, count = 0.0, 0.0
     network.eval()
@@ -129,7 +129,7 @@ class TrainingResult(Mapping):
     dataset: str
     variant: str
     recipe: str
-    metric: str                  # the task's metric, e.g. nll (harness.tasks.METRICS)
+    metric: str                  # the task's metric, e.g. nll (harness.training.tasks.METRICS)
     val_metric: float | None
     test_metric: float | None
     best_epoch: int
@@ -177,7 +177,7 @@ class Progress:
     """The record of one training's epochs: the learning curve, the epoch of best
     validation with its test metric, and the rules that end a training (early stopping
     after `patience` epochs without improvement, a non-finite validation metric).
-    train() and the lockstep trainer (harness.lockstep) keep theirs the same way."""
+    train() and the lockstep trainer (harness.training.lockstep) keep theirs the same way."""
 
     def __init__(self, max_epochs: int, patience: int, metric: str):
         self.max_epochs, self.patience, self.metric = max_epochs, patience, metric

@@ -1,14 +1,14 @@
 """Training K trials side by side: one step of every slot at once, each slot its own trial.
 
-A slot is set up exactly as harness.train.train sets up a trial alone: torch seeded with
-the trial's seed, the network built from it (harness.train.make_network), a numpy
+A slot is set up exactly as harness.training.train.train sets up a trial alone: torch seeded with
+the trial's seed, the network built from it (harness.training.train.make_network), a numpy
 generator of the same seed for the data order, and the input noise drawn from a torch
 generator that continues where the network's initialisation left torch's (so the noise of
 slot k is the noise the trial alone draws, on any device: it is drawn on the CPU). Each
 epoch every slot visits the training split in its own order, one sequence a step, and
-all slots' steps run as one batched computation (harness.lockstep.stack); then each slot
+all slots' steps run as one batched computation (harness.training.lockstep.stack); then each slot
 is validated, tested when it improves, and ends by its own early stopping
-(harness.train.Progress, the same rules as alone).
+(harness.training.train.Progress, the same rules as alone).
 
 All slots are in phase: every epoch has one step a training sequence, so a trial that
 joins does so at an epoch boundary, when the stack is rebuilt from the slots that go on
@@ -29,15 +29,15 @@ from typing import Callable, Hashable
 import numpy as np
 import torch
 
-from harness import tasks
-from harness.cell_class import CellClass
-from harness.cells import LSTMLayer
 from harness.datasets import DataSplits
 from harness.errors import UserError
-from harness.lockstep.stack import SlotModel, SlotStack
-from harness.networks import count_parameters
-from harness.recipes import Recipe
-from harness.train import Progress, check_hyperparameters, make_network, write_metrics
+from harness.models.cell_class import CellClass
+from harness.models.cells import LSTMLayer
+from harness.models.networks import count_parameters
+from harness.training import tasks
+from harness.training.lockstep.stack import SlotModel, SlotStack
+from harness.training.recipes import Recipe
+from harness.training.train import Progress, check_hyperparameters, make_network, write_metrics
 
 
 def covers(cfg, network=None) -> str | None:
@@ -257,7 +257,7 @@ def to_device(batch: tasks.Batch, device: torch.device) -> tasks.Batch:
 def train_on_device(cfg, data: DataSplits, device: torch.device, out_dir: Path | None = None,
                     log: Callable[[str], None] = print):
     """`odyssey train` on a device other than the CPU: the trial as the one slot of a
-    lockstep (the sweep's path there), with the same result as harness.train.train."""
+    lockstep (the sweep's path there), with the same result as harness.training.train.train."""
     trainer = LockstepTrainer(data, 1, device, log=log)
     trainer.add(cfg, "run", on_epoch=lambda epoch, value: log(f"  epoch {epoch:3d}  val {value:.4f}"), out_dir=out_dir)
     log(f"{data.name} / {cfg.variant.name}: N={cfg.hidden_size} on {device} (lockstep, one slot)")
