@@ -15,10 +15,10 @@ import torch
 
 from harness import kernels
 from harness.datasets import Sequence
+from harness.datasets.ctc_targets import frames_needed
 from harness.models import LSTM_VARIANTS
 from harness.models.networks import SequenceNetwork
 from harness.training import tasks
-from harness.training.ctc import frames_needed
 from harness.training.engine import NativeForward, NativeStep, TorchStep, make_forward, make_step
 from harness.training.recipes import Recipe
 from harness.training.train import evaluate

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import project_root
+from harness.datasets.ctc_targets import check_targets
 from harness.errors import UserError
 
 FORMATS = ("pianoroll", "npz", "midi", "timit", "iam_ondb", "wav_textgrid", "inkml")
@@ -215,7 +216,5 @@ def load_dataset(cfg) -> DataSplits:
         if not splits.split(split):
             raise UserError(f"dataset '{name}': the {split} split of {path} is empty; every split needs sequences.")
     if splits.task == "ctc":  # labels in range, and enough frames for each to align
-        from harness.training.ctc import check_targets
-
         check_targets(splits, path)
     return splits

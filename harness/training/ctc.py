@@ -68,33 +68,3 @@ def character_error_rate(hypotheses: list[list[int]], references: list[list[int]
 def labels_to_text(labels: Sequence[int], classes: Sequence[str]) -> str:
     """The text of a label sequence, with `classes` = DataSplits.classes (blank first)."""
     return "".join(classes[label] for label in labels)
-
-
-def frames_needed(labels: Sequence[int]) -> int:
-    """The fewest frames a CTC path of these labels takes: one a label, plus a blank between
-    two equal neighbours (a a needs a _ a). With fewer frames the sequence has no alignment,
-    its loss is infinite (zero with zero_infinity) and it teaches nothing."""
-    labels = list(labels)
-    return len(labels) + sum(1 for a, b in zip(labels, labels[1:]) if a == b)
-
-
-def check_targets(splits, source) -> None:
-    """Every CTC sequence of a DataSplits: labels 1..n_outputs-1 and enough frames to align.
-    `source` (a file or directory) is named in the message."""
-    from harness.errors import UserError
-
-    top = splits.n_outputs - 1
-    for split in ("train", "valid", "test"):
-        for n, sequence in enumerate(splits.split(split)):
-            labels = np.asarray(sequence.y)
-            name = sequence.name or f"{split}/{n}"
-            if labels.size and (labels.min() < 1 or labels.max() > top):
-                bad = int(labels.min() if labels.min() < 1 else labels.max())
-                raise UserError(f"{source}: sequence {name} has label {bad}, outside 1..{top} (0 is the CTC blank); "
-                                "renumber the labels or set n_classes.")
-            needed = frames_needed(labels.tolist())
-            if needed > len(sequence.x):
-                raise UserError(f"{source}: sequence {name} has {len(labels)} labels, which need at least {needed} "
-                                f"frames, but only {len(sequence.x)} frames; CTC cannot align it (its loss would be "
-                                "zero, silently): drop the sequence or give it more frames.")
-
