@@ -231,6 +231,49 @@ def test_no_import_cycle_among_harness_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The stages of a study, first to last, with the parts below and above them (docs/architecture.md):
+# a module imports only from its own part or an earlier one.
+LAYERS = (
+    ("harness", "harness.errors", "harness.schema"),  # project_root, the errors, the config types
+    ("harness.kernels",),    # the compiled time loops
+    ("harness.datasets",),   # data: readers, stand-ins, splits
+    ("harness.models",),     # the cells and networks
+    ("harness.training",),   # one configuration trained: recipes, tasks, engines, lockstep
+    ("harness.storage",),    # a study's storage: opening it, counting its trials, its protocol
+    ("harness.analysis",),   # verdicts, fANOVA, the report and its figures
+    ("harness.study",),      # sweeps and their rounds, launchers
+    ("harness.bench", "harness.validate", "harness.cli"),  # the command line and what it runs
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the part that holds `module` (its longest prefix there)."""
+    parts = [(len(part), index) for index, layer in enumerate(LAYERS) for part in layer
+             if module == part or module.startswith(part + ".")]
+    assert parts, f"{module} is in no part of LAYERS: place it there"
+    return max(parts)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(module))
+
+
+def test_the_stages_import_only_downward():
+    graph, _ = import_graph()
+    assert not upward_imports(graph), "imports of a later stage: " + "; ".join(upward_imports(graph))
+    top = sorted(entry.name for entry in PACKAGE.iterdir() if entry.name != "__pycache__")
+    assert len(top) <= 14, f"harness/ has {len(top)} entries at its top: {top}"
+    assert {f"harness.{Path(name).stem}" for name in top if name != "__init__.py"} == {
+        part for layer in LAYERS for part in layer} - {"harness"}
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"harness.models.cells": {"harness.kernels"}, "harness.datasets": {"harness.training.ctc"},
+             "harness.study.rounds": {"harness.analysis.sequential"}}
+    assert upward_imports(graph) == ["harness.datasets -> harness.training.ctc"]
+
+
 def test_no_module_uses_another_modules_private_names():
     _, private = import_graph()
     assert not private, "private names used across modules: " + "; ".join(f"{where} {what}"
@@ -394,3 +437,25 @@ def test_every_name_and_path_the_docs_and_docstrings_mention_exists():
     comments and configs all name something that is there."""
     stale = stale_references(DOC_FILES)
     assert not stale, "names or paths that do not exist where the text says:\n" + "\n".join(stale)
+
+
+def test_a_moved_module_still_imports_by_its_old_path():
+    """harness.MOVED: the paths modules had before harness/ was grouped by stages still import,
+    as the module at its new place (a user's `_target_`, a user's `from ... import`)."""
+    import importlib
+
+    from hydra.utils import get_class
+
+    import harness
+    from harness.models.minimal import MinGRU
+
+    for old, new in harness.MOVED.items():
+        importlib.import_module(f"harness.{new}")  # every new path is real
+    from harness.cells import make_layer  # noqa: the old path, on purpose
+    from harness.models.cells import make_layer as at_its_place
+    assert make_layer is at_its_place
+    old_native = importlib.import_module("harness.engine.native")  # inside a moved package
+    assert old_native.NativeStep is importlib.import_module("harness.training.engine.native").NativeStep
+    assert get_class("harness.minimal.MinGRU") is MinGRU
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("harness.no_such_module")
