@@ -5,6 +5,7 @@
     odyssey analyze [overrides]     fANOVA, tables, figures and report of a data set's studies
     odyssey data NAME [overrides]   generate a built-in stand-in, or check and cache a corpus
     odyssey bench   [overrides]     speed of every cell against torch.nn.LSTM / GRU
+    odyssey dashboard [overrides]   optuna-dashboard on search.storage, live (dashboard.port)
 
 Everything after the command is Hydra's: `key=value` overrides, `--config-dir DIR` for a
 user's own configs (e.g. DIR/dataset/mine.yaml, then dataset=mine), `--cfg job` to print
@@ -24,7 +25,7 @@ from harness.errors import UserError
 from harness.models import LISTS, list_error
 from harness.storage import EXIT_STORAGE_LOST, StorageLost
 
-COMMANDS = ("train", "sweep", "analyze", "data", "bench")
+COMMANDS = ("train", "sweep", "analyze", "data", "bench", "dashboard")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -65,6 +66,10 @@ def _dispatch(cfg: DictConfig) -> None:
         from harness.bench import bench
 
         bench(cfg)
+    elif command == "dashboard":
+        from harness.dashboard import serve
+
+        serve(cfg)
 
 
 # The command line as main() split it, for the checks of the composed config.

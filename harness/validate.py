@@ -538,7 +538,8 @@ def check_config(cfg, overrides: list[str], directories: list[Path] | None = Non
         if isinstance(name, str) and (found := group_file(directories, group, name)) is not None:
             files[group] = found
     sections = {"train": ["top", "train", "dataset", "variant"], "sweep": ["top", "train", "dataset", "variant", "search"],
-                "data": ["dataset"], "analyze": ["analysis"], "bench": ["bench"]}.get(command, [])
+                "data": ["dataset"], "analyze": ["analysis"], "bench": ["bench"],
+                "dashboard": ["dashboard"]}.get(command, [])
     for section in sections:
         if section == "top":
             top = CONF / "config.yaml"

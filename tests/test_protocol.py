@@ -129,6 +129,27 @@ def test_an_old_study_without_the_record_is_topped_up_and_checked_against_its_tr
     assert protocol.PROTOCOL not in other.user_attrs
 
 
+def test_the_objective_is_named_and_the_protocol_summed_up_in_one_line_for_the_dashboard(compose_config, tiny):
+    study = new_study()
+    study.set_user_attr(protocol.PROTOCOL, protocol.describe(config(compose_config, tiny), space_of(config(
+        compose_config, tiny))))  # recorded by an odyssey before the summary and the metric name
+    assert study.metric_names is None and protocol.SUMMARY not in study.user_attrs
+    keep(study, config(compose_config, tiny))  # the next sweep adds them
+    assert study.metric_names == ["val_nll"]  # JSB's task, next_step: the validation NLL
+    size = tiny.stat().st_size
+    assert study.user_attrs[protocol.SUMMARY] == (
+        f"jsb_chorales (1 files, {size} bytes); recipe greff; hidden_size 20..200 log, input_noise_std 0..1, "
+        "learning_rate 1e-06..0.01 log, one_minus_momentum 0.01..1 log; max_epochs 150, patience 15")
+    keep(study, config(compose_config, tiny, "max_epochs=20", "search.space.hidden_size.high=400",
+                       "~search.space.input_noise_std", "input_noise_std=0.1", "search.protocol_change=allow"))
+    assert study.user_attrs[protocol.SUMMARY] == (
+        f"jsb_chorales (1 files, {size} bytes); recipe greff; hidden_size 20..400 log, learning_rate 1e-06..0.01 "
+        "log, one_minus_momentum 0.01..1 log; input_noise_std=0.1; max_epochs 20, patience 15; changed 1 time(s): "
+        "mixed (protocol_changes)")
+    assert [protocol.objective_name(task) for task in ("next_step", "framewise", "regression", "ctc")] == [
+        "val_nll", "val_frame_error", "val_mse", "val_cer"]
+
+
 def test_the_analysis_names_a_mixed_study(compose_config, tiny):
     storage = optuna.storages.InMemoryStorage()
     cfg = config(compose_config, tiny)

@@ -24,15 +24,23 @@ lacks (one a later odyssey added) is not compared.
 handwriting or null, harness.datasets.task_kind), which the analysis reads. It is not part
 of the protocol: it decides how trials are judged, not what they are, so it follows the
 data set's config (its `domain` key) at every sweep.
+
+For those who watch a study in optuna-dashboard (README, "Watching a sweep"), `keep` also
+names the objective with Optuna's metric names (`objective_name`: the task's validation
+metric, e.g. val_nll) and writes `protocol_summary`, the recorded protocol in one line
+(`summary`), beside the full record, which the dashboard shows as one long JSON string. A
+study made before either gets them at its next sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from harness.datasets import resolve_path, task_kind
@@ -40,6 +48,7 @@ from harness.errors import UserError
 
 PROTOCOL, CHANGES, FROM_TRIAL = "protocol", "protocol_changes", "protocol_from_trial"   # study user attributes
 TASK = "task"   # study user attribute: the data set's task for the analysis (harness.datasets.task_kind)
+SUMMARY = "protocol_summary"   # study user attribute: the protocol in one line, for optuna-dashboard
 VERSION = 1
 # Recipe keys that do not change a result: where and how fast it runs (equivalent engines,
 # threads, evaluation batch, flushing denormals: docs/engine.md), the recipe's name (the
@@ -211,12 +220,54 @@ CHOICES = ("refuse", "allow")   # search.protocol_change
 
 def keep(study, cfg, space: dict) -> None:
     """check() the protocol of a sweep of `cfg` (its variant set) over `space` on `study`,
-    as search.protocol_change says, and record the data set's task (TASK)."""
+    as search.protocol_change says; record the data set's task (TASK) and the protocol in
+    one line (SUMMARY), and name the objective (`objective_name`)."""
     choice = str(cfg.search.get("protocol_change", "refuse"))
     if choice not in CHOICES:
         raise UserError(f"search.protocol_change={choice} is unknown; use refuse (the default) or allow.")
     space_key = "train.space" if cfg.train.get("space") is not None else "search.space"
     check(study, describe(cfg, space), allow=choice == "allow", space_key=space_key)
+    attrs = study.user_attrs
     task = task_kind(cfg.dataset)
-    if TASK not in study.user_attrs or study.user_attrs[TASK] != task:
+    if TASK not in attrs or attrs[TASK] != task:
         study.set_user_attr(TASK, task)
+    line = summary(attrs[PROTOCOL], len(attrs.get(CHANGES) or []))
+    if attrs.get(SUMMARY) != line:
+        study.set_user_attr(SUMMARY, line)
+    names = [objective_name(cfg.dataset.task)]
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna 5 still calls it experimental
+            study.set_metric_names(names)
+
+
+def objective_name(task: str) -> str:
+    """The name of a study's objective, the validation metric of the data set's task (e.g. val_nll)."""
+    from harness.tasks import METRICS
+
+    return f"val_{METRICS[task]}"
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def summary(record: dict, changes: int = 0) -> str:
+    """A protocol record (`describe`) in one line: the data set, the recipe, the searched
+    ranges, the values held fixed, the training length and the changes recorded, e.g.
+    'jsb_chorales (1 files, 407200 bytes); recipe greff; hidden_size 20..200 log, ...;
+    max_epochs 150, patience 15'."""
+    files = str(record["dataset"].get("files", "")).rsplit(",", 1)[0]
+    space = []
+    for name, d in record["space"].items():
+        if d.get("type") == "categorical":
+            space.append(f"{name} in {{{', '.join(map(_number, d['choices']))}}}")
+        else:
+            space.append(f"{name} {_number(d.get('low'))}..{_number(d.get('high'))}" + (" log" if d.get("log") else ""))
+    parts = [f"{record['dataset']['name']} ({files})", f"recipe {record['recipe']['name']}", ", ".join(space)]
+    if record.get("fixed"):
+        parts.append(", ".join(f"{name}={_number(value)}" for name, value in record["fixed"].items()))
+    parts.append(f"max_epochs {record['max_epochs']}, patience {record['patience']}")
+    if changes:
+        parts.append(f"changed {changes} time(s): mixed ({CHANGES})")
+    return "; ".join(parts)
