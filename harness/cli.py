@@ -67,7 +67,7 @@ def _dispatch(cfg: DictConfig) -> None:
 
         bench(cfg)
     elif command == "dashboard":
-        from harness.dashboard import serve
+        from harness.study.dashboard import serve
 
         serve(cfg)
 

@@ -243,7 +243,7 @@ def keep(study, cfg, space: dict) -> None:
 
 def objective_name(task: str) -> str:
     """The name of a study's objective, the validation metric of the data set's task (e.g. val_nll)."""
-    from harness.tasks import METRICS
+    from harness.training.tasks import METRICS  # here: the analysis reads this module without torch
 
     return f"val_{METRICS[task]}"
 
