@@ -148,12 +148,15 @@ def fanova_singles(importance: pd.DataFrame, group: str) -> dict[str, float]:
     return dict(zip(rows.term, rows.fraction))
 
 
+def order(importances: dict) -> list[str]:
+    """Parameter names, most important first (ties by name, so the order is stable)."""
+    return sorted(importances, key=lambda name: (-importances[name], name))
+
+
 def order_sentence(fanova: dict, ped: dict, intervals: dict | None = None) -> str:
     """One sentence on whether fANOVA and PED-ANOVA put the same parameters first and second,
     naming both orders where they do not. `intervals`: {parameter: (ci_low, ci_high)} of the
     fANOVA fractions, to say when fANOVA's own second place is within its intervals' reach."""
-    from harness.analysis.ped_anova import order
-
     by_fanova, by_ped = order(fanova), order(ped)
     places = [place for i, place in enumerate(("first", "second"))
               if i < min(len(by_fanova), len(by_ped)) and by_fanova[i] != by_ped[i]]
@@ -174,14 +177,14 @@ def order_sentence(fanova: dict, ped: dict, intervals: dict | None = None) -> st
 def ped_anova_lines(importance, ped, pooled, options, metric_words) -> list[str]:
     """The section that puts PED-ANOVA beside fANOVA: what each measures, both per group, and
     where they disagree on which parameter is first or second."""
-    from harness.analysis.ped_anova import order, settings
-
+    if not ped:
+        return []
     fitted = {g: r for g, r in ped.items() if r.importances}
     lines = ["## PED-ANOVA beside fANOVA", "",
              "fANOVA (Hutter, Hoos & Leyton-Brown, ICML 2014; the paper's method, above) splits the variance of "
              f"{metric_words} over the whole search space: a parameter counts as much as it moves the metric "
              "anywhere, in the bad regions too. PED-ANOVA (Watanabe, Bansal & Hutter, IJCAI 2023; Optuna's "
-             f"PedAnovaImportanceEvaluator, {settings(options)}) asks what one must get right to reach the best "
+             f"PedAnovaImportanceEvaluator, {next(iter(ped.values())).settings}) asks what one must get right to reach the best "
              f"{float(options['ped_anova_target_quantile']):.0%} of the trials: how far each parameter's "
              "distribution among those trials departs from its distribution among all of them (a Pearson "
              "divergence of two Parzen estimates), normalised to sum to 1, with no interaction terms. They differ "

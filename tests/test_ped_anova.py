@@ -139,7 +139,8 @@ def test_the_report_says_they_disagree_exactly_when_the_first_two_differ():
              for g in ("all", "vanilla") for t, f in (("a", 0.7), ("b", 0.2), ("c", 0.05), ("a:b", 0.05))]
             + [{"variant": g, "term": "higher_order", "fraction": 0.05, "ci_low": np.nan, "ci_high": np.nan}
                for g in ("all", "vanilla")])
-        ped = {"all": PedAnovaResult("all", ped_pooled, 40), "vanilla": PedAnovaResult("vanilla", ped_vanilla, 40)}
+        ped = {g: PedAnovaResult(g, values, 40, settings="target_quantile=0.1, region_quantile=1")
+               for g, values in (("all", ped_pooled), ("vanilla", ped_vanilla))}
         return "\n".join(report.ped_anova_lines(importance, ped, "all", OPTIONS, "the test metric"))
 
     agreeing = lines({"a": 0.6, "b": 0.3, "c": 0.1}, {"a": 0.6, "b": 0.3, "c": 0.1})

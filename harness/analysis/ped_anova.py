@@ -32,6 +32,7 @@ class PedAnovaResult:
     importances: dict = field(default_factory=dict)  # parameter -> importance, largest first
     n_trials: int = 0
     note: str = ""
+    settings: str = ""  # the evaluator's, as importance.csv and the report name them
 
 
 def settings(options) -> str:
@@ -72,7 +73,7 @@ def study_of(frame: pd.DataFrame, column: str, names: list[str], distributions: 
 def analyse(group: str, frame: pd.DataFrame, column: str, distributions: dict, sign: float,
             options) -> PedAnovaResult:
     """PED-ANOVA importances of `frame[column]` over the group's shared parameters."""
-    result = PedAnovaResult(group, n_trials=len(frame))
+    result = PedAnovaResult(group, n_trials=len(frame), settings=settings(options))
     parameters, _ = shared_parameters(frame, distributions)  # fANOVA's; it names what it left out
     minimum = int(options["min_trials_for_fanova"])
     if len(frame) < minimum:
@@ -92,11 +93,6 @@ def analyse(group: str, frame: pd.DataFrame, column: str, distributions: dict, s
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         result.importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     return result
-
-
-def order(importances: dict) -> list[str]:
-    """Parameter names, most important first (ties by name, so the order is stable)."""
-    return sorted(importances, key=lambda name: (-importances[name], name))
 
 
 def beside(importance: pd.DataFrame, results: dict, options) -> pd.DataFrame:
