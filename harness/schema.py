@@ -86,6 +86,8 @@ class AnalysisSchema:
     diverged_anchor: str = MISSING
     top_fraction: float = MISSING
     min_trials_for_fanova: int = MISSING
+    ped_anova_target_quantile: float = MISSING
+    ped_anova_region_quantile: float = MISSING
     alpha: float = MISSING
     multiplicity: str = MISSING
     reference_variant: str = MISSING

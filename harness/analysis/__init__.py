@@ -10,6 +10,7 @@ and write what these computed:
     diverged.py      the rule for trials that diverged but stayed finite
     statistics.py    per-variant summaries, bootstrap intervals, Welch + Holm
     fanova_fit.py    fANOVA per group with bootstrap intervals (fanova_compat.py: fanova here)
+    ped_anova.py     Optuna's PED-ANOVA per group beside it (what optuna-dashboard shows)
     scorecard.py     the paper's findings judged on this study
     ranks.py         the rank statistic of a variant against vanilla, and the shift it speaks of
     boundaries.py    group-sequential boundaries (alpha spending) at any looks and caps
@@ -36,7 +37,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 import harness
-from harness.analysis import diverged, fanova_fit, figures, read, report, scorecard, sequential, statistics
+from harness.analysis import (diverged, fanova_fit, figures, ped_anova, read, report, scorecard, sequential,
+                              statistics)
 from harness.analysis.read import POOLED
 from harness.errors import UserError
 from harness.storage import move_password, open_storage, redact
@@ -61,6 +63,9 @@ def _options(cfg) -> dict:
                         "e.g. `odyssey analyze analysis.dataset=jsb_chorales`.")
     if not 0 < float(options["top_fraction"]) <= 1:
         raise UserError("analysis.top_fraction must lie in (0, 1], e.g. 0.1 for the best 10 %.")
+    if not 0 < float(options["ped_anova_target_quantile"]) < float(options["ped_anova_region_quantile"]) <= 1:
+        raise UserError("analysis.ped_anova_target_quantile and analysis.ped_anova_region_quantile must satisfy "
+                        "0 < target < region <= 1, e.g. 0.1 and 1.0.")
     if not 0 < float(options["ci_level"]) < 1:
         raise UserError("analysis.ci_level must lie in (0, 1), e.g. 0.95.")
     if options["diverged_rule"] not in diverged.RULES:
@@ -141,7 +146,10 @@ def run(cfg) -> Path:
         results[group] = result
         rows += result.rows
     importance = pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)
-    importance.to_csv(out / "importance.csv", index=False)
+    print(f"[analyze] PED-ANOVA of {', '.join(groups)} ({ped_anova.settings(options)})", flush=True)
+    ped = {group: ped_anova.analyse(group, screened if group == POOLED else screened[screened.variant == group],
+                                    column, studies.distributions, sign, options) for group in groups}
+    ped_anova.beside(importance, ped, options).to_csv(out / "importance.csv", index=False)
 
     unscreened = None  # the headline without the rule, when the rule touched anything
     if int(flags.sum()):
@@ -170,7 +178,7 @@ def run(cfg) -> Path:
     path = report.write(out, dataset=dataset, recipe=studies.recipe, pooled=POOLED, storage=redact(options["storage"]),
                         mixed=studies.mixed,
                         trials=table,
-                        variants=variants, importance=importance, results=results,
+                        variants=variants, importance=importance, results=results, ped_anova=ped,
                         unscreened=unscreened, fences=fences, scorecard=card, task=task,
                         curves=curves, figures=drawn, column=column, sign=sign, options=options,
                         sequential=studies.sequential,

@@ -73,8 +73,8 @@ def side_by_side(parts: dict) -> pd.DataFrame:
 
 
 def _fraction(importance: pd.DataFrame, term: str) -> str:
-    rows = importance[(importance.variant == POOLED) & (importance.term == term)]
-    if not len(rows):
+    rows = importance[(importance.variant == POOLED) & (importance.term == term) & importance.fraction.notna()]
+    if not len(rows):  # not searched, or a row of PED-ANOVA's only (harness.analysis.ped_anova.beside)
         return ""
     row = rows.iloc[0]
     if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):

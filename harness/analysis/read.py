@@ -221,15 +221,21 @@ class Parameter:
         return np.log10(values) if self.log else values
 
 
-def shared_parameters(frame: pd.DataFrame, distributions: dict) -> tuple[list[Parameter], dict]:
-    """The parameters every trial of `frame` has and that vary, and {name: why} for the rest.
-
-    `distributions` maps variant -> {name: distribution}; the first variant that has a
-    parameter gives its distribution (log scale, bounds, choices)."""
+def merged_distributions(frame: pd.DataFrame, distributions: dict) -> dict:
+    """{name: distribution} of the variants in `frame`: the first variant (by name) that has
+    a parameter gives its distribution (log scale, bounds, choices)."""
     merged = {}
     for variant in sorted(frame.variant.unique()):
         for name, distribution in distributions.get(variant, {}).items():
             merged.setdefault(name, distribution)
+    return merged
+
+
+def shared_parameters(frame: pd.DataFrame, distributions: dict) -> tuple[list[Parameter], dict]:
+    """The parameters every trial of `frame` has and that vary, and {name: why} for the rest.
+
+    `distributions` maps variant -> {name: distribution} (merged_distributions)."""
+    merged = merged_distributions(frame, distributions)
     parameters, left_out = [], {}
     n = len(frame)
     for name, distribution in sorted(merged.items()):

@@ -141,9 +141,94 @@ def verdict_rules(variants, options, reference) -> str:
             "variants table as information.")
 
 
+def fanova_singles(importance: pd.DataFrame, group: str) -> dict[str, float]:
+    """{parameter: fANOVA fraction} of one group (no pairs, no higher_order)."""
+    rows = importance[(importance.variant == group) & ~importance.term.str.contains(":")
+                      & (importance.term != "higher_order")]
+    return dict(zip(rows.term, rows.fraction))
+
+
+def order(importances: dict) -> list[str]:
+    """Parameter names, most important first (ties by name, so the order is stable)."""
+    return sorted(importances, key=lambda name: (-importances[name], name))
+
+
+def order_sentence(fanova: dict, ped: dict, intervals: dict | None = None) -> str:
+    """One sentence on whether fANOVA and PED-ANOVA put the same parameters first and second,
+    naming both orders where they do not. `intervals`: {parameter: (ci_low, ci_high)} of the
+    fANOVA fractions, to say when fANOVA's own second place is within its intervals' reach."""
+    by_fanova, by_ped = order(fanova), order(ped)
+    places = [place for i, place in enumerate(("first", "second"))
+              if i < min(len(by_fanova), len(by_ped)) and by_fanova[i] != by_ped[i]]
+    if not places:
+        named = " and ".join(f"`{name}` {place}" for name, place in zip(by_fanova, ("first", "second")))
+        return f"Both put {named}."
+    sentence = (f"fANOVA and PED-ANOVA disagree on which parameter is {' and '.join(places)}: fANOVA orders "
+                + " > ".join(f"`{n}`" for n in by_fanova) + ", PED-ANOVA "
+                + " > ".join(f"`{n}`" for n in by_ped) + ".")
+    if "second" in places and len(by_fanova) > 2 and intervals:
+        high, low = intervals.get(by_fanova[2], (np.nan, np.nan))[1], intervals.get(by_fanova[1], (np.nan, np.nan))[0]
+        if np.isfinite(high) and np.isfinite(low) and high >= low:
+            sentence += (f" fANOVA's own second place is not settled: the bootstrap intervals of `{by_fanova[1]}` "
+                         f"and `{by_fanova[2]}` overlap.")
+    return sentence
+
+
+def ped_anova_lines(importance, ped, pooled, options, metric_words) -> list[str]:
+    """The section that puts PED-ANOVA beside fANOVA: what each measures, both per group, and
+    where they disagree on which parameter is first or second."""
+    if not ped:
+        return []
+    fitted = {g: r for g, r in ped.items() if r.importances}
+    lines = ["## PED-ANOVA beside fANOVA", "",
+             "fANOVA (Hutter, Hoos & Leyton-Brown, ICML 2014; the paper's method, above) splits the variance of "
+             f"{metric_words} over the whole search space: a parameter counts as much as it moves the metric "
+             "anywhere, in the bad regions too. PED-ANOVA (Watanabe, Bansal & Hutter, IJCAI 2023; Optuna's "
+             f"PedAnovaImportanceEvaluator, {next(iter(ped.values())).settings}) asks what one must get right to reach the best "
+             f"{float(options['ped_anova_target_quantile']):.0%} of the trials: how far each parameter's "
+             "distribution among those trials departs from its distribution among all of them (a Pearson "
+             "divergence of two Parzen estimates), normalised to sum to 1, with no interaction terms. They differ "
+             "where a parameter spreads the metric widely but leaves the best trials anywhere in its range (much "
+             "fANOVA, little PED-ANOVA), or changes the metric little overall but must sit in a narrow range for "
+             "the best trials (the other way round). optuna-dashboard's importances are PED-ANOVA (Optuna 5's "
+             "default evaluator, called with its defaults), which is why the dashboard shows other numbers than "
+             "fANOVA's; it computes them per study on the objective (the validation metric) of every complete "
+             f"trial, here they are on {metric_words} of the trials fANOVA uses (diverged runs set aside), so a "
+             "variant's numbers are close to the dashboard's, not equal (docs/analysis.md, \"PED-ANOVA beside "
+             "fANOVA\"). Column `ped_anova` of `importance.csv`.", ""]
+    notes = [f"- `{g}`: {r.note}" for g, r in ped.items() if r.note]
+    lines += notes + ([""] if notes else [])
+    if not fitted:
+        return lines
+    fanova = {group: fanova_singles(importance, group) for group in fitted}
+    rows = []
+    for group, result in fitted.items():
+        row = {"variant": group, "trials": result.n_trials}
+        for name in sorted(result.importances):
+            value = fanova[group].get(name, np.nan)
+            row[name] = ("" if not np.isfinite(value) else f"{value:.2f}") + f" / {result.importances[name]:.2f}"
+        row["fANOVA order"] = " > ".join(order(fanova[group]))
+        row["PED-ANOVA order"] = " > ".join(order(result.importances))
+        rows.append(row)
+    lines += ["Each parameter's fANOVA fraction / PED-ANOVA importance, and the order each puts them in:", "",
+              table(pd.DataFrame(rows)), ""]
+    if fanova.get(pooled):
+        rows = importance[importance.variant == pooled]
+        intervals = {t: (lo, hi) for t, lo, hi in zip(rows.term, rows.ci_low, rows.ci_high)}
+        lines += ["All variants pooled: " + order_sentence(fanova[pooled], fitted[pooled].importances, intervals), ""]
+    compared = [g for g in fitted if g != pooled and fanova[g]]
+    differ = [g for g in compared if order(fanova[g])[:2] != order(fitted[g].importances)[:2]]
+    if differ:
+        lines += ["They put different parameters first or second for " + ", ".join(f"`{g}`" for g in differ)
+                  + f" ({len(differ)} of {len(compared)} variants; the orders are in the table).", ""]
+    elif len(compared) > 1:
+        lines += [f"For each of the {len(compared)} variants they put the same parameters first and second.", ""]
+    return lines
+
+
 def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
           fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None,
-          mixed=None) -> Path:
+          mixed=None, ped_anova=None) -> Path:
     reference = options["reference_variant"]
     better = "lower" if sign > 0 else "higher"
     metric_words = "the test metric" if column == "test_metric" else "the objective value"
@@ -322,6 +407,8 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
                          ("interaction", "Interaction")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", ""]
+
+    lines += ped_anova_lines(importance, ped_anova or {}, pooled, options, metric_words)
 
     lines += ["## Learning curves", ""]
     if "learning_curves" in figures:
