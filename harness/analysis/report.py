@@ -226,12 +226,8 @@ def ped_anova_lines(importance, ped, pooled, options, metric_words) -> list[str]
     return lines
 
 
-def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
-          fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None,
-          mixed=None, ped_anova=None) -> Path:
-    reference = options["reference_variant"]
-    better = "lower" if sign > 0 else "higher"
-    metric_words = "the test metric" if column == "test_metric" else "the objective value"
+def header_lines(dataset, recipe, storage, trials, task, options, metric_words, better, mixed) -> list[str]:
+    """The title, what was analysed and how, and a line for each mixed study."""
     lines = [f"# Analysis of `{dataset}`" + ("" if recipe == "greff" else f", recipe `{recipe}`"), "",
              f"Storage: `{storage}`. Training recipe: `{recipe}`. Studies: {trials.variant.nunique()} variants, "
              f"{len(trials)} trials. Analysed: {metric_words} ({better} is better); the best "
@@ -243,14 +239,24 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     for name, reason in (mixed or {}).items():
         lines += [f"**Study `{name}` is mixed**: {reason}. Its trials are not one random search, so its fANOVA "
                   "and tests describe a blend of protocols (docs/training.md, \"The protocol of a study\").", ""]
+    return lines
 
+
+def paper_lines(scorecard, variants, options, reference) -> list[str]:
+    """The paper's findings: the summary, the scorecard and the rules of its verdicts."""
+    lines = []
     lines += ["## What this study says about the paper", ""]
     lines += _summary(scorecard)
     lines += [table(scorecard[["finding", "verdict", "evidence"]]), "",
               verdict_rules(variants, options, reference)
               + " A claim about a fraction is decided only when its whole bootstrap interval lies on one side "
               "of the threshold. Table: `scorecard.csv`; the rules in full: docs/analysis.md.", ""]
+    return lines
 
+
+def trials_lines(trials, variants, sequential, figures, reference) -> list[str]:
+    """The sequential study, if any, then the trials: states, those not counted, those excluded, pruned."""
+    lines = []
     counted_mask = trials.counted.astype(bool)  # harness.analysis.read: lost, surplus, duplicate, retried are not
     counted_rows, redone = trials[counted_mask], trials[~counted_mask]
     lines += sequential_lines(sequential or {}, variants, counted_rows, reference, figures.get("sequential"))
@@ -275,6 +281,13 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     else:
         lines += ["Every counted trial finished with a finite validation and analysed metric.", ""]
     lines += pruned_lines(trials)
+    return lines
+
+
+def diverged_lines(trials, options, fences, unscreened, results, pooled, column, sign) -> list[str]:
+    """The diverged-but-finite trials set aside, with the fence that set them aside, and the pooled
+    fANOVA without the rule beside the headline."""
+    lines = []
     flagged = trials[trials.diverged]
     if options["diverged_rule"] == "none":
         lines += ["The rule for diverged-but-finite trials is off (analysis.diverged_rule=none).", ""]
@@ -326,7 +339,13 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
                                            "without rule": [without[t] for t in terms],
                                            "with rule": [with_rule.get(t, np.nan) for t in terms]}), 2),
                       "", "Full table: `importance_without_rule.csv`.", ""]
+    return lines
 
+
+def variants_lines(trials, variants, options, reference, figures) -> list[str]:
+    """Every variant against the reference: Welch's tests (information), the medians, means,
+    rank verdicts and shifts, and the box plots."""
+    lines = []
     lines += ["## Variants", ""]
     usable_variants = set(trials[(trials.excluded == "") & ~trials.diverged].variant)
     if reference not in usable_variants:
@@ -360,7 +379,12 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
     lines += [table(shown, 3), "", "All columns: `variants.csv`.", ""]
     if "boxplots" in figures:
         lines += [f"![Metric per variant]({figures['boxplots']})", ""]
+    return lines
 
+
+def importance_lines(importance, results, pooled, options, metric_words, figures, seconds) -> list[str]:
+    """fANOVA's fractions pooled and per variant, the pooled forest's effects, the cost, the figures."""
+    lines = []
     lines += ["## Hyperparameter importance (fANOVA)", "",
               f"Fraction of the variance of {metric_words} explained by each parameter alone, "
               "by each pair's interaction (`a:b`), and by all interactions together "
@@ -407,9 +431,12 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
                          ("interaction", "Interaction")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", ""]
+    return lines
 
-    lines += ped_anova_lines(importance, ped_anova or {}, pooled, options, metric_words)
 
+def curves_lines(figures, curves, options) -> list[str]:
+    """The learning curves, or why there are none."""
+    lines = []
     lines += ["## Learning curves", ""]
     if "learning_curves" in figures:
         lines += [f"Validation metric per epoch (the trials' reported intermediate values) of "
@@ -419,7 +446,12 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
         lines += ["The trials report per-epoch values (figures were not drawn).", ""]
     else:
         lines += ["The trials report no intermediate values, so there are no learning curves.", ""]
+    return lines
 
+
+def reproducibility_lines() -> list[str]:
+    """What reproduces from a study and what does not."""
+    lines = []
     lines += ["## Reproducibility", "",
               "The trials' parameters and seeds follow from the sweep's seed, the study and the "
               "trial number; the analysis is seeded (`analysis.seed`). The trained metrics are "
@@ -432,6 +464,25 @@ def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, varian
               "findings, not the same metrics trial by trial (docs/analysis.md, \"Reproducibility\").",
               "", "Every figure is also saved as PDF beside this page. Tables: `trials.csv`, "
               "`variants.csv`, `importance.csv`, `scorecard.csv`.", ""]
+    return lines
+
+
+def write(out: Path, *, dataset, recipe="greff", pooled, storage, trials, variants, importance, results, unscreened,
+          fences, scorecard, task, curves, figures, column, sign, options, seconds, sequential=None,
+          mixed=None, ped_anova=None) -> Path:
+    """report.md in `out`: its sections in order, each from what the analysis computed."""
+    reference = options["reference_variant"]
+    better = "lower" if sign > 0 else "higher"
+    metric_words = "the test metric" if column == "test_metric" else "the objective value"
+    lines = header_lines(dataset, recipe, storage, trials, task, options, metric_words, better, mixed)
+    lines += paper_lines(scorecard, variants, options, reference)
+    lines += trials_lines(trials, variants, sequential, figures, reference)
+    lines += diverged_lines(trials, options, fences, unscreened, results, pooled, column, sign)
+    lines += variants_lines(trials, variants, options, reference, figures)
+    lines += importance_lines(importance, results, pooled, options, metric_words, figures, seconds)
+    lines += ped_anova_lines(importance, ped_anova or {}, pooled, options, metric_words)
+    lines += curves_lines(figures, curves, options)
+    lines += reproducibility_lines()
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
