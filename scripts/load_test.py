@@ -20,6 +20,12 @@ left RUNNING or WAITING, no worker ended but the killed ones. Prints a table (tr
 second, reconnection retries, trials taken for dead, workers lost) and writes JSON to
 results/load_test/load_test_<time>.json. For PostgreSQL without --url the script starts a
 server of its own (tests/postgres_server.py: Debian's postgresql, initdb + pg_ctl).
+
+Where the time goes (the JSON's `profile`): the workers' CPU seconds a trial, and on a
+PostgreSQL server that has pg_stat_statements (the script's own server loads it) the SQL
+statements a trial, the server's time a trial, the time spent waiting on the lock by which
+Optuna numbers a new trial (SELECT ... FROM studies ... FOR UPDATE), and the statements that
+took the most time. README, "Faults at scale", reads them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import math
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import signal
 import sys
@@ -91,6 +98,46 @@ def _config(url: str, n_trials: int, heartbeat: float) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
+def _statements(url: str, reset: bool = False) -> list | None:
+    """pg_stat_statements of the database at `url` (calls, milliseconds, query), after emptying
+    it if `reset`; None where the server does not have it."""
+    try:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as connection:
+            if reset:
+                connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                connection.execute("SELECT pg_stat_statements_reset()")
+                return []
+            return connection.execute(
+                "SELECT calls, total_exec_time, query FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
+    except Exception:  # no psycopg, no such extension, not loaded (shared_preload_libraries)
+        return None
+
+
+def _short(query: str) -> str:
+    """A statement in a few words: its head and its tail (FOR UPDATE, RETURNING ...)."""
+    query = " ".join(query.split())
+    return query if len(query) <= 120 else f"{query[:70]} ... {query[-45:]}"
+
+
+def profile(rows: list | None, n: int, cpu_seconds: float) -> dict:
+    """Where a trial's time goes: the workers' CPU, and, from pg_stat_statements (`rows`), the
+    statements, the server's time, and the wait for Optuna's lock that numbers a new trial."""
+    figures = {"worker_cpu_s_per_trial": round(cpu_seconds / n, 4)}
+    if rows:
+        lock = [ms for _, ms, query in rows if "FROM studies" in query and "FOR UPDATE" in query]
+        figures.update({
+            "statements_per_trial": round(sum(calls for calls, _, _ in rows) / n, 1),
+            "server_ms_per_trial": round(sum(ms for _, ms, _ in rows) / n, 2),
+            "trial_number_lock_ms_per_trial": round(sum(lock) / n, 2),
+            "top_statements": [{"per_trial": round(calls / n, 2), "ms_per_trial": round(ms / n, 2),
+                                "query": _short(query)}
+                               for calls, ms, query in sorted(rows, key=lambda row: -row[1])[:5]]})
+    return figures
+
+
 def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep: float, heartbeat: float,
         kill: float = 0.0, server=None, seed: int = 0) -> dict:
     """Run the workers on the storage at `url` and check the study; the figures as a dict.
@@ -126,6 +173,8 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     rng = random.Random(seed)
     kills = sorted(rng.uniform(0.1, 0.8) for _ in range(round(kill * workers)))
     restart_at = 0.45 if server is not None else None
+    statements = _statements(url, reset=True) if kind == "postgresql" else None
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     processes = [start(k) for k in range(workers)]
     killed, restarted, restart_seconds = [], False, None
     started = time.time()
@@ -151,6 +200,9 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
     for process in processes:
         process.join()
     wall = time.time() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, joined (and pg_ctl's restart)
+    cpu_seconds = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
+    statements = _statements(url) if statements is not None else None
 
     trials = optuna.load_study(study_name="jsb_chorales.vanilla", storage=open_storage(url)).get_trials()
     trained, reconnects = [], 0
@@ -208,6 +260,7 @@ def run(url: str, kind: str, workers: int, n_trials: int, n_enqueue: int, sleep:
         "wrong_values": len(wrong_values), "enqueued_not_run_once": sum(n != 1 for n in enqueued_runs),
         "workers_lost": sum(1 for p in processes if p.pid not in killed_pids and p.exitcode != 0),
         "worker_exit_codes": sorted({p.exitcode for p in processes if p.pid not in killed_pids}),
+        "profile": profile(statements, max(1, len(counted)), cpu_seconds),
     }
     result["ok"] = (result["counted"] == n_trials and not result["repeats_unmatched"] and not result["lost"]
                     and not result["trained_twice"] and not result["counted_not_trained_once"]
@@ -243,7 +296,10 @@ def main(argv=None) -> int:
             elif kind == "postgresql":
                 from postgres_server import PostgresServer
 
-                servers.append(PostgresServer())
+                try:  # with pg_stat_statements, for the profile (in Debian's postgresql package)
+                    servers.append(PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"}))
+                except RuntimeError:
+                    servers.append(PostgresServer())
                 targets.append((kind, servers[-1].database(), None if args.no_restart else servers[-1]))
             else:
                 raise SystemExit(f"unknown storage kind {kind!r}: use postgresql and/or journal")
@@ -264,6 +320,9 @@ def main(argv=None) -> int:
     print(" | ".join(columns))
     for result in results:
         print(" | ".join(str(result[c]) for c in columns))
+    for result in results:
+        shown = {key: value for key, value in result["profile"].items() if key != "top_statements"}
+        print(f"[load] {result['storage']} profile: " + ", ".join(f"{key} {value}" for key, value in shown.items()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"load_test_{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -5,6 +5,7 @@ run as root); as anyone else, as that user.
 
     def test_x(postgres): url = postgres()   # the fixture (tests/conftest.py): a fresh database
     PostgresServer(password="...")            # a role that must give its password over TCP
+    PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"})  # more server settings
 
 `restart()` is `pg_ctl restart` (every connection is cut; the load test's fault injection);
 `pause()` and `resume()` stop and start it again, keeping its databases.
@@ -43,7 +44,7 @@ def _free_port() -> int:
 class PostgresServer:
     """One server; `database()` creates a fresh, empty database and returns its URL."""
 
-    def __init__(self, password: str | None = None):
+    def __init__(self, password: str | None = None, settings: dict | None = None):
         self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
         if not self.initdb or not self.pg_ctl:
             raise RuntimeError("PostgreSQL's initdb/pg_ctl are not installed "
@@ -74,7 +75,8 @@ class PostgresServer:
         if password is not None:
             os.remove(pwfile)
         self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=300 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                   + "".join(f" -c {name}={value}" for name, value in (settings or {}).items()))
         self._run([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"),
                    "-o", self.options, "-w", "-t", "60", "start"], "pg_ctl start")
 

@@ -404,3 +404,44 @@ def test_a_stop_that_python_dropped_is_raised_at_the_next_check(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Exception ignored" in run.stderr and "KeyboardInterrupt" in run.stderr, run.stderr
     assert run.stdout.split() == ["dropped", "stopped"], run.stdout
+
+
+def test_a_worker_reads_the_whole_study_three_times_a_trial(tmp_path, compose_config, monkeypatch):
+    """Each read of the whole study fetches every unfinished trial from a database server, and
+    those reads were what held PostgreSQL at 64 workers back (README, "Faults at scale"). A
+    pass of the worker's loop judges stale trials and counts from one read, which the progress
+    line of the trial before it shares; the sampler (the trial's draw) and start_trial (its
+    place) read once each. (Optuna's own read of the waiting trials in study.ask is not a
+    Study.get_trials.)"""
+    url = f"sqlite:///{tmp_path}/reads.db"
+    n_trials = 6
+    cfg = compose_config([f"search.storage={url}", f"search.n_trials={n_trials}", "search.heartbeat_seconds=1"],
+                         command="sweep")
+    monkeypatch.setattr(sweep_module, "train", lambda c, **k: k["on_epoch"](1, 0.5) or stub_result(0.5))
+    readers = []  # the function that read the study, each time
+    get_trials = optuna.Study.get_trials
+
+    def counted_read(self, *args, **kwargs):
+        readers.append(sys._getframe(1).f_code.co_name)
+        return get_trials(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "get_trials", counted_read)
+    run_worker(cfg, "vanilla", data="stub")
+    assert len(counted(optuna.load_study(study_name="jsb_chorales.vanilla", storage=url).get_trials())) == n_trials
+    loop = [name for name in readers if name in ("work", "draw", "start_trial", "trial_line", "fail_stale")]
+    # the trials left, at the start; the first pass; then three a trial (the last one's for the pass that ends)
+    assert len(loop) == 2 + 3 * n_trials, readers
+
+
+def test_stale_trials_that_optunas_heartbeat_failed_are_reported_without_open_storage(tmp_path):
+    """fail_stale names the trials Optuna's heartbeat failed: noted by open_storage's retry
+    callback, or, on a storage made by hand, read back from the study."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=2)
+    liveness = Liveness(storage, 1)
+    study = create_study(storage, study_name="x.vanilla")
+    trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
+    with liveness.alive(study, trial.number):
+        assert liveness.fail_stale(study, study.get_trials()) == []
+    time.sleep(3.5)  # SQLite keeps the heartbeat's time in whole seconds
+    assert liveness.fail_stale(study, study.get_trials()) == [0]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # no retry callback given: none

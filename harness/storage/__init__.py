@@ -227,10 +227,25 @@ def create_study(storage, **kwargs) -> optuna.Study:
     return retry_race(lambda: optuna.create_study(storage=storage, load_if_exists=True, **kwargs))
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+class _RetryStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry callback that also notes each trial it is called for: the trials that
+    optuna.storages.fail_stale_trials failed, which Liveness.fail_stale reports without
+    reading the study again."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        _STALE_FAILED.append((study.study_name, trial.number))
+        super().__call__(study, trial)
+
+
+_STALE_FAILED: list[tuple[str, int]] = []  # (study, trial) failed as stale by Optuna's heartbeat in this process
+
+
+def retry_callback(noting: bool = False) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry of a trial failed as stale, MAX_RETRY times; `noting`: one that notes
+    the trials it retries (_RetryStale), the one open_storage gives Optuna's heartbeat."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return (_RetryStale if noting else RetryHeartbeatStaleTrialCallback)(max_retry=MAX_RETRY)
 
 
 # -- which trials count (docs/training.md, "The trial rules") -----------------------------
@@ -361,7 +376,7 @@ def open_storage(url: str, key: str = "search.storage", create: bool = True,
     beat = {}
     if heartbeat_seconds is not None:
         beat = {"heartbeat_interval": heartbeat_interval(heartbeat_seconds),
-                "heartbeat_stale_trial_callback": retry_callback()}
+                "heartbeat_stale_trial_callback": retry_callback(noting=True)}
     try:
         if journal:
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
@@ -481,10 +496,17 @@ class Liveness:
         self.grace = 2 * self.interval
         self.retry = retry_callback()
         self.host = socket.gethostname()
+        self._ids: dict = {}  # study name -> study id, (study name, number) -> trial id: they never change
 
     def trial_id(self, study: optuna.Study, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        """The storage's id of trial `number`, asked once (two round trips to a database server)."""
+        key = (study.study_name, number)
+        if key not in self._ids:
+            if study.study_name not in self._ids:
+                self._ids[study.study_name] = self.storage.get_study_id_from_name(study.study_name)
+            self._ids[key] = self.storage.get_trial_id_from_study_id_trial_number(self._ids[study.study_name],
+                                                                                  number)
+        return self._ids[key]
 
     def state(self, study: optuna.Study, number: int) -> TrialState:
         return self.storage.get_trial(self.trial_id(study, number)).state
@@ -557,11 +579,16 @@ class Liveness:
         # trial's start, after a longer grace.
         return trial.datetime_start is not None and now - trial.datetime_start.timestamp() > UNSTAMPED_GRACE * self.grace
 
-    def fail_stale(self, study: optuna.Study) -> list[int]:
+    def fail_stale(self, study: optuna.Study, trials: list | None = None) -> list[int]:
         """Fail (and enqueue again) every RUNNING trial whose worker is gone or silent; the
-        numbers failed by this call."""
+        numbers failed by this call. `trials`: the study's trials as the caller has just read
+        them (the worker's loop reads them once a pass), judged instead of reading them again;
+        where this returns a number, they have changed."""
         failed, now = [], time.time()
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if trials is None:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        else:
+            running = [t for t in trials if t.state == TrialState.RUNNING]
         for trial in running:
             if ((study.study_name, trial.number) not in _ABANDONED and not self._cut_off(study.study_name, trial)
                     and not self._dead(trial, now)):
@@ -576,12 +603,18 @@ class Liveness:
             _ABANDONED.discard((study.study_name, trial.number))
         _CUT_ASKS[:] = [cut for cut in _CUT_ASKS if cut[0] != study.study_name]  # each judged once
         if self.rdb:
+            noted = isinstance(self.storage.get_heartbeat_stale_trial_callback(), _RetryStale)
+            _STALE_FAILED[:] = [entry for entry in _STALE_FAILED if entry[0] != study.study_name]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-            still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            failed += [t.number for t in running if t.number not in failed and t.number not in still
-                       and self.state(study, t.number) == TrialState.FAIL]
+            if noted:  # its callback (open_storage's) noted what it failed: no second read of the study
+                failed += [number for name, number in _STALE_FAILED if name == study.study_name
+                           and number not in failed]
+            else:
+                still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                failed += [t.number for t in running if t.number not in failed and t.number not in still
+                           and self.state(study, t.number) == TrialState.FAIL]
         return failed
 
     def close_retries(self, study: optuna.Study) -> None:

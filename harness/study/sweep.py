@@ -386,12 +386,16 @@ def tell_pruned(study: optuna.Study, trial: optuna.Trial, seed: int, liveness: L
 
 def reporter(trial: optuna.Trial, reported: list[int]):
     """on_epoch of a trial's training: report the validation metric, and prune if the pruner says so."""
+    # search.pruner=none (Optuna's NopPruner) never prunes: not asked, which would read the trial
+    # (and the study's directions) from the storage every epoch
+    prunes = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
+
     def on_epoch(epoch: int, value: float) -> None:
         check_stop()
         _report(trial, value, epoch)
         check_stop()  # a stop held back during the report's write (storage.check_stop)
         reported.append(epoch)
-        if trial.should_prune():  # search.pruner; Optuna's NopPruner never does
+        if prunes and trial.should_prune():  # search.pruner
             raise optuna.TrialPruned()
     return on_epoch
 
@@ -414,9 +418,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: DictConfig, data, o
     return result
 
 
-def trial_line(tag: str, study: optuna.Study, trial, result, target: int, rate: float) -> str:
-    """The progress line of a finished trial."""
-    trials = study.get_trials(deepcopy=False)
+def trial_line(tag: str, study: optuna.Study, trial, result, target: int, rate: float, trials=None) -> str:
+    """The progress line of a finished trial; `trials`: the study's trials as just read (else read here)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     done = len(counted(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = f", best val {min(t.value for t in complete):.4f}" if complete else ""
@@ -559,15 +563,20 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
         run_lockstep(study, cfg, space, data, out_root, target, liveness, *plan, tag)
         return
     started, done_here = time.time(), 0
+    trials = None  # the study's trials as read at the end of the last pass, if it read them
     while True:
         check_stop()
-        liveness.fail_stale(study)
-        trials = study.get_trials(deepcopy=False)
+        # One read of the study a pass, judged for stale trials and counted: on a database
+        # server every read of it fetches each unfinished trial (README, "Faults at scale").
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        if liveness.fail_stale(study, trials):  # it failed some and enqueued their retries
+            trials = study.get_trials(deepcopy=False)
         done = len(counted(trials))
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if done >= target:
             liveness.close_retries(study)
             break
+        trials = None
         if done + running >= target:  # the last trials are running elsewhere
             time.sleep(min(beat, 5.0))
             continue
@@ -588,7 +597,8 @@ def work(cfg: DictConfig, variant: str, worker: int = 0, data=None, local_worker
             continue
         done_here += 1
         rate = done_here / max(time.time() - started, 1e-9) * 3600
-        print(trial_line(tag, study, trial, result, target, rate), flush=True)
+        trials = study.get_trials(deepcopy=False)  # for the progress line and the next pass
+        print(trial_line(tag, study, trial, result, target, rate, trials), flush=True)
 
 
 def _worker_process(cfg_container: dict, variant: str, worker: int, workers: int = 1) -> None:
