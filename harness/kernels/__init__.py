@@ -58,7 +58,7 @@ def lstm():
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if "lstm" not in _loaded:
-        _loaded["lstm"] = _build("odyssey_lstm_v9", "lstm.cpp", ["-fno-trapping-math"])  # see _module
+        _loaded["lstm"] = _build("odyssey_lstm_v10", "lstm.cpp", ["-fno-trapping-math"])  # see _module
     return _loaded["lstm"]
 
 
