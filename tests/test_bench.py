@@ -4,6 +4,7 @@ asserted: benchmarks are measurements, not tests)."""
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from harness.bench import markdown
@@ -88,3 +89,44 @@ def test_split_section_times_every_phase_against_torch(task):
     assert row["epoch_s"] == pytest.approx(row["training"]["total"] + row["validation"]["total"])
     assert row["ratio"] == pytest.approx(row["epoch_s"] / row["torch_epoch_s"])
     assert f"| tiny | 5 | {row['epoch_s']:.2f} |" in "\n".join(split_table([row]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_floor_products_are_the_recurrent_products_of_a_step(dtype):
+    """The floor times the products a step needs, not something cheaper: each form's
+    result is R u forward and R^T da backward, against torch.mv (sizes with remainders)."""
+    from harness import kernels
+    from harness.bench.floor import FORMS, products
+
+    for N in (3, 7, 100):
+        R, Rt, u, da = (t.to(dtype) for t in products(N, seed=N))
+        for form in range(len(FORMS)):
+            forward = kernels.floor().products(R, Rt, u, True, form, 3)
+            backward = kernels.floor().products(R, Rt, da, False, form, 3)
+            assert torch.allclose(forward, torch.mv(R, u), atol=1e-5, rtol=1e-5)
+            assert torch.allclose(backward, torch.mv(R.t(), da), atol=1e-5, rtol=1e-5)
+
+
+def test_floor_section_gives_each_trained_step_as_a_multiple_of_the_floor(compose_config):
+    from harness.bench.floor import FORMS, floor_table, time_floor
+
+    options = OmegaConf.create({"repeats": 10, "trials": 2, "tasks": {
+        "jsb_chorales": {"models": ["vanilla"], "hidden_sizes": [6], "warm": 1, "timed": 1}}})
+    result = time_floor(compose_config(command="bench"), options)
+    (products,) = result["products"]
+    for direction in ("forward", "backward"):
+        assert products[f"{direction}_us"] == min(products[f"{direction}_{form}_us"] for form in FORMS) > 0
+    assert products["floor_us"] == pytest.approx(products["forward_us"] + products["backward_us"])
+    rows = {r["model"]: r for r in result["steps"]}
+    assert list(rows) == ["torch.nn.LSTM", "vanilla"]
+    assert rows["vanilla"]["engine"] == "native" and rows["torch.nn.LSTM"]["engine"] == "torch"
+    for row in rows.values():
+        assert row["failure"] is None and row["directions"] == 1 and row["frames"] > 0
+        assert row["floor_us"] == pytest.approx(products["floor_us"])
+        assert row["step_multiple"] == pytest.approx(row["step_us"] / row["floor_us"])
+        assert row["epoch_us"] > row["step_us"] > 0  # the epoch adds validation to the training part
+    assert rows["vanilla"]["step_vs_reference"] == pytest.approx(rows["vanilla"]["step_us"]
+                                                                 / rows["torch.nn.LSTM"]["step_us"])
+    table = "\n".join(floor_table(result))
+    assert f"| jsb_chorales | 6 | vanilla | native | {rows['vanilla']['step_us']:.2f} |" in table
+    assert "floor" in markdown({"floor": result})

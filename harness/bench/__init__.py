@@ -1,8 +1,12 @@
 """`odyssey bench`: how fast a study runs on this machine, against torch in the same run.
 
-Eight sections (`bench.sections`), each a table on the terminal and a part of the JSON
+Nine sections (`bench.sections`), each a table on the terminal and a part of the JSON
 written to results/bench/bench.json:
 
+- `floor` (harness.bench.floor): the least work of a training step here, the two
+  recurrent products (R y forward, R^T da backward) of one direction at batch 1, timed
+  alone at each hidden size asked, compiled like the cell loops; and each model's
+  trained step (and epoch with validation) in CPU time a frame, as a multiple of it;
 - `layers` (harness.bench.layers): forward + backward of one layer of every model, fresh
   weights, against torch.nn.LSTM / GRU timed alternately in the same loop;
 - `epochs` (harness.bench.epochs): epochs of the training recipe as a trial runs them
@@ -37,6 +41,7 @@ import torch
 
 from harness import kernels, project_root
 from harness.bench.epochs import time_epochs
+from harness.bench.floor import floor_table, time_floor
 from harness.bench.layers import time_layers
 from harness.bench.lockstep import time_lockstep
 from harness.bench.recipes import time_recipes
@@ -47,7 +52,7 @@ from harness.bench.turns import time_in_turn
 from harness.errors import UserError
 from harness.models import names_of, resolve
 
-SECTIONS = ("layers", "epochs", "split", "recipes", "study", "lockstep", "scan", "turns")
+SECTIONS = ("floor", "layers", "epochs", "split", "recipes", "study", "lockstep", "scan", "turns")
 
 
 def bench(cfg) -> dict:
@@ -62,6 +67,9 @@ def bench(cfg) -> dict:
           f"{'compiled' if compiled else 'Python'} loops, denormals flushed, sections {', '.join(sections)}",
           flush=True)
     result: dict = {"torch": torch.__version__, "threads": 1, "compiled_loops": compiled}
+    if "floor" in sections:
+        print("\nthe floor of a step (its recurrent products alone), and each model's trained step against it:")
+        result["floor"] = time_floor(cfg, options.floor)
     if "layers" in sections:
         print("\nforward + backward of one layer (fresh weights), against torch in the same run:")
         models = [resolve(name).name for name in names_of(options.variants or "all", "vanilla", "bench.variants")]
@@ -102,6 +110,8 @@ def bench(cfg) -> dict:
 def markdown(result: dict) -> str:
     """The tables of a bench run as Markdown, for the README."""
     lines = []
+    if result.get("floor"):
+        lines += floor_table(result["floor"]) + [""]
     if result.get("epochs"):
         lines += ["| data set | model | fresh epoch (s) | trained epoch (s) | ratio, trained | against |",
                   "|---|---|---|---|---|---|"]

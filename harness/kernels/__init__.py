@@ -33,6 +33,11 @@ layer 1 first; layouts in its docstring):
     decoding_errors(scores, lengths, targets, target_lengths) -> [edits, target labels]
 
 `lstm()` (lstm.cpp): see cells.LSTMRecurrence.
+
+`floor()` (floor.cpp), the recurrent products of one step alone (harness.bench.floor):
+    products(R (4N, n_rec), Rt (R transposed, contiguous), input, forward, form, repeats)
+        -> R input (forward) or R^T input (backward), computed `repeats` times in the
+        form `form` (0: dot products with rows, 1: sums of scaled rows; see floor.cpp)
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def lstm():
     if os.environ.get("ODYSSEY_PYTHON_LOOPS") == "1":
         return None
     if "lstm" not in _loaded:
-        _loaded["lstm"] = _build("odyssey_lstm_v9", "lstm.cpp", ["-fno-trapping-math"])  # see _module
+        _loaded["lstm"] = _build("odyssey_lstm_v10", "lstm.cpp", ["-fno-trapping-math"])  # see _module
     return _loaded["lstm"]
 
 
@@ -71,6 +76,11 @@ def ctc():
     """The compiled CTC loss, gradient and best-path decoding (ctc.cpp), or None (then the
     native engine uses torch's ctc_loss, and evaluation harness/training/ctc.py's decoding)."""
     return _module("ctc", CTC_MODULE, "ctc.cpp")
+
+
+def floor():
+    """The recurrent products of a step alone (floor.cpp), for `odyssey bench`'s floor, or None."""
+    return _module("floor", "odyssey_floor_v1", "floor.cpp")
 
 
 def _module(key: str, name: str, source: str):

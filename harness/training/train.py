@@ -91,7 +91,7 @@ class EpochRunner:
         total_loss, frames = 0.0, 0
         for batch in epoch_batches:
             x = batch.x + self.noise_std * torch.randn_like(batch.x) if self.noise_std > 0 else batch.x
-            loss = self.step(batch, x).item()
+            loss = float(self.step(batch, x))
             if not math.isfinite(loss):
                 return total_loss, frames, f"training loss became {loss} in epoch {epoch}"
             total_loss, frames = total_loss + loss, frames + batch.frames

@@ -29,6 +29,8 @@ read-out, loss and update as above.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from harness import kernels
@@ -135,6 +137,18 @@ class _LSTMLayerPlan:
         y, *saved = kernels.lstm().forward(x, W, R, b, p, self.scale, self.shift, self.g_tanh, self.h_tanh)
         return y, (x, W, R, p, saved)
 
+    def fused_tensors(self) -> list[torch.Tensor]:
+        """This direction's 10 tensors for the kernels' FusedStep: W R b p (refreshed each step
+        by `weights()` where the gradients are mapped), gate scale and shift, and the
+        full-layout gradient buffers."""
+        return [*(w.contiguous() for w in self.weights()), self.scale, self.shift, self.gW_full, self.gR_full,
+                self.gb_full, self.gp_full]
+
+    @property
+    def maps_gradients(self) -> bool:
+        """Whether the full-layout gradients differ from the parameters' buffers (gradients_to_parameters)."""
+        return not (self.full_blocks and self.R_full is None and self.full_peepholes)
+
     def backward(self, dY: torch.Tensor, context) -> None:
         x, W, R, p, saved = context
         kernels.lstm().backward_into(dY, x, W, R, p, self.scale, *saved, self.g_tanh, self.h_tanh,
@@ -167,8 +181,14 @@ class NativeStep:
     """One update of a recipe through the compiled loops (see the module docstring).
 
     `step(batch, x)` trains on `batch` with inputs `x` (noise added by the caller) and
-    returns the loss (summed over frames) as a 0-dim tensor; a non-finite loss is
-    returned without updating the weights, as on the reference path.
+    returns the loss (summed over frames) as a float; a non-finite loss is returned
+    without updating the weights, as on the reference path.
+
+    One sequence of an LSTM network on a closed-form task (Greff's recipe on JSB and
+    TIMIT) takes the fused path: forward, loss and backward of every direction in one
+    call (the kernels' `FusedStep`), Greff's update included where nothing comes between. Other batches take the phases
+    below one by one (`forward`, `loss`, `backward`, `update`), as harness.bench.split
+    times them; both compute the same gradients (tests/test_engine.py runs both).
     """
 
     def __init__(self, network: SequenceNetwork, task: str, recipe: Recipe):
@@ -188,16 +208,40 @@ class NativeStep:
                       if layer is not None]
         self.grad_readout_W = by_param[network.readout.weight]
         self.grad_readout_b = by_param[network.readout.bias]
+        self.fused = None
+        if task in CLOSED_FORM_TASKS and all(isinstance(plan, _LSTMLayerPlan) for plan in self.plans):
+            self.mapped = [plan for plan in self.plans if plan.maps_gradients]
+            # Greff's update inside the fused call, unless gradients are mapped or clipped first
+            self.update_in_step = (self.update.compiled is not None and self.update.recipe.max_grad_norm is None
+                                   and not self.mapped)
+            lists = (self.params, self.grads, self.update.buffers) if self.update_in_step else ([], [], [])
+            readout = network.readout
+            with torch.no_grad():
+                directions = [t for plan in self.plans for t in plan.fused_tensors()]
+            self.fused = self.kernels.FusedStep(
+                directions,
+                [flag for plan in self.plans for flag in (plan.g_tanh, plan.h_tanh)], readout.weight, readout.bias,
+                self.grad_readout_W, self.grad_readout_b, CLOSED_FORM_TASKS[task], *lists)
 
     @torch.no_grad()
-    def __call__(self, batch: tasks.Batch, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: tasks.Batch, x: torch.Tensor) -> float:
+        if self.fused is not None and x.shape[1] == 1:
+            if self.update_in_step:
+                return self.fused.step(x, batch.y, [], self.update.step_size, self.update.recipe.momentum)
+            weights = [w for plan in self.plans for w in plan.weights()] if self.mapped else []
+            loss = self.fused.step(x, batch.y, weights, -1.0, 0.0)
+            if math.isfinite(loss):
+                for plan in self.mapped:
+                    plan.gradients_to_parameters()
+                self.update()
+            return loss
         Y, runs = self.forward(batch, x)
         loss, dS = self.loss(Y, batch)
         if not torch.isfinite(loss):
-            return loss
+            return float(loss)
         self.backward(Y, dS, runs, batch)
         self.update()
-        return loss
+        return float(loss)
 
     # The phases of a step, in order (harness.bench.split times them one by one).
 
