@@ -9,7 +9,7 @@ with rows, or sums of scaled rows, over R or its transposed copy); a direction's
 is the faster form forward plus the faster form backward, the median of `trials` CPU
 timings (time.thread_time) of `repeats` products each.
 
-A model's trained step: the model trains `warm` epochs untimed (harness.train's
+A model's trained step: the model trains `warm` epochs untimed (harness.training.train's
 EpochRunner: one Nesterov update a sequence, lr 1e-2, momentum 0.9, no noise), so that
 its weights are a trial's under way, then `timed` epochs are timed in CPU time: the
 training part (`step_us`: its CPU time divided by the training frames; both directions
@@ -33,9 +33,9 @@ from omegaconf import OmegaConf
 from harness import kernels, project_root
 from harness.bench.epochs import REFERENCES, build, reference_name
 from harness.datasets import load_dataset
-from harness.engine import make_forward
+from harness.training.engine import make_forward
 from harness.models import names_of, resolve, variant_config
-from harness.train import EpochRunner, evaluate
+from harness.training.train import EpochRunner, evaluate
 
 FORMS = ("dot", "axpy")  # floor.cpp's forms 0 and 1
 

@@ -1,7 +1,7 @@
-// Connectionist temporal classification for the native engine (harness.engine.native):
+// Connectionist temporal classification for the native engine (harness.training.engine.native):
 // the loss of Graves, Fernández, Gomez & Schmidhuber (ICML 2006) and its gradient with
 // respect to the read-out's scores, best-path decoding and the edit distance of the
-// character error rate (harness/ctc.py holds the definitions and the Python reference).
+// character error rate (harness/training/ctc.py holds the definitions and the Python reference).
 //
 // The network's scores s (T, B, K) pass through a softmax over K outputs, output 0 the
 // blank. A target l of length L becomes l' = (blank, l_1, blank, l_2, ..., l_L, blank),
@@ -21,7 +21,7 @@
 //   Z_t = sum_s alpha^_t(s) beta^_t(s).
 // A target that needs more frames than its sequence has (L plus one blank between each
 // pair of equal neighbours) has no path: it is refused with an error naming it, never
-// turned into an infinite or zero loss (harness.ctc.check_targets refuses such data first).
+// turned into an infinite or zero loss (harness.datasets.ctc_targets.check_targets refuses such data first).
 #include <torch/extension.h>
 
 #include "loops.h"
@@ -196,7 +196,7 @@ std::vector<Tensor> ctc_loss(const Tensor& scores_in, const Tensor& targets_in, 
     TORCH_CHECK(frames[b] >= 1 && frames[b] <= T, "ctc_loss: sequence ", b, " has ", frames[b], " frames of ", T);
     TORCH_CHECK(needed <= frames[b], "ctc_loss: sequence ", b, " of the batch has ", lengths[b],
                 " labels, which need at least ", needed, " frames, but it has ", frames[b],
-                "; CTC cannot align it (harness.ctc.check_targets refuses such data before training)");
+                "; CTC cannot align it (harness.datasets.ctc_targets.check_targets refuses such data before training)");
   }
   Tensor losses = at::empty({B}, scores.options().dtype(at::kDouble));
   Tensor grad = at::zeros_like(scores);
@@ -211,7 +211,7 @@ std::vector<Tensor> ctc_loss(const Tensor& scores_in, const Tensor& targets_in, 
   return {losses, grad};
 }
 
-// Best-path decoding (harness.ctc.best_path): the arg-max output of every frame, repeats
+// Best-path decoding (harness.training.ctc.best_path): the arg-max output of every frame, repeats
 // merged, then blanks dropped. scores (T, B, K), lengths (B). Returns the labels of each
 // sequence.
 std::vector<std::vector<int64_t>> best_path(const Tensor& scores_in, const Tensor& lengths_in) {

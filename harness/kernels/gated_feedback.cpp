@@ -1,4 +1,4 @@
-// The time loops of harness.gated_feedback.GatedFeedbackRecurrence (GF-LSTM and GF-GRU,
+// The time loops of harness.models.gated_feedback.GatedFeedbackRecurrence (GF-LSTM and GF-GRU,
 // Chung et al. 2015) in C++: the same equations as the Python loops there, which stay the
 // reference and the fallback (ODYSSEY_PYTHON_LOOPS=1). Symbols: L layers of N units, G
 // unit-wise gates a layer (GF-LSTM: i, f, o; GF-GRU: z, r), K = G N + L + N the rows a
@@ -290,7 +290,7 @@ Tensor full_bias(const Tensor& bias, int64_t GN, int64_t L) {
 
 }  // namespace
 
-// The parameters as harness.gated_feedback.GatedFeedbackRNN stores them, layer j = 1..L at
+// The parameters as harness.models.gated_feedback.GatedFeedbackRNN stores them, layer j = 1..L at
 // index j - 1, K = G N + L + N:
 //   weight_below[j] (K, M_j), M_1 = M, else N: rows W of the gates, w_g^{i->j} for i = 1..L,
 //     W of the candidate;

@@ -1,4 +1,4 @@
-// The time loops of harness.cells.GRURecurrence in C++: the same equations as the Python
+// The time loops of harness.models.cells.GRURecurrence in C++: the same equations as the Python
 // loops there, which stay the reference and the fallback (ODYSSEY_PYTHON_LOOPS=1):
 //
 //   z^t = sigma(a_z^t + R_z h^{t-1}),  r^t = sigma(a_r^t + R_r h^{t-1})

@@ -1,10 +1,10 @@
-// The time loops of harness.cells.LSTMRecurrence in C++: the same equations as the Python
+// The time loops of harness.models.cells.LSTMRecurrence in C++: the same equations as the Python
 // loops beside them (cells.py), which stay the reference and the fallback. At Greff et
 // al.'s sizes (batch 1, N <= 200) nearly all of the Python loops' time is the cost of
 // calling small tensor operations, so here each step is one matrix product (a loop of our
 // own for a batch of up to 4 sequences, ATen's above) and one plain loop over the B x N
 // blocks for everything elementwise (which the compiler vectorises: see fast_exp). The
-// rest of the file serves the native engine (harness.engine.native): the backward pass
+// rest of the file serves the native engine (harness.training.engine.native): the backward pass
 // into given gradient buffers, the read-out's loss and gradient, the Nesterov update.
 //
 // Inputs are the full fused tensors of cells.py: x (T, B, M); W (4N, M), b (4N), rows
@@ -314,7 +314,7 @@ std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& x, const Tenso
   return {need_dx ? dx.view({T, B, M}) : dx, dW, dR, db, dp};
 }
 
-// -- the rest of a training step (harness.engine.native) -------------------------------
+// -- the rest of a training step (harness.training.engine.native) -------------------------------
 
 // The read-out's backward: dY = dS Wout; gradients of Wout and bout into gW, gb.
 // Y (T, B, H), dS (T, B, K), Wout (K, H).
@@ -327,7 +327,7 @@ Tensor readout_backward(const Tensor& Y, const Tensor& Wout, const Tensor& dS, T
 }
 
 // Scores, loss (summed over real frames) and d loss / d scores of the closed-form tasks,
-// the same quantities as harness.tasks.loss: task 0 next_step (Bernoulli NLL of the
+// the same quantities as harness.training.tasks.loss: task 0 next_step (Bernoulli NLL of the
 // targets, from logits), 1 framewise (cross-entropy; target -100 is padding), 2
 // regression (squared error). `mask` (T, B) is 1 on real frames (an empty tensor: all).
 // Returns {loss (a 0-dim double tensor), dS}.
@@ -375,7 +375,7 @@ std::vector<Tensor> readout_loss(const Tensor& Y, const Tensor& Wout, const Tens
   return {loss, dS.view({T, B, K})};
 }
 
-// -- a whole step of one sequence (harness.engine.native's fused path) ------------------
+// -- a whole step of one sequence (harness.training.engine.native's fused path) ------------------
 //
 // Forward of every direction, read-out, loss and its gradient, read-out backward and
 // backward through time of every direction, in one call: at one sequence an update the
