@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from pathlib import Path
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import ExperimentalWarning
