@@ -47,7 +47,7 @@ MOVED = {
     "cells": "models.cells", "cell_class": "models.cell_class", "gated_feedback": "models.gated_feedback",
     "minimal": "models.minimal", "griffin": "models.griffin", "networks": "models.networks",
     "weights": "models.weights", "train": "training.train", "recipes": "training.recipes",
-    "tasks": "training.tasks", "ctc": "training.ctc", "engine": "training.engine",
+    "tasks": "training.tasks", "ctc": "training.ctc", "resources": "training.resources", "engine": "training.engine",
     "lockstep": "training.lockstep", "sweep": "study.sweep", "rounds": "study.rounds",
     "launchers": "study.launchers", "protocol": "storage.protocol", "report": "analysis.report",
     "figures": "analysis.figures",
