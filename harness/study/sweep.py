@@ -41,7 +41,9 @@ from harness import project_root
 from harness.datasets import load_dataset
 from harness.errors import UserError
 from harness.models import ALIASES, canonical, variant_config, variant_configs
-from harness.storage import protocol
+from harness.storage import (REDO_ATTR, Liveness, StorageLost, abandon, check_stop, connection_lost, counted,
+                             create_study, lineages, move_password, open_storage, protocol, reconnecting, redact,
+                             redo_of, stop_on_signals, yields_to)
 from harness.study import rounds
 from harness.training.engine.native import native_supports
 from harness.training.lockstep import (LockstepTrainer, check_lockstep_setting, choose_lockstep, resolve_device,
@@ -49,9 +51,6 @@ from harness.training.lockstep import (LockstepTrainer, check_lockstep_setting, 
 from harness.training.lockstep import covers as lockstep_covers
 from harness.training.recipes import Recipe
 from harness.training.resources import cap_workers, torch_threads
-from harness.storage import (REDO_ATTR, Liveness, StorageLost, abandon, check_stop, connection_lost, counted,
-                             create_study, lineages, move_password, open_storage, reconnecting, redact, redo_of,
-                             stop_on_signals, yields_to)
 from harness.training.train import TrainingResult, make_network, train
 
 # The searched parameters and the top-level config key each one sets; a space may also
